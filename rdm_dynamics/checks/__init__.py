@@ -1,0 +1,91 @@
+"""The theory checks, one module per claim, found by discovery.
+
+A check module defines ``CLAIM`` ("C1", ...), ``ID`` (the name used by ``--only``), ``TITLE``
+and ``run(config: CheckConfig) -> CheckResult``.  Adding a claim means adding one module here:
+the registry imports every module of this package that defines those names and orders the checks
+by claim number.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import torch
+
+__all__ = ["CheckConfig", "registry", "depth_ladder", "resolve_ids"]
+
+
+def depth_ladder(depth: int, rungs: int = 5) -> list[int]:
+    """The depths depth / 2^k, k = rungs-1 .. 0, that are integers (ascending).
+
+    The ladder is nested: every grid is a sub-grid of the next, so the same initial points and
+    the same Brownian path serve every rung.
+    """
+    return sorted({depth >> k for k in range(rungs) if depth % (1 << k) == 0 and depth >> k >= 1})
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What every check is run with (the verify command line)."""
+
+    depth: int = 256
+    gating: str = "rdm"
+    seed: int = 0
+    dtype: torch.dtype = torch.float64
+    device: str = "cpu"
+    quick: bool = False
+    ladder: tuple[int, ...] = field(default=())
+
+    def __post_init__(self):
+        if not self.ladder:
+            object.__setattr__(self, "ladder", tuple(depth_ladder(self.depth)))
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """A CPU generator seeded by (seed, stream): each check draws from its own stream, so
+        running one check alone (``--only``) gives the same numbers as running all of them."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.seed * 1_000_003 + stream)
+        return g
+
+    def tensor(self, x) -> torch.Tensor:
+        return torch.as_tensor(x).to(dtype=self.dtype, device=self.device)
+
+
+def _claim_number(module: ModuleType) -> tuple[int, str]:
+    claim = module.CLAIM
+    return (int(claim[1:]) if claim[1:].isdigit() else 10**6, module.ID)
+
+
+def registry() -> dict[str, ModuleType]:
+    """All check modules, by id, in claim order."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if all(hasattr(module, name) for name in ("CLAIM", "ID", "TITLE", "run")):
+            found.append(module)
+    return {m.ID: m for m in sorted(found, key=_claim_number)}
+
+
+def resolve_ids(spec: str, checks: dict[str, ModuleType]) -> list[str]:
+    """Turn ``--only`` text (ids or claim names, comma separated) into check ids.
+
+    Raises ValueError naming the unknown entries.
+    """
+    by_claim = {m.CLAIM.lower(): cid for cid, m in checks.items()}
+    wanted, unknown = [], []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        cid = item if item in checks else by_claim.get(item.lower())
+        (wanted if cid else unknown).append(cid or item)
+    if unknown:
+        raise ValueError(f"unknown check {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(checks)}")
+    if not wanted:
+        raise ValueError("--only names no check")
+    return [cid for cid in checks if cid in wanted]

@@ -1,0 +1,221 @@
+"""Data laws whose diffused marginals and scores are known exactly.
+
+For a linear SDE (see ``sde.py``) with x_t = m(t) x_0 + sqrt(v(t)) eps:
+
+* Gaussian data N(mu, Sigma) has p_t = N(m mu, m^2 Sigma + v I).  With Sigma = U diag(lam) U^T
+  every time-t covariance is diagonal in the same basis, with eigenvalues V(t) = m(t)^2 lam + v(t),
+  so all maps below are per-eigen-direction scalings.
+* A Gaussian mixture sum_k w_k N(mu_k, Sigma_k) has p_t = sum_k w_k N(m mu_k, m^2 Sigma_k + v I)
+  and score  s = sum_k r_k(x) s_k(x),  with responsibilities r_k(x) = w_k N_k(x) / p_t(x).
+
+Exact transports for Gaussian data (s < t are diffusion times):
+
+* PF-ODE flow map from time a to time b (either order): in the eigenbasis,
+  y_b = sqrt(V(b) / V(a)) y_a with y = x - m mu, because y' = (f + g^2 / (2V)) y and
+  (sqrt V)' = (f + g^2 / (2V)) sqrt V.
+* Reverse kernel x_s | x_t: Bayes with x_t | x_s ~ N(r x_s, k^2): in the eigenbasis,
+  mean = m(s) mu + (r V(s) / V(t)) (x_t - m(t) mu),  var = V(s) k^2 / V(t).
+
+Data are vectors: samples have shape ``(B, d)``.  Times may be a Python scalar or a 0-d tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .sde import SDE, Time
+
+__all__ = ["Gaussian", "GaussianMixture", "AffineMap", "gaussian_w2"]
+
+
+def _time(t: Time, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(t, dtype=like.dtype, device=like.device)
+
+
+class AffineMap:
+    """x -> x @ A^T + c, optionally followed by Gaussian noise with covariance ``cov``."""
+
+    def __init__(self, A: torch.Tensor, c: torch.Tensor, cov: torch.Tensor | None = None):
+        self.A, self.c, self.cov = A, c, cov
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.A.T + self.c
+
+
+class Gaussian:
+    """N(mean, cov) in R^d with full covariance; exact diffused marginals, scores and transports."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor):
+        mean = torch.as_tensor(mean)
+        cov = torch.as_tensor(cov, dtype=mean.dtype, device=mean.device)
+        if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
+            raise ValueError("mean must have shape (d,) and cov shape (d, d)")
+        self.mean = mean
+        self.cov = 0.5 * (cov + cov.T)
+        self.eigvals, self.eigvecs = torch.linalg.eigh(self.cov)
+        if self.eigvals.min() <= 0:
+            raise ValueError("cov must be positive definite")
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def to(self, dtype=None, device=None) -> Gaussian:
+        return Gaussian(self.mean.to(dtype=dtype, device=device),
+                        self.cov.to(dtype=dtype, device=device))
+
+    # --- the law at time 0 ----------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(n, self.dim, generator=generator, dtype=self.mean.dtype,
+                          device=self.mean.device)
+        return self.mean + (eps * self.eigvals.sqrt()) @ self.eigvecs.T
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        y = (x - self.mean) @ self.eigvecs
+        quad = (y**2 / self.eigvals).sum(-1)
+        logdet = torch.log(self.eigvals).sum()
+        return -0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+
+    # --- diffused laws --------------------------------------------------------------------------
+    def _m_V(self, sde: SDE, t: Time):
+        """m(t) and the eigenvalues V(t) = m^2 lam + v of the time-t covariance."""
+        t = _time(t, self.mean)
+        m = sde.mean_coef(t)
+        return m, m**2 * self.eigvals + sde.marginal_var(t)
+
+    def marginal(self, sde: SDE, t: Time) -> Gaussian:
+        """p_t: N(m mu, m^2 Sigma + v I)."""
+        m, V = self._m_V(sde, t)
+        return Gaussian(m * self.mean, (self.eigvecs * V) @ self.eigvecs.T)
+
+    def score(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
+        """grad_x log p_t(x) = -(m^2 Sigma + v I)^{-1} (x - m mu)."""
+        m, V = self._m_V(sde, t)
+        y = (x - m * self.mean) @ self.eigvecs
+        return -(y / V) @ self.eigvecs.T
+
+    def marginal_log_prob(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
+        return self.marginal(sde, t).log_prob(x)
+
+    def pushforward(self, A: torch.Tensor, c: torch.Tensor,
+                    noise_cov: torch.Tensor | None = None) -> Gaussian:
+        """Law of A x + c + e for x ~ this law and independent e ~ N(0, noise_cov):
+        N(A mu + c, A Sigma A^T + noise_cov).  Exact moment propagation through an affine unit."""
+        cov = A @ self.cov @ A.T
+        if noise_cov is not None:
+            cov = cov + noise_cov
+        return Gaussian(A @ self.mean + c, cov)
+
+    @staticmethod
+    def fit(samples: torch.Tensor) -> Gaussian:
+        """The Gaussian with the sample mean and the unbiased sample covariance of (n, d) samples."""
+        return Gaussian(samples.mean(0), torch.cov(samples.T).reshape(samples.shape[1], -1))
+
+    # --- exact transports -----------------------------------------------------------------------
+    def pf_ode_map(self, sde: SDE, a: Time, b: Time) -> AffineMap:
+        """The PF-ODE flow map from time a to time b, as x_b = A x_a + c (exact)."""
+        ma, Va = self._m_V(sde, a)
+        mb, Vb = self._m_V(sde, b)
+        scale = torch.sqrt(Vb / Va)
+        A = (self.eigvecs * scale) @ self.eigvecs.T
+        c = mb * self.mean - A @ (ma * self.mean)
+        return AffineMap(A, c)
+
+    def reverse_kernel(self, sde: SDE, s: Time, t: Time) -> AffineMap:
+        """Law of x_s given x_t (s < t) under the forward process: N(A x_t + c, cov)."""
+        ms, Vs = self._m_V(sde, s)
+        mt, Vt = self._m_V(sde, t)
+        r, k = sde.transition_coefs(s, t, like=self.mean)
+        gain = r * Vs / Vt
+        A = (self.eigvecs * gain) @ self.eigvecs.T
+        c = ms * self.mean - A @ (mt * self.mean)
+        cov = (self.eigvecs * (Vs * k**2 / Vt)) @ self.eigvecs.T
+        return AffineMap(A, c, cov)
+
+
+class GaussianMixture:
+    """sum_k w_k N(mu_k, Sigma_k) in R^d; exact diffused marginals and scores."""
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor):
+        means = torch.as_tensor(means)
+        weights = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
+        covs = torch.as_tensor(covs, dtype=means.dtype, device=means.device)
+        K, d = means.shape
+        if weights.shape != (K,) or covs.shape != (K, d, d):
+            raise ValueError("weights (K,), means (K, d) and covs (K, d, d) must agree")
+        if (weights <= 0).any():
+            raise ValueError("mixture weights must be positive")
+        self.weights = weights / weights.sum()
+        self.components = [Gaussian(means[k], covs[k]) for k in range(K)]
+        self.means = means
+        self.covs = torch.stack([c.cov for c in self.components])
+        self.eigvals = torch.stack([c.eigvals for c in self.components])  # (K, d)
+        self.eigvecs = torch.stack([c.eigvecs for c in self.components])  # (K, d, d)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def to(self, dtype=None, device=None) -> GaussianMixture:
+        return GaussianMixture(self.weights.to(dtype=dtype, device=device),
+                               self.means.to(dtype=dtype, device=device),
+                               self.covs.to(dtype=dtype, device=device))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype,
+                          device=self.means.device)
+        L = self.eigvecs[k] * self.eigvals[k].sqrt().unsqueeze(-2)  # (n, d, d): U diag(sqrt lam)
+        return self.means[k] + (L @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def _diffused(self, sde: SDE, t: Time):
+        t = _time(t, self.means)
+        m = sde.mean_coef(t)
+        return m, m**2 * self.eigvals + sde.marginal_var(t)  # V: (K, d)
+
+    def _component_terms(self, x: torch.Tensor, m: torch.Tensor, V: torch.Tensor):
+        """log w_k N(x; m mu_k, U_k diag(V_k) U_k^T) (shape (B, K)) and the component scores
+        (shape (B, K, d))."""
+        diff = x.unsqueeze(1) - m * self.means  # (B, K, d)
+        y = torch.einsum("bkd,kde->bke", diff, self.eigvecs)  # eigen-coordinates
+        quad = (y**2 / V).sum(-1)
+        logdet = torch.log(V).sum(-1)
+        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+        comp_scores = -torch.einsum("bke,kde->bkd", y / V, self.eigvecs)
+        return log_joint, comp_scores
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        one = torch.ones((), dtype=self.means.dtype, device=self.means.device)
+        return torch.logsumexp(self._component_terms(x, one, self.eigvals)[0], dim=1)
+
+    def marginal_log_prob(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
+        return torch.logsumexp(self._component_terms(x, *self._diffused(sde, t))[0], dim=1)
+
+    def marginal(self, sde: SDE, t: Time) -> GaussianMixture:
+        m, V = self._diffused(sde, t)
+        covs = torch.einsum("kde,ke,kfe->kdf", self.eigvecs, V, self.eigvecs)
+        return GaussianMixture(self.weights, m * self.means, covs)
+
+    def score(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
+        """grad_x log p_t(x) = sum_k r_k(x) s_k(x)."""
+        log_joint, comp_scores = self._component_terms(x, *self._diffused(sde, t))
+        resp = torch.softmax(log_joint, dim=1)
+        return (resp.unsqueeze(-1) * comp_scores).sum(1)
+
+
+def _psd_sqrt(S: torch.Tensor) -> torch.Tensor:
+    lam, U = torch.linalg.eigh(0.5 * (S + S.T))
+    return (U * lam.clamp(min=0).sqrt()) @ U.T
+
+
+def gaussian_w2(p: Gaussian, q: Gaussian) -> torch.Tensor:
+    """The 2-Wasserstein distance between two Gaussians:
+
+    W2^2 = |mu_p - mu_q|^2 + tr(S_p + S_q - 2 (S_p^{1/2} S_q S_p^{1/2})^{1/2}).
+    """
+    root_p = _psd_sqrt(p.cov)
+    cross = _psd_sqrt(root_p @ q.cov @ root_p)
+    w2sq = ((p.mean - q.mean) ** 2).sum() + torch.trace(p.cov + q.cov - 2 * cross)
+    return torch.sqrt(torch.clamp(w2sq, min=0.0))

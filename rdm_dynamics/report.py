@@ -1,0 +1,209 @@
+"""Check results, order fitting, the verdict table, the JSON report and the figures.
+
+The JSON report is a contract (DESIGN.md section 4): top-level keys ``depth, gating, seed, dtype,
+device, passed, seconds, versions, checks``; each check ``id, claim, passed, seconds, metrics,
+expected, summary``.  ``metrics`` maps names to numbers (a sample estimate ``x`` comes with its
+standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
+pass rule asks for (``null`` for an open end).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure", "format_table",
+           "atomic_write_bytes", "atomic_write_json", "save_figure"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Order fitting
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrderFit:
+    """Least-squares fit log(error) = intercept - order * log(depth)."""
+
+    order: float
+    intercept: float
+    stderr: float  # standard error of the slope from the fit's residuals (0 for two points)
+
+    def predict(self, depths) -> np.ndarray:
+        return np.exp(self.intercept) * np.asarray(depths, dtype=float) ** (-self.order)
+
+
+def fit_order(depths: Sequence[float], errors: Sequence[float]) -> OrderFit:
+    """Fit the convergence order: minus the slope of log(error) against log(depth).
+
+    Returns NaNs when fewer than two points have a finite, positive error: an order that cannot
+    be measured never passes.
+    """
+    x = np.log(np.asarray(depths, dtype=float))
+    y = np.asarray(errors, dtype=float)
+    ok = np.isfinite(y) & (y > 0)
+    if ok.sum() < 2 or not ok.all():
+        return OrderFit(math.nan, math.nan, math.nan)
+    y = np.log(y)
+    A = np.stack([np.ones_like(x), x], axis=1)
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    n = len(x)
+    if n > 2:
+        resid = y - A @ coef
+        s2 = float(resid @ resid) / (n - 2)
+        stderr = math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))
+    else:
+        stderr = 0.0
+    return OrderFit(order=-float(coef[1]), intercept=float(coef[0]), stderr=stderr)
+
+
+def within(value: float, interval: Sequence[float | None]) -> bool:
+    """value lies in the closed interval [lo, hi] (None = unbounded); NaN is never within."""
+    lo, hi = interval
+    if value is None or not math.isfinite(value):
+        return False
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+FigureDrawer = Callable[["matplotlib.figure.Figure"], None]  # noqa: F821
+
+
+@dataclass
+class CheckResult:
+    """What one check measured, what theory expects, and the verdict."""
+
+    id: str
+    claim: str
+    passed: bool
+    metrics: dict[str, float]
+    expected: dict[str, list]
+    summary: str
+    seconds: float = 0.0
+    figure: FigureDrawer | None = field(default=None, repr=False)
+    #: Short strings for the table: what was measured and what theory says.
+    measured_text: str = ""
+    theory_text: str = ""
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "claim": self.claim, "passed": bool(self.passed),
+                "seconds": round(float(self.seconds), 3),
+                "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
+                "expected": {k: [_json_number(v) for v in iv] for k, iv in self.expected.items()},
+                "summary": self.summary}
+
+
+def _json_number(v):
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+def format_table(results: Sequence[CheckResult]) -> str:
+    """One row per check: id, claim, what was measured, what theory says, PASS/FAIL."""
+    rows = [("check", "claim", "measured", "theory", "verdict")]
+    for r in results:
+        rows.append((r.id, r.claim, r.measured_text, r.theory_text, "PASS" if r.passed else "FAIL"))
+    widths = [max(len(row[c]) for row in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and os.replace, so a
+    reader never sees a half-written file and an interrupted run leaves the old file intact."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
+    """Draw a figure with ``drawer`` and save it as PNG atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    drawer(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass
+class Series:
+    """One line of an order figure: errors against depth, and optionally its fitted order."""
+
+    label: str
+    depths: Sequence[float]
+    errors: Sequence[float]
+    fit: OrderFit | None = None
+
+
+def order_figure(title: str, series: Sequence[Series], *, reference_order: float = 1.0,
+                 ylabel: str = "error", xlabel: str = "depth L") -> FigureDrawer:
+    """A log-log figure of error against depth, each series with its fitted slope, and a
+    reference slope ``-reference_order`` through the first series' last point."""
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        for s in series:
+            d = np.asarray(s.depths, dtype=float)
+            e = np.asarray(s.errors, dtype=float)
+            label = s.label
+            if s.fit is not None and math.isfinite(s.fit.order):
+                label += f" (order {s.fit.order:.3f})"
+            (line,) = ax.loglog(d, e, "o", label=label)
+            if s.fit is not None and math.isfinite(s.fit.order):
+                ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
+        if series:
+            d = np.asarray(series[0].depths, dtype=float)
+            e_end = float(series[0].errors[-1])
+            if math.isfinite(e_end) and e_end > 0:
+                ref = e_end * (d / d[-1]) ** (-reference_order)
+                ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
+        if series:
+            from matplotlib.ticker import NullFormatter
+
+            ticks = sorted({float(x) for s in series for x in s.depths})
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+
+    return draw

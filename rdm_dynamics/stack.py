@@ -1,0 +1,235 @@
+"""The gated residual stack and its continuous-time limit.
+
+A depth-L stack on the grid t_i = t_start + i (t_end - t_start) / L, step h = |t_end - t_start| / L:
+
+    z_{i+1} = z_i + alpha_i * F_i(z_i, t_i) + beta_i [+ gamma_i * xi_i],   xi_i ~ N(0, I),
+
+with elementwise (per-channel) gates.  The gates come from continuous-time coefficients a(t)
+(``gain``), b(t) (``bias``) and c(t) (``noise``) and a gate schedule's step scale s(L, h):
+
+    alpha_i = s a(t_i),   beta_i = s b(t_i),   gamma_i = sqrt(s) c(t_i).
+
+Schedules (DESIGN.md section 2): ``euler`` s = h (fixed); ``rdm`` s = h as the initial value of
+learnable gates; ``plain`` s = 1 (the ordinary residual network); ``inv-sqrt`` s = 1/sqrt(L).
+With s = h and a shared F, the stack is the explicit Euler (Euler-Maruyama with noise) scheme of
+
+    dz = sign (a(t) F(z, t) + b(t)) dt [+ c(t) dW],   sign = +1 if t_end > t_start else -1,
+
+integrated from t_start to t_end; ``continuous_limit`` returns that vector field in the form
+``torchdiffeq.odeint`` takes.  The sign lets F be the velocity in the direction of travel, so a
+denoising stack runs on the diffusion times from T down to eps with positive gates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+Coefficient = Callable[[torch.Tensor], torch.Tensor]
+Residual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+__all__ = ["GateSchedule", "GATINGS", "GatedResidualStack", "ContinuousLimit", "get_gating"]
+
+
+class GateSchedule:
+    """How a schedule turns the continuous coefficients into gates: one step scale s(L, h)."""
+
+    name = "schedule"
+    learnable = False  # gates are nn.Parameters initialised at the schedule's values
+    ode_consistent = True  # alpha_i / h stays bounded as L grows, so the stack has an ODE limit
+
+    def step_scale(self, depth: int, h: float) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<gating {self.name}>"
+
+
+class EulerGates(GateSchedule):
+    """alpha_i = h a(t_i), beta_i = h b(t_i): the explicit Euler step of the limit ODE."""
+
+    name = "euler"
+
+    def step_scale(self, depth, h):
+        return h
+
+
+class RDMGates(EulerGates):
+    """Neural-RDM: learnable gates, initialised at the ODE-consistent (Euler) step."""
+
+    name = "rdm"
+    learnable = True
+
+
+class PlainGates(GateSchedule):
+    """alpha_i = a(t_i), beta_i = b(t_i): an ordinary residual network, no step size."""
+
+    name = "plain"
+    ode_consistent = False
+
+    def step_scale(self, depth, h):
+        return 1.0
+
+
+class InvSqrtGates(GateSchedule):
+    """alpha_i = a(t_i) / sqrt(L): the 1/sqrt(depth) scaling used for deep residual nets."""
+
+    name = "inv-sqrt"
+    ode_consistent = False
+
+    def step_scale(self, depth, h):
+        return 1.0 / math.sqrt(depth)
+
+
+GATINGS: dict[str, GateSchedule] = {g.name: g for g in
+                                    (RDMGates(), EulerGates(), PlainGates(), InvSqrtGates())}
+
+
+def get_gating(gating: str | GateSchedule) -> GateSchedule:
+    if isinstance(gating, GateSchedule):
+        return gating
+    try:
+        return GATINGS[gating]
+    except KeyError:
+        raise ValueError(f"unknown gating {gating!r}; choose one of {sorted(GATINGS)}") from None
+
+
+def _evaluate(coef: Coefficient | None, times: torch.Tensor, default: float) -> torch.Tensor:
+    """Stack coef(t_i) over the grid: shape (L, *coef_shape); a constant when coef is None."""
+    if coef is None:
+        return torch.full((times.shape[0],), default, dtype=times.dtype, device=times.device)
+    return torch.stack([torch.as_tensor(coef(t), dtype=times.dtype, device=times.device)
+                        for t in times])
+
+
+class GatedResidualStack(nn.Module):
+    """A depth-L gated residual stack (see the module docstring for the equations).
+
+    Args:
+        residual: F(z, t), one callable (or nn.Module) shared by every unit, or a sequence of
+            ``depth`` callables F_i(z, t), one per unit (weights that are not functions of t).
+        depth: number of units L >= 1.
+        gating: ``rdm``, ``euler``, ``plain``, ``inv-sqrt`` or a :class:`GateSchedule`.
+        span: (t_start, t_end) of the grid; default (0, 1), the depth time tau = i / L.
+        gain, bias, noise: a(t), b(t), c(t) as callables of a 0-d time tensor, returning tensors
+            that broadcast against one sample z[0] (scalars or per-channel vectors).  Defaults:
+            a = 1, b = 0, no noise (deterministic units).
+        dtype, device: of the grid and the gates.
+    """
+
+    def __init__(self, residual: Residual | Sequence[Residual], depth: int, *,
+                 gating: str | GateSchedule = "euler", span: tuple[float, float] = (0.0, 1.0),
+                 gain: Coefficient | None = None, bias: Coefficient | None = None,
+                 noise: Coefficient | None = None, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        self.depth = int(depth)
+        self.schedule = get_gating(gating)
+        self.span = (float(span[0]), float(span[1]))
+        self.h = abs(self.span[1] - self.span[0]) / self.depth
+        self.sign = 1.0 if self.span[1] >= self.span[0] else -1.0
+        self.gain, self.bias, self.noise = gain, bias, noise
+
+        if callable(residual) and not isinstance(residual, (list, tuple, nn.ModuleList)):
+            self.shared_residual = True
+            self.residuals: Sequence[Residual] = [residual] * self.depth
+            if isinstance(residual, nn.Module):
+                self.residual_module = residual
+        else:
+            residual = list(residual)
+            if len(residual) != self.depth:
+                raise ValueError(f"got {len(residual)} residual functions for depth {self.depth}")
+            self.shared_residual = False
+            self.residuals = residual
+            modules = [r for r in residual if isinstance(r, nn.Module)]
+            if modules:
+                self.residual_modules = nn.ModuleList(modules)
+
+        times = torch.linspace(*self.span, self.depth + 1, dtype=dtype, device=device)
+        self.register_buffer("times", times)
+        scale = self.schedule.step_scale(self.depth, self.h)
+        a = _evaluate(gain, times[:-1], 1.0)
+        gates = {"alpha": scale * a,
+                 "beta": scale * (_evaluate(bias, times[:-1], 0.0) if bias is not None
+                                  else torch.zeros_like(a))}
+        if noise is not None:
+            gates["gamma"] = math.sqrt(scale) * _evaluate(noise, times[:-1], 0.0)
+        for name, value in gates.items():
+            if self.schedule.learnable:
+                self.register_parameter(name, nn.Parameter(value.clone()))
+            else:
+                self.register_buffer(name, value.clone())
+        if noise is None:
+            self.gamma = None
+
+    @property
+    def stochastic(self) -> bool:
+        return self.gamma is not None
+
+    def gates(self) -> dict[str, torch.Tensor]:
+        """The gate values alpha, beta (and gamma for stochastic units), each of shape (L, ...)."""
+        out = {"alpha": self.alpha, "beta": self.beta}
+        if self.stochastic:
+            out["gamma"] = self.gamma
+        return out
+
+    def unit(self, i: int, z: torch.Tensor, xi: torch.Tensor | None = None) -> torch.Tensor:
+        """One gated residual unit: z + alpha_i F_i(z, t_i) + beta_i [+ gamma_i xi]."""
+        z_next = z + self.alpha[i] * self.residuals[i](z, self.times[i]) + self.beta[i]
+        if self.stochastic:
+            if xi is None:
+                raise ValueError("a stochastic unit needs its noise xi")
+            z_next = z_next + self.gamma[i] * xi
+        return z_next
+
+    def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                return_all: bool = False) -> torch.Tensor:
+        """Run the stack from z0.
+
+        Args:
+            z0: input of shape (B, ...).
+            xi: standard normal noise of shape (L, B, ...) for stochastic units; drawn from
+                ``generator`` when omitted.  Ignored for deterministic units.
+            return_all: return every layer's state, shape (L + 1, B, ...), instead of z_L.
+        """
+        if self.stochastic and xi is None:
+            xi = torch.randn((self.depth, *z0.shape), generator=generator, dtype=z0.dtype,
+                             device=z0.device)
+        if xi is not None and xi.shape != (self.depth, *z0.shape):
+            raise ValueError(f"xi must have shape {(self.depth, *z0.shape)}, got {tuple(xi.shape)}")
+        z = z0
+        states = [z0] if return_all else None
+        for i in range(self.depth):
+            z = self.unit(i, z, xi[i] if self.stochastic else None)
+            if return_all:
+                states.append(z)
+        return torch.stack(states) if return_all else z
+
+    def continuous_limit(self) -> ContinuousLimit:
+        """The limit ODE's vector field (t, z) -> sign (a(t) F(z, t) + b(t)), for odeint."""
+        if not self.shared_residual:
+            raise ValueError("a stack with a separate F_i per unit has no continuous limit")
+        return ContinuousLimit(self.residuals[0], self.gain, self.bias, self.sign)
+
+
+class ContinuousLimit(nn.Module):
+    """dz/dt = sign (a(t) F(z, t) + b(t)): the ODE an ODE-consistent gated stack discretises."""
+
+    def __init__(self, residual: Residual, gain: Coefficient | None = None,
+                 bias: Coefficient | None = None, sign: float = 1.0):
+        super().__init__()
+        self.residual, self.gain, self.bias, self.sign = residual, gain, bias, sign
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        v = self.residual(z, t)
+        if self.gain is not None:
+            v = self.gain(t) * v
+        if self.bias is not None:
+            v = v + self.bias(t)
+        return self.sign * v

@@ -1,0 +1,213 @@
+"""``python -m rdm_dynamics.verify``: run every theory check and report PASS/FAIL.
+
+Prints one row per check, writes ``report.json`` (the contract of DESIGN.md section 4) and one PNG
+figure per check to ``--out``, and exits 0 only if every check passed (1 otherwise).  Bad
+arguments get one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+PROG = "python -m rdm_dynamics.verify"
+GATINGS = ("rdm", "euler", "plain", "inv-sqrt")
+DTYPES = ("float64", "float32")
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line on stderr with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--depth", default="256",
+                   help="depth L of the deepest stack; the ladder is L/16, L/8, ..., L (default 256)")
+    p.add_argument("--only", default=None, metavar="ID[,ID]",
+                   help="run only these checks (ids such as depth-limit, or claims such as C1)")
+    p.add_argument("--gating", default="rdm",
+                   help=f"gate schedule: {', '.join(GATINGS)} (default rdm; plain is a negative "
+                        "control and must fail)")
+    p.add_argument("--seed", default="0", help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+    p.add_argument("--out", default="rdm-verify-report",
+                   help="folder for report.json and the figures (default rdm-verify-report/)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    p.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--list", action="store_true", help="list the checks and exit")
+    return p
+
+
+def _parse_int(text: str, name: str, minimum: int) -> int:
+    try:
+        value = int(text, 10)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name} must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"--{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _check_writable_dir(path: Path, flag: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UsageError(f"{flag} {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+
+
+def parse_args(argv):
+    """Parse and validate the command line; raises UsageError on any bad argument."""
+    import torch
+
+    from .checks import CheckConfig, depth_ladder, registry, resolve_ids
+
+    args = build_parser().parse_args(argv)
+    depth = _parse_int(args.depth, "depth", 2)
+    if len(depth_ladder(depth)) < 2:
+        raise UsageError(f"--depth {depth} has no depth ladder: it must be even "
+                         "(best divisible by 16, for a ladder of 5 depths)")
+    seed = _parse_int(args.seed, "seed", 0)
+    if args.gating not in GATINGS:
+        raise UsageError(f"unknown --gating {args.gating!r}; choose one of {', '.join(GATINGS)}")
+    if args.dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown --device {args.device!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) here")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported --device {args.device!r}; use cpu or cuda[:N]")
+
+    checks = registry()
+    try:
+        ids = resolve_ids(args.only, checks) if args.only is not None else list(checks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file, not a folder")
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None:
+        if json_path.is_dir():
+            raise UsageError(f"--json {args.json!r} is a folder, not a file")
+        if not json_path.parent.is_dir():
+            raise UsageError(f"--json {args.json!r}: folder {str(json_path.parent)!r} "
+                             "does not exist")
+    if not args.list:
+        _check_writable_dir(out, "--out")
+        if json_path is not None:
+            _check_writable_dir(json_path.parent, "--json folder")
+
+    config = CheckConfig(depth=depth, gating=args.gating, seed=seed,
+                         dtype=getattr(torch, args.dtype), device=str(device), quick=args.quick)
+    return args, config, {cid: checks[cid] for cid in ids}, out, json_path
+
+
+def run_checks(config, checks, progress: bool = True):
+    """Run each check, timing it; a check that raises is a FAIL with the error in its summary."""
+    from tqdm.auto import tqdm
+
+    from .report import CheckResult
+
+    results = []
+    bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
+               file=sys.stderr, leave=False)
+    for cid, module in bar:
+        bar.set_postfix_str(cid)
+        start = time.perf_counter()
+        try:
+            result = module.run(config)
+        except Exception as exc:  # a crashed check is reported, never silently passed
+            traceback.print_exc(file=sys.stderr)
+            result = CheckResult(id=cid, claim=module.CLAIM, passed=False, metrics={},
+                                 expected={}, summary=f"the check crashed: "
+                                 f"{type(exc).__name__}: {exc}",
+                                 measured_text="crashed", theory_text="-")
+        result.seconds = time.perf_counter() - start
+        results.append(result)
+    return results
+
+
+def build_report(config, results, seconds: float) -> dict:
+    import numpy
+    import torch
+    import torchdiffeq
+    import torchsde
+
+    from . import __version__
+
+    return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
+            "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
+            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
+            "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
+                         "torchdiffeq": torchdiffeq.__version__,
+                         "torchsde": torchsde.__version__, "numpy": numpy.__version__,
+                         "python": sys.version.split()[0]},
+            "checks": [r.to_json() for r in results]}
+
+
+def main(argv=None) -> int:
+    start = time.perf_counter()
+    try:
+        args, config, checks, out, json_path = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.list:
+        for cid, module in checks.items():
+            print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
+        return 0
+
+    from .report import atomic_write_json, format_table, save_figure
+
+    results = run_checks(config, checks)
+    try:
+        if not args.no_figures:
+            for r in results:
+                if r.figure is not None:
+                    save_figure(r.figure, out / f"{r.id}.png")
+        report = build_report(config, results, time.perf_counter() - start)
+        atomic_write_json(out / "report.json", report)
+        if json_path is not None:
+            atomic_write_json(json_path, report)
+    except OSError as exc:
+        print(f"{PROG}: error: cannot write the report: {exc}", file=sys.stderr)
+        return 2
+
+    ladder = ", ".join(map(str, config.ladder))
+    print(f"rdm_dynamics verify: depth {config.depth} (ladder {ladder}), gating {config.gating}, "
+          f"seed {config.seed}, {report['dtype']} on {config.device}")
+    print(format_table(results))
+    print()
+    for r in results:
+        print(f"[{'PASS' if r.passed else 'FAIL'}] {r.id}: {r.summary}")
+    n_pass = sum(r.passed for r in results)
+    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; "
+          f"report: {out / 'report.json'}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
