@@ -125,6 +125,18 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
             else:
                 entries[name] = spec["value"]
         state[int(pid)] = entries
+    # load_state_dict matches parameters by position only: check the per-parameter tensors'
+    # shapes, or a checkpoint of another architecture would load and fail at the next step
+    saved_ids = [i for g in meta["param_groups"] for i in g["params"]]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if len(saved_ids) != len(params):
+        raise CheckpointError(f"the optimizer state has {len(saved_ids)} parameters, the model "
+                              f"{len(params)}")
+    for i, p in zip(saved_ids, params, strict=True):
+        for name, value in state.get(i, {}).items():
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape != p.shape:
+                raise CheckpointError(f"optimizer state {name} of parameter {i} has shape "
+                                      f"{tuple(value.shape)}, the model {tuple(p.shape)}")
     try:
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as exc:

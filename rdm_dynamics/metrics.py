@@ -63,12 +63,16 @@ def _psd_sqrt(S: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(mu1: np.ndarray, S1: np.ndarray, mu2: np.ndarray, S2: np.ndarray) -> float:
-    """The Frechet (2-Wasserstein squared) distance between N(mu1, S1) and N(mu2, S2)."""
+    """The Frechet (2-Wasserstein squared) distance between N(mu1, S1) and N(mu2, S2).
+
+    Clipped at 0: with singular covariances the roots of round-off eigenvalues, O(sqrt(eps)),
+    can make the formula a hair negative.
+    """
     r1 = _psd_sqrt(S1)
     M = r1 @ S2 @ r1
     ev = np.clip(np.linalg.eigvalsh(0.5 * (M + M.T)), 0.0, None)
     d = mu1 - mu2
-    return float(d @ d + np.trace(S1) + np.trace(S2) - 2.0 * np.sqrt(ev).sum())
+    return max(0.0, float(d @ d + np.trace(S1) + np.trace(S2) - 2.0 * np.sqrt(ev).sum()))
 
 
 def _moments(f: np.ndarray):
