@@ -127,12 +127,12 @@ def digits(split: str = "train", size: int = 8) -> ArrayDataset:
 
 
 def _bounce(pos: int, vel: int, hi: int) -> tuple[int, int]:
-    """Move by vel inside [0, hi], reflecting at the ends."""
+    """Move by vel inside [0, hi], reflecting at the ends (as often as needed)."""
+    if hi == 0:
+        return 0, vel
     pos += vel
-    if pos < 0:
-        pos, vel = -pos, -vel
-    elif pos > hi:
-        pos, vel = 2 * hi - pos, -vel
+    while not 0 <= pos <= hi:
+        pos, vel = (-pos, -vel) if pos < 0 else (2 * hi - pos, -vel)
     return pos, vel
 
 

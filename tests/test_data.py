@@ -41,6 +41,10 @@ def test_moving_digits_are_deterministic_and_keep_the_digit_on_the_canvas():
     assert (ink == ink[:, :1]).all()
     moved = (a.images[:, 1:] != a.images[:, :-1]).flatten(1).any(1)
     assert moved.all()
+    fixed = moving_digits("test", frames=4, canvas=8)  # no room to move: the digit stays put
+    assert (fixed.images == fixed.images[:, :1]).all()
+    fast = moving_digits("test", frames=6, canvas=9)  # speed 2 > room 1: reflected twice
+    assert fast.images.shape == (359, 6, 1, 9, 9)
 
 
 def write_png(path, value=128, size=(10, 12)):
