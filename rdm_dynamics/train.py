@@ -83,6 +83,7 @@ class TrainConfig:
     label_dropout: float = 0.1
     # optimisation
     steps: int = 2000
+    max_seconds: float = 0.0  # > 0: stop (with a checkpoint) once training has run this long
     batch_size: int = 64  # global batch, split evenly over the processes
     lr: float = 1e-3
     warmup: int = 100
@@ -111,9 +112,9 @@ class TrainConfig:
 
 
 #: What --resume may change: how long to run and what to write, not what is computed.
-RESUME_OVERRIDES = {"steps", "device", "compile", "out", "log_every", "ckpt_every", "keep",
-                    "sample_every", "n_samples", "sampler", "sample_steps", "guidance",
-                    "progress"}
+RESUME_OVERRIDES = {"steps", "max_seconds", "device", "compile", "out", "log_every",
+                    "ckpt_every", "keep", "sample_every", "n_samples", "sampler",
+                    "sample_steps", "guidance", "progress"}
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -228,7 +229,7 @@ def _validate(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise UsageError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("warmup", "sample_every", "seed"):
+    for name in ("warmup", "sample_every", "seed", "max_seconds"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"{name} must be non-negative, got {getattr(cfg, name)}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -535,7 +536,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
         model.train()
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
                    disable=not (cfg.progress and dist_.main), file=sys.stderr)
-        began, loss_value = time.perf_counter(), math.nan
+        began, loss_value, done = time.perf_counter(), math.nan, start
         for step in bar:
             idx = schedule.indices(step)
             x, y = dataset.batch(idx[dist_.rank * local:(dist_.rank + 1) * local])
@@ -569,14 +570,19 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_step is not None:
                 on_step(done, loss_value)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            # the ranks agree on the (mean) elapsed time, so they stop at the same step
+            out_of_time = cfg.max_seconds > 0 and dist_.mean(torch.tensor(
+                time.perf_counter() - began, device=dist_.device)).item() >= cfg.max_seconds
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
                 last_ckpt = checkpoint(done) or last_ckpt
+            if out_of_time:
+                break
             if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
                 draw_samples(done)
         bar.close()
-        if start < cfg.steps:
-            draw_samples(cfg.steps)
-        return {"step": cfg.steps, "loss": loss_value, "checkpoint": last_ckpt,
+        if start < done:
+            draw_samples(done)
+        return {"step": done, "loss": loss_value, "checkpoint": last_ckpt,
                 "seconds": time.perf_counter() - began, "skipped": dataset.skipped}
     finally:
         dist_.close()
