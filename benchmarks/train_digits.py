@@ -11,6 +11,10 @@ digit classifier and the Frechet distance to the training split, beside the real
 (the held-out split, 359 images, scored the same way).  With n = 359 samples the FD carries the
 same small-sample bias as the floor.
 
+``--data moving-digits`` does the same for videos (frames of the moving-digits set, 16x16
+canvas): FD and accuracy per frame and over all frames, plus temporal consistency (label
+agreement across frames, feature motion between frames), with a per-frame figure.
+
 Targets (issue 6): with guidance, accuracy >= 0.90 and FD <= 3 x floor.  Results go to
 ``<out>/results.json`` and a table on stdout; sample grids to ``<out>/<model>/samples/``.
 Training time here is wall clock on whatever machine runs it: say whether it was contended.
@@ -28,8 +32,8 @@ from pathlib import Path
 import torch
 
 from rdm_dynamics.checkpoint import load_checkpoint
-from rdm_dynamics.metrics import DigitJudge
-from rdm_dynamics.report import atomic_write_json
+from rdm_dynamics.metrics import DigitJudge, video_figure
+from rdm_dynamics.report import atomic_write_json, save_figure
 from rdm_dynamics.sample import cycle_labels, generate, load_model, save_samples
 from rdm_dynamics.train import TrainConfig, train
 
@@ -42,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     p.add_argument("--models", default="RDM-DiT-T/2,RDM-UNet-T")
     p.add_argument("--gate", default="rdm")
+    p.add_argument("--data", default="digits", choices=("digits", "moving-digits"))
+    p.add_argument("--frames", type=int, default=8, help="moving-digits video length")
     p.add_argument("--model-factory", default=None, help="module:function instead of build_model")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch-size", type=int, default=128)
@@ -72,7 +78,8 @@ def model_options(pairs):
 def run_model(name: str, args, judge: DigitJudge, floor: dict) -> dict:
     folder = Path(args.out) / name.replace("/", "_")
     cfg = TrainConfig(model=name, gate=args.gate, model_factory=args.model_factory,
-                      model_options=model_options(args.model_option), data="digits",
+                      model_options=model_options(args.model_option), data=args.data,
+                      frames=args.frames if args.data == "moving-digits" else None,
                       steps=10**9, max_seconds=60 * args.minutes, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                       prediction=args.prediction, seed=args.seed, out=str(folder),
@@ -102,6 +109,9 @@ def run_model(name: str, args, judge: DigitJudge, floor: dict) -> dict:
                  fd_ratio=m["fd"] / floor["real_fd"])
         m["passes"] = bool(m["accuracy"] >= TARGET_ACCURACY
                            and m["fd_ratio"] <= TARGET_FD_RATIO)
+        if x.ndim == 5:
+            save_figure(video_figure({**m, **floor}, x.shape[1]),
+                        folder / f"video-metrics-guidance-{w:g}.png")
         row["results"].append(m)
     return row
 
@@ -110,10 +120,10 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(args.seed)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    judge = DigitJudge("digits", 8)
+    judge = DigitJudge(args.data, 8 if args.data == "digits" else 16, frames=args.frames)
     floor = judge.floor()
     rows = [run_model(name, args, judge, floor) for name in args.models.split(",")]
-    report = {"minutes_per_model": args.minutes, "sampler": args.sampler,
+    report = {"data": args.data, "minutes_per_model": args.minutes, "sampler": args.sampler,
               "sample_steps": args.sample_steps, "n_samples": args.n,
               "torch_threads": torch.get_num_threads(), "floor": floor,
               "targets": {"accuracy": TARGET_ACCURACY, "fd_ratio": TARGET_FD_RATIO},

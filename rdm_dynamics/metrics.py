@@ -191,17 +191,19 @@ def load_classifier(kind: str = "digits", size: int = 8, retrain: bool = False) 
 class DigitJudge:
     """Frechet distance and class accuracy of digit samples (images or videos) at one size.
 
-    ``kind`` is ``digits`` (images (N, 1, S, S)) or ``moving-digits`` (videos (N, T, 1, S, S)).
+    ``kind`` is ``digits`` (images (N, 1, S, S)) or ``moving-digits`` (videos (N, T, 1, S, S),
+    compared frame by frame with the moving-digits videos of ``frames`` frames).
     The reference statistics (training split, held-out split) are computed once.
     """
 
-    def __init__(self, kind: str = "digits", size: int = 8, bootstrap: int = 50):
+    def __init__(self, kind: str = "digits", size: int = 8, bootstrap: int = 50,
+                 frames: int = 8):
         if kind not in data.DATASETS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {data.DATASETS}")
         self.kind, self.size, self.bootstrap = kind, size, bootstrap
         self.classifier = load_classifier(kind, size)
         load = data.digits if kind == "digits" else (
-            lambda split, size: data.moving_digits(split, canvas=size))
+            lambda split, size: data.moving_digits(split, frames=frames, canvas=size))
         self.train_set, self.held_out = load("train", size=size), load("test", size=size)
         self._train_features = self.features(self.train_set.images)
 
