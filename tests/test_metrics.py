@@ -96,7 +96,7 @@ def test_video_metrics_have_per_frame_and_temporal_figures(tmp_path, monkeypatch
     monkeypatch.setenv("RDM_DYNAMICS_CACHE", str(tmp_path))
     monkeypatch.setattr(metrics, "train_classifier",
                         lambda kind="digits", size=8, **_: metrics.DigitClassifier().eval())
-    judge = metrics.DigitJudge("moving-digits", 16, bootstrap=0)
+    judge = metrics.DigitJudge("moving-digits", 12, bootstrap=0, frames=3)
     vids = judge.held_out.images[:50]
     out = judge.evaluate(vids, judge.held_out.labels[:50])
     nf = vids.shape[1]
