@@ -60,6 +60,7 @@ def parse_args(argv):
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "euler-maruyama", "pf-ode"))
     p.add_argument("--sample-steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default="benchmark-runs/train_digits")
     return p.parse_args(argv)
 
@@ -83,8 +84,9 @@ def run_model(name: str, args, judge: DigitJudge, floor: dict) -> dict:
                       steps=10**9, max_seconds=60 * args.minutes, batch_size=args.batch_size,
                       lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                       prediction=args.prediction, seed=args.seed, out=str(folder),
-                      log_every=50, ckpt_every=10**9, n_samples=100, sampler=args.sampler,
-                      sample_steps=args.sample_steps, guidance=2.0, device="cpu")
+                      log_every=50, ckpt_every=10**9, progress=False, n_samples=100,
+                      sampler=args.sampler, sample_steps=args.sample_steps, guidance=2.0,
+                      device="cpu")
     if folder.exists() and any(folder.glob("ckpt-*.json")):
         print(f"{name}: reusing the trained run in {folder}", file=sys.stderr)
         ckpt = load_checkpoint(folder)
@@ -118,6 +120,8 @@ def run_model(name: str, args, judge: DigitJudge, floor: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     judge = DigitJudge(args.data, 8 if args.data == "digits" else 16, frames=args.frames)

@@ -118,6 +118,43 @@ RESUME_OVERRIDES = {"steps", "max_seconds", "device", "compile", "out", "log_eve
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
+HELP = {
+    "model": "named configuration of rdm_dynamics.models (MODEL_CONFIGS)",
+    "gate": "residual gate: plain, post-ln, rezero, adaln-zero or rdm",
+    "model_factory": "module:function with build_model's signature, for your own model",
+    "data": "digits, moving-digits, a folder of PNG/JPEG images or a .npy/.npz file",
+    "image_size": "resize to this size (digits 8, moving-digits canvas 16, folders 32)",
+    "frames": "moving-digits video length (default 8)",
+    "channels": "image folders: 1 (grey) or 3 (RGB)",
+    "sde": "forward SDE of rdm_dynamics.sde: vp, subvp or ve",
+    "sde_options": "JSON object of SDE arguments, e.g. '{\"beta_max\": 20}'",
+    "prediction": "network target: eps or v",
+    "t_min": "training times are uniform on [t_min, 1]; the samplers stop there",
+    "label_dropout": "probability of the null label (classifier-free guidance training)",
+    "steps": "total optimizer steps",
+    "max_seconds": "stop with a checkpoint once training has run this long (0: no limit)",
+    "batch_size": "global batch size, split over the processes",
+    "lr": "AdamW learning rate (after a linear warm-up)",
+    "warmup": "warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this",
+    "ema_decay": "EMA decay of the weights used for sampling",
+    "seed": "seed of every random draw",
+    "device": "auto, cpu or cuda[:N] (torchrun: cuda means each rank's local GPU)",
+    "bf16": "bfloat16 autocast on CUDA",
+    "compile": "torch.compile the model",
+    "out": "run folder: log.jsonl, samples/, checkpoints",
+    "log_every": "log every N steps",
+    "ckpt_every": "checkpoint every N steps (and at the end)",
+    "keep": "checkpoints kept",
+    "sample_every": "sample grid every N steps (0: only at the end)",
+    "n_samples": "samples per grid",
+    "sampler": "euler-maruyama, pf-ode or ddpm",
+    "sample_steps": "sampler steps for the grids",
+    "guidance": "classifier-free guidance scale for the grids",
+    "progress": "tqdm progress bar",
+}
+
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or infinite."""
@@ -152,6 +189,8 @@ def _coerce(name: str, value):
                 raise ValueError
             return float(value)
         if kind.startswith("dict"):
+            if isinstance(value, str):  # from the command line: a JSON object
+                value = json.loads(value)
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
@@ -216,10 +255,12 @@ def build_parser():
         if name == "model_options":
             continue
         flag = "--" + name.replace("_", "-")
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        text = f"{HELP.get(name, '')} (default {default})"
         if f.type.startswith("bool"):
-            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction)
+            p.add_argument(flag, default=None, action=argparse.BooleanOptionalAction, help=text)
         else:
-            p.add_argument(flag, default=None, metavar=name.upper())
+            p.add_argument(flag, default=None, metavar=name.upper(), help=text)
     return p
 
 
@@ -363,6 +404,8 @@ class Distributed:
                 raise UsageError(f"unknown device {device_spec!r}; use auto, cpu or "
                                  "cuda[:N]") from None
         if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         if self.world > 1:
             import torch.distributed as dist
