@@ -1,4 +1,4 @@
-"""Brownian paths shared across depths, and thin wrappers over torchdiffeq.
+"""Brownian paths shared across depths, and thin wrappers over torchdiffeq and torchsde.
 
 ``BrownianPath`` holds one Brownian path per sample on an interval of length ``span`` and hands
 out its increments on uniform grids of ``base_steps * 2^k`` steps.  Finer grids are made from
@@ -20,11 +20,13 @@ import math
 import torch
 from torchdiffeq import odeint
 
-__all__ = ["BrownianPath", "solve_ode", "REFERENCE_RTOL", "REFERENCE_ATOL"]
+__all__ = ["BrownianPath", "solve_ode", "TorchsdeReverse", "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
 REFERENCE_ATOL = 1e-12
+
+_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 
 
 class BrownianPath:
@@ -75,9 +77,41 @@ class BrownianPath:
 
 
 def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "dopri5",
-              rtol: float = REFERENCE_RTOL, atol: float = REFERENCE_ATOL) -> torch.Tensor:
+              rtol: float = REFERENCE_RTOL, atol: float = REFERENCE_ATOL,
+              stay_inside: bool = False) -> torch.Tensor:
     """Solve dz/dt = field(t, z) with torchdiffeq; returns z at every time, shape (len(times), ...).
 
     Adaptive methods use (rtol, atol); fixed-grid methods step on ``times`` and ignore them.
+    ``times`` may decrease (integration backwards in time).  With ``stay_inside`` an adaptive
+    solver clips its last step at ``times[-1]`` instead of stepping past it and interpolating
+    back, so the field is never evaluated outside [times[0], times[-1]]: needed where it is
+    undefined beyond the end (sub-VP's g(t) for t < 0 when integrating down to eps).
     """
-    return odeint(field, z0, times, method=method, rtol=rtol, atol=atol)
+    options = {"step_t": times[-1:]} if stay_inside and method in _ADAPTIVE else None
+    return odeint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options)
+
+
+class TorchsdeReverse(torch.nn.Module):
+    """A reverse SDE in the form ``torchsde.sdeint`` takes, an independent reference solver.
+
+    torchsde integrates forward in time, so the denoising direction runs on s = T - t, s from 0
+    to T - eps:  dX = v(X, T - s) ds + g(T - s) dB_s,  v = ``ReverseSDE.denoising_field``.  The
+    noise is additive (g depends on time only), declared as such so ``method="srk"`` has strong
+    order 1.5; ``method="euler"`` is Euler-Maruyama, the scheme a stochastic gated stack runs.
+    """
+
+    sde_type = "ito"
+    noise_type = "additive"
+
+    def __init__(self, reverse):
+        super().__init__()
+        self.reverse, self.T = reverse, reverse.T
+
+    def f(self, s, y):
+        return self.reverse.denoising_field(y, self.T - s)
+
+    def g(self, s, y):
+        g = self.reverse.forward.diffusion_coef(torch.as_tensor(self.T - s, dtype=y.dtype,
+                                                                device=y.device))
+        eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+        return (g * eye).expand(y.shape[0], -1, -1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure", "format_table",
-           "atomic_write_bytes", "atomic_write_json", "save_figure"]
+           "atomic_write_bytes", "atomic_write_json", "save_figure", "draw_orders"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,32 +178,38 @@ def order_figure(title: str, series: Sequence[Series], *, reference_order: float
     reference slope ``-reference_order`` through the first series' last point."""
 
     def draw(fig):
-        ax = fig.add_subplot()
-        for s in series:
-            d = np.asarray(s.depths, dtype=float)
-            e = np.asarray(s.errors, dtype=float)
-            label = s.label
-            if s.fit is not None and math.isfinite(s.fit.order):
-                label += f" (order {s.fit.order:.3f})"
-            (line,) = ax.loglog(d, e, "o", label=label)
-            if s.fit is not None and math.isfinite(s.fit.order):
-                ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
-        if series:
-            d = np.asarray(series[0].depths, dtype=float)
-            e_end = float(series[0].errors[-1])
-            if math.isfinite(e_end) and e_end > 0:
-                ref = e_end * (d / d[-1]) ** (-reference_order)
-                ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
-        if series:
-            from matplotlib.ticker import NullFormatter
-
-            ticks = sorted({float(x) for s in series for x in s.depths})
-            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        draw_orders(fig.add_subplot(), title, series, reference_order=reference_order,
+                    ylabel=ylabel, xlabel=xlabel)
 
     return draw
+
+
+def draw_orders(ax, title: str, series: Sequence[Series], *, reference_order: float = 1.0,
+                ylabel: str = "error", xlabel: str = "depth L", legend_size: float = 8) -> None:
+    """Draw one order plot (``order_figure``'s content) into the matplotlib axes ``ax``."""
+    for s in series:
+        d = np.asarray(s.depths, dtype=float)
+        e = np.asarray(s.errors, dtype=float)
+        label = s.label
+        if s.fit is not None and math.isfinite(s.fit.order):
+            label += f" (order {s.fit.order:.3f})"
+        (line,) = ax.loglog(d, e, "o", label=label)
+        if s.fit is not None and math.isfinite(s.fit.order):
+            ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
+    if series:
+        d = np.asarray(series[0].depths, dtype=float)
+        e_end = float(series[0].errors[-1])
+        if math.isfinite(e_end) and e_end > 0:
+            ref = e_end * (d / d[-1]) ** (-reference_order)
+            ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
+    if series:
+        from matplotlib.ticker import NullFormatter
+
+        ticks = sorted({float(x) for s in series for x in s.depths})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)

@@ -211,6 +211,44 @@ class GatedResidualStack(nn.Module):
                 states.append(z)
         return torch.stack(states) if return_all else z
 
+    def affine_units(self, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every unit as z -> A_i z + c_i + gamma_i xi, for vector states z in R^dim.
+
+        Found by probing unit i (noise off) at 0 and at the basis vectors: c_i = unit(0),
+        A_i e_j = unit(e_j) - c_i.  Exact up to rounding when every F_i is affine in z (the PF-ODE
+        or reverse drift of Gaussian data with the exact score); meaningless otherwise.  Returns
+        A (L, dim, dim), c (L, dim) and the noise covariances diag(gamma_i^2) (L, dim, dim), zero
+        for deterministic units.
+        """
+        probes = torch.cat([torch.zeros(1, dim, dtype=self.times.dtype, device=self.times.device),
+                            torch.eye(dim, dtype=self.times.dtype, device=self.times.device)])
+        A, c, noise = [], [], []
+        for i in range(self.depth):
+            out = self.unit(i, probes, torch.zeros_like(probes) if self.stochastic else None)
+            c.append(out[0])
+            A.append((out[1:] - out[0]).T)
+            gamma = self.gamma[i] if self.stochastic else torch.zeros((), dtype=probes.dtype,
+                                                                      device=probes.device)
+            noise.append(torch.diag_embed(torch.broadcast_to(gamma**2, (dim,))))
+        return torch.stack(A), torch.stack(c), torch.stack(noise)
+
+    def propagate_moments(self, mean: torch.Tensor,
+                          cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact mean and covariance of every layer z_0..z_L for z_0 ~ N(mean, cov) when every
+        unit is affine (see ``affine_units``): each layer is Gaussian with
+
+            m_{i+1} = A_i m_i + c_i,    S_{i+1} = A_i S_i A_i^T + diag(gamma_i^2).
+
+        Returns means (L + 1, d) and covariances (L + 1, d, d); a diverging stack gives inf/NaN
+        entries rather than an exception.
+        """
+        A, c, noise = self.affine_units(mean.shape[-1])
+        means, covs = [mean], [cov]
+        for i in range(self.depth):
+            means.append(A[i] @ means[-1] + c[i])
+            covs.append(A[i] @ covs[-1] @ A[i].T + noise[i])
+        return torch.stack(means), torch.stack(covs)
+
     def continuous_limit(self) -> ContinuousLimit:
         """The limit ODE's vector field (t, z) -> sign (a(t) F(z, t) + b(t)), for odeint."""
         if not self.shared_residual:
