@@ -22,11 +22,11 @@ from torchdiffeq import odeint
 
 __all__ = ["BrownianPath", "solve_ode", "TorchsdeReverse", "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
 REFERENCE_ATOL = 1e-12
-
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 
 
 class BrownianPath:
@@ -77,17 +77,15 @@ class BrownianPath:
 
 
 def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "dopri5",
-              rtol: float = REFERENCE_RTOL, atol: float = REFERENCE_ATOL,
-              stay_inside: bool = False) -> torch.Tensor:
+              rtol: float = REFERENCE_RTOL, atol: float = REFERENCE_ATOL) -> torch.Tensor:
     """Solve dz/dt = field(t, z) with torchdiffeq; returns z at every time, shape (len(times), ...).
 
-    Adaptive methods use (rtol, atol); fixed-grid methods step on ``times`` and ignore them.
-    ``times`` may decrease (integration backwards in time).  With ``stay_inside`` an adaptive
-    solver clips its last step at ``times[-1]`` instead of stepping past it and interpolating
-    back, so the field is never evaluated outside [times[0], times[-1]]: needed where it is
-    undefined beyond the end (sub-VP's g(t) for t < 0 when integrating down to eps).
+    Adaptive methods use (rtol, atol) and are made to step exactly onto every output time
+    (torchdiffeq's ``step_t``): no output is interpolated, and the solver never evaluates the
+    field beyond the last time, where it may be undefined (the sub-VP diffusion at t < 0).
+    Fixed-grid methods step on ``times`` and ignore the tolerances.
     """
-    options = {"step_t": times[-1:]} if stay_inside and method in _ADAPTIVE else None
+    options = {"step_t": times} if method in ADAPTIVE_METHODS else None
     return odeint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options)
 
 

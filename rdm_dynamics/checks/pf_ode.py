@@ -49,7 +49,7 @@ def exact_trajectory(sde, law, x_T: torch.Tensor, times: torch.Tensor,
         return torch.stack([law.pf_ode_map(sde, sde.T, t)(x_T) for t in times])
     field = denoising_stack(sde, law, len(times) - 1, config, gating="euler",
                             probability_flow=True).continuous_limit()
-    return solve_ode(field, x_T, times, stay_inside=True)
+    return solve_ode(field, x_T, times)
 
 
 def transport_errors(stack, law: Gaussian, sde) -> tuple[float, float, float]:
