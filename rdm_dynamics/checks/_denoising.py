@@ -14,6 +14,11 @@ controls enter through ``score_scale`` (a wrong sign, or a PF-ODE without its 1/
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
 from ..laws import Gaussian, GaussianMixture
 from ..sde import SDE
 from ..stack import GatedResidualStack
@@ -81,3 +86,20 @@ def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig):
     stands in for it), drawn on the CPU in float64 and moved to the config's dtype and device."""
     x = law.marginal(sde, sde.T).sample(n, generator=generator)
     return x.to(dtype=config.dtype, device=config.device)
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch's CPU operations on one intra-op thread inside the block, then restore.
+
+    The checks run tens of thousands of operations on tensors of a few hundred numbers, which
+    threads cannot speed up; on a loaded 2-core machine every OpenMP region then costs
+    milliseconds instead of microseconds (a 64 x 4 softmax: 14 ms with 2 threads under load,
+    6 us with 1), which made C2 and C3 run ten times slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

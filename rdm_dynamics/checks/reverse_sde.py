@@ -47,7 +47,15 @@ from ..report import CheckResult, Series, draw_orders, fit_order, within
 from ..sde import make_sde
 from ..stack import get_gating
 from . import CheckConfig
-from ._denoising import EPS, NAMES, SDE_NAMES, data_laws, denoising_stack, sample_prior
+from ._denoising import (
+    EPS,
+    NAMES,
+    SDE_NAMES,
+    data_laws,
+    denoising_stack,
+    sample_prior,
+    single_threaded,
+)
 
 CLAIM = "C3"
 ID = "reverse-sde"
@@ -169,7 +177,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     expected: dict[str, list] = {}
     strong_series, weak_series, layer_series = [], [], []
     z_max, z_count = 0.0, 0
-    with torch.no_grad():
+    with single_threaded(), torch.no_grad():
         for sde_name in sdes:
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
