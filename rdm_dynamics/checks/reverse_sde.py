@@ -256,13 +256,18 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
 
 def _figure(gating, ladder, strong, weak, layer):
     def draw(fig):
+        from matplotlib.ticker import NullFormatter
+
         grid = fig.add_gridspec(2, 2)
-        draw_orders(fig.add_subplot(grid[0, :]), f"C3 reverse-sde ({gating} gates): strong",
-                    strong, ylabel="RMS |z_L - x(eps)|", xlabel="", legend_size=6)
-        draw_orders(fig.add_subplot(grid[1, 0]), "weak (exact moments)", weak,
-                    ylabel="|dm| + |dS|_F", legend_size=6)
-        draw_orders(fig.add_subplot(grid[1, 1]), "layers: max_i W2", layer,
-                    ylabel="max_i W2(z_i, p_t_i)", legend_size=6)
+        panels = ((grid[0, :], f"C3 reverse-sde ({gating} gates): strong error at eps", strong,
+                   "RMS |z_L - x(eps)|", ""),
+                  (grid[1, 0], "weak error (exact moments)", weak, "|dm| + |dS|_F", "depth L"),
+                  (grid[1, 1], "layers: max_i W2(z_i, p_t_i)", layer, "", "depth L"))
+        for cell, title, series, ylabel, xlabel in panels:
+            ax = fig.add_subplot(cell)
+            draw_orders(ax, title, series, ylabel=ylabel, xlabel=xlabel, legend_size=6)
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.title.set_fontsize(9)
 
     return draw
 
