@@ -14,6 +14,7 @@ controls enter through ``score_scale`` (a wrong sign, or a PF-ODE without its 1/
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -81,11 +82,18 @@ def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, gating: s
                               device=config.device)
 
 
-def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig):
+def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig) -> torch.Tensor:
     """n exact samples of p_T (the diffused data law at t = T, not the N(0, s^2 I) prior that
-    stands in for it), drawn on the CPU in float64 and moved to the config's dtype and device."""
+    stands in for it), drawn on the CPU and moved to the config's device, in float64: the
+    references start from them as they are, the stack under test from a copy in config.dtype."""
     x = law.marginal(sde, sde.T).sample(n, generator=generator)
-    return x.to(dtype=config.dtype, device=config.device)
+    return x.to(dtype=torch.float64, device=config.device)
+
+
+def reference_config(config: CheckConfig) -> CheckConfig:
+    """The configuration the references run with: float64 and Euler gates, whatever the dtype
+    and gating of the stack under test (the theory is checked against exact references)."""
+    return dataclasses.replace(config, dtype=torch.float64, gating="euler")
 
 
 @contextmanager

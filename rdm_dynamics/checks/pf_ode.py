@@ -37,6 +37,7 @@ from ._denoising import (
     SDE_NAMES,
     data_laws,
     denoising_stack,
+    reference_config,
     sample_prior,
     single_threaded,
 )
@@ -65,10 +66,12 @@ def exact_trajectory(sde, law, x_T: torch.Tensor, times: torch.Tensor,
 
 def transport_errors(stack, law: Gaussian, sde) -> tuple[float, float, float]:
     """Mean error, covariance error (Frobenius) and W2 of the stack's exact output law against
-    p_eps, for z_0 ~ p_T Gaussian (every unit is affine, so the output law is Gaussian)."""
+    p_eps, for z_0 ~ p_T Gaussian (every unit is affine, so the output law is Gaussian).  The
+    moments are propagated in the stack's dtype and compared in ``law``'s."""
     p_T, p_eps = law.marginal(sde, sde.T), law.marginal(sde, EPS)
-    means, covs = stack.propagate_moments(p_T.mean, p_T.cov)
-    mean, cov = means[-1], covs[-1]
+    dtype = stack.times.dtype
+    means, covs = stack.propagate_moments(p_T.mean.to(dtype), p_T.cov.to(dtype))
+    mean, cov = means[-1].to(p_eps.mean), covs[-1].to(p_eps.mean)
     w2 = gaussian_w2_moments(mean, cov, p_eps.mean, p_eps.cov)
     return (float((mean - p_eps.mean).norm()), float(torch.linalg.matrix_norm(cov - p_eps.cov)),
             float(w2))
@@ -94,19 +97,21 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, pf_weight: float = 
         for sde_name in sdes:
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
-                x_T = sample_prior(law, sde, batch, g, config)
+                x_T = sample_prior(law, sde, batch, g, config)  # float64
+                law64 = law.to(dtype=torch.float64, device=config.device)
                 law_dev = law.to(dtype=config.dtype, device=config.device)
-                times = denoising_stack(sde, law_dev, depth, config,
+                times = denoising_stack(sde, law64, depth, reference_config(config),
                                         probability_flow=True).times
-                reference = exact_trajectory(sde, law_dev, x_T, times, config)
+                reference = exact_trajectory(sde, law64, x_T, times, reference_config(config))
                 errors, w2s, transport = [], [], None
                 for L in ladder:
                     stack = denoising_stack(sde, law_dev, L, config, probability_flow=True,
                                             score_scale=score_scale)
-                    errors.append(pathwise_error(stack(x_T, return_all=True),
+                    states = stack(x_T.to(config.dtype), return_all=True)
+                    errors.append(pathwise_error(states.to(reference),
                                                  reference[::depth // L]))
                     if isinstance(law, Gaussian):
-                        transport = transport_errors(stack, law_dev, sde)
+                        transport = transport_errors(stack, law64, sde)
                         w2s.append(transport[2])
                 fit = fit_order(ladder, errors)
                 key = f"{sde_name}_{law_name}"

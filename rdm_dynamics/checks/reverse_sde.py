@@ -53,6 +53,7 @@ from ._denoising import (
     SDE_NAMES,
     data_laws,
     denoising_stack,
+    reference_config,
     sample_prior,
     single_threaded,
 )
@@ -88,20 +89,23 @@ def strong_error(z: torch.Tensor, reference: torch.Tensor) -> tuple[float, float
     return rms, se_sq / (2 * rms) if rms > 0 else math.nan
 
 
-def strong_errors(sde, law, x_T: torch.Tensor, path: BrownianPath, config: CheckConfig, *,
-                  score_scale: float, noise_power: float) -> tuple[list[float], list[float]]:
+def strong_errors(sde, law, law64, x_T: torch.Tensor, path: BrownianPath, config: CheckConfig,
+                  *, score_scale: float, noise_power: float) -> tuple[list[float], list[float]]:
     """Strong errors at t = eps on every rung, against Euler-Maruyama with
-    ``REFERENCE_REFINEMENT`` x --depth steps on the same Brownian path (true reverse SDE)."""
+    ``REFERENCE_REFINEMENT`` x --depth steps on the same Brownian path (the true reverse SDE, in
+    float64 with ``law64``; the rungs run in config.dtype with ``law``)."""
     ladder = config.ladder
     steps = REFERENCE_REFINEMENT * ladder[-1]
-    reference_stack = denoising_stack(sde, law, steps, config, gating="euler",
+    reference_stack = denoising_stack(sde, law64, steps, reference_config(config),
                                       probability_flow=False)
     reference = reference_stack(x_T, xi=path.normalised_increments(steps).to(x_T))
+    x_in = x_T.to(config.dtype)
     errors, ses = [], []
     for L in ladder:
         stack = denoising_stack(sde, law, L, config, probability_flow=False,
                                 score_scale=score_scale, noise_power=noise_power)
-        rms, se = strong_error(stack(x_T, xi=path.normalised_increments(L).to(x_T)), reference)
+        z = stack(x_in, xi=path.normalised_increments(L).to(x_in))
+        rms, se = strong_error(z.to(reference), reference)
         errors.append(rms)
         ses.append(se)
     return errors, ses
@@ -109,9 +113,12 @@ def strong_errors(sde, law, x_T: torch.Tensor, path: BrownianPath, config: Check
 
 def propagated_errors(stack, law: Gaussian, sde):
     """Exact moments of every layer (z_0 ~ p_T) against p_{t_i}: the weak error at eps,
-    |dm| + |dSigma|_F, the W2 distance at every layer, and the moments themselves."""
+    |dm| + |dSigma|_F, the W2 distance at every layer, and the moments themselves.  Moments are
+    propagated in the stack's dtype and compared in ``law``'s (float64 in the check)."""
     p_T = law.marginal(sde, sde.T)
-    means, covs = stack.propagate_moments(p_T.mean, p_T.cov)
+    dtype = stack.times.dtype
+    means, covs = stack.propagate_moments(p_T.mean.to(dtype), p_T.cov.to(dtype))
+    means, covs = means.to(p_T.mean), covs.to(p_T.mean)
     exact_means, exact_covs = law.marginal_moments(sde, stack.times)
     weak = ((means[-1] - exact_means[-1]).norm()
             + torch.linalg.matrix_norm(covs[-1] - exact_covs[-1]))
@@ -119,7 +126,7 @@ def propagated_errors(stack, law: Gaussian, sde):
     return float(weak), w2, (means, covs, exact_means, exact_covs)
 
 
-def sampled_statistics(stack, law: Gaussian, law_cpu: Gaussian, sde, moments, generator,
+def sampled_statistics(stack, law64: Gaussian, law_cpu: Gaussian, sde, moments, generator,
                        config: CheckConfig, *, n: int, replicates: int):
     """Simulate the stack with ``replicates`` x n samples and compare with the exact moments.
 
@@ -135,11 +142,10 @@ def sampled_statistics(stack, law: Gaussian, law_cpu: Gaussian, sde, moments, ge
     means, covs, exact_means, exact_covs = moments
     depth, d = stack.depth, law_cpu.dim
     total = n * replicates
-    x_T = sample_prior(law_cpu, sde, total, generator, config)
-    path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=depth, generator=generator,
-                        dtype=x_T.dtype)
+    x_T = sample_prior(law_cpu, sde, total, generator, config)  # float64
+    path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=depth, generator=generator)
     xi = path.normalised_increments(depth).to(x_T)
-    states = stack(x_T, xi=xi, return_all=True)
+    states = stack(x_T.to(config.dtype), xi=xi.to(config.dtype), return_all=True).to(x_T)
     pooled_mean, pooled_cov = empirical_moments(states)
     z = moment_z_scores(pooled_mean, pooled_cov, total, means, covs)
 
@@ -148,7 +154,8 @@ def sampled_statistics(stack, law: Gaussian, law_cpu: Gaussian, sde, moments, ge
     w2 = gaussian_w2_moments(rep_mean, rep_cov, exact_means[:, None], exact_covs[:, None])
     weak = ((rep_mean[-1] - exact_means[-1]).norm(dim=-1)
             + torch.linalg.matrix_norm(rep_cov[-1] - exact_covs[-1]))
-    exact = law.reverse_chain(sde, stack.times, x_T, xi).reshape(depth + 1, replicates, n, d)
+    exact = law64.reverse_chain(sde, stack.times.to(x_T), x_T, xi)
+    exact = exact.reshape(depth + 1, replicates, n, d)
     floor = gaussian_w2_moments(*empirical_moments(exact), exact_means[:, None],
                                 exact_covs[:, None])
 
@@ -182,10 +189,10 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
                 law_dev = law.to(dtype=config.dtype, device=config.device)
-                x_T = sample_prior(law, sde, strong_batch, g, config)
-                path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0], generator=g,
-                                    dtype=config.dtype)
-                errors, ses = strong_errors(sde, law_dev, x_T, path, config,
+                law64 = law.to(dtype=torch.float64, device=config.device)
+                x_T = sample_prior(law, sde, strong_batch, g, config)  # float64
+                path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0], generator=g)
+                errors, ses = strong_errors(sde, law_dev, law64, x_T, path, config,
                                             score_scale=score_sign, noise_power=noise_power)
                 fit = fit_order(ladder, errors)
                 key = f"{sde_name}_{law_name}"
@@ -197,11 +204,12 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
 
             law = laws["gaussian"]
             law_dev = law.to(dtype=config.dtype, device=config.device)
+            law64 = law.to(dtype=torch.float64, device=config.device)
             weak, layer = [], []
             for L in ladder:  # ends at --depth: stack and moments are the deepest rung's
                 stack = denoising_stack(sde, law_dev, L, config, probability_flow=False,
                                         score_scale=score_sign, noise_power=noise_power)
-                weak_L, w2_L, moments = propagated_errors(stack, law_dev, sde)
+                weak_L, w2_L, moments = propagated_errors(stack, law64, sde)
                 weak.append(weak_L)
                 layer.append(float(w2_L.amax()))
             weak_fit, layer_fit = fit_order(ladder, weak), fit_order(ladder, layer)
@@ -219,7 +227,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
             layer_series.append(Series(sde_name, ladder, layer, layer_fit))
 
             sde_z_max, count, estimates = sampled_statistics(
-                stack, law_dev, law, sde, moments, g, config, n=n, replicates=replicates)
+                stack, law64, law, sde, moments, g, config, n=n, replicates=replicates)
             z_max, z_count = max(z_max, sde_z_max), z_count + count
             for name, (value, se) in estimates.items():
                 metrics[f"{name}_{sde_name}"], metrics[f"{name}_{sde_name}_se"] = value, se
