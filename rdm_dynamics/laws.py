@@ -262,9 +262,17 @@ class GaussianMixture:
 
 
 def _psd_sqrt(S: torch.Tensor) -> torch.Tensor:
-    """Symmetric PSD square root of (a batch of) symmetric matrices (..., d, d)."""
-    lam, U = torch.linalg.eigh(0.5 * (S + S.mT))
-    return (U * lam.clamp(min=0).sqrt().unsqueeze(-2)) @ U.mT
+    """Symmetric PSD square root of (a batch of) symmetric matrices (..., d, d).
+
+    Each matrix is scaled by its largest entry before the eigendecomposition (and the square
+    root scaled back), so that finite matrices with huge entries, such as the moments of a
+    diverging stack, do not overflow inside the solver.
+    """
+    S = 0.5 * S + 0.5 * S.mT  # not 0.5 (S + S^T): that overflows near the largest float
+    scale = S.abs().amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    lam, U = torch.linalg.eigh(S / scale)
+    return (U * (lam.clamp(min=0) * scale[..., 0]).sqrt().unsqueeze(-2)) @ U.mT
 
 
 def gaussian_w2(p: Gaussian, q: Gaussian) -> torch.Tensor:
@@ -289,11 +297,13 @@ def gaussian_w2_moments(mean_p: torch.Tensor, cov_p: torch.Tensor, mean_q: torch
     cov_p = torch.where(safe.unsqueeze(-1), cov_p, 0.0)
     cov_q = torch.where(safe.unsqueeze(-1), cov_q, 0.0)
     root_p = _psd_sqrt(cov_p)
-    cross = _psd_sqrt(root_p @ cov_q @ root_p)
+    inner = root_p @ cov_q @ root_p
+    finite = finite & torch.isfinite(inner).all((-2, -1))
+    cross = _psd_sqrt(torch.where(finite[..., None, None], inner, 0.0))
     trace = torch.diagonal(cov_p + cov_q - 2 * cross, dim1=-2, dim2=-1).sum(-1)
     w2sq = ((mean_p - mean_q) ** 2).sum(-1) + trace
     w2 = torch.sqrt(torch.clamp(w2sq, min=0.0))
-    return torch.where(finite, w2, torch.nan)
+    return torch.where(finite & torch.isfinite(w2), w2, torch.nan)
 
 
 def empirical_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
