@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torchdiffeq import odeint
+from torchdiffeq import odeint, odeint_adjoint
 
-__all__ = ["BrownianPath", "solve_ode", "REFERENCE_RTOL", "REFERENCE_ATOL"]
+__all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
@@ -81,3 +81,15 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
     Adaptive methods use (rtol, atol); fixed-grid methods step on ``times`` and ignore them.
     """
     return odeint(field, z0, times, method=method, rtol=rtol, atol=atol)
+
+
+def solve_ode_adjoint(field, z0: torch.Tensor, times: torch.Tensor, *, params=None,
+                      method: str = "dopri5", rtol: float = REFERENCE_RTOL,
+                      atol: float = REFERENCE_ATOL, options: dict | None = None) -> torch.Tensor:
+    """Solve dz/dt = field(t, z) with torchdiffeq.odeint_adjoint: gradients flow back by solving
+    the adjoint ODE backwards (same method, tolerances and options), storing no forward graph,
+    so memory does not grow with the number of steps.  ``field`` is an nn.Module; ``params`` are
+    the tensors to differentiate (default: its parameters)."""
+    return odeint_adjoint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options,
+                          adjoint_rtol=rtol, adjoint_atol=atol,
+                          adjoint_params=None if params is None else tuple(params))

@@ -189,7 +189,8 @@ class GatedResidualStack(nn.Module):
 
     def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                return_all: bool = False) -> torch.Tensor:
+                return_all: bool = False,
+                perturbations: torch.Tensor | None = None) -> torch.Tensor:
         """Run the stack from z0.
 
         Args:
@@ -197,16 +198,23 @@ class GatedResidualStack(nn.Module):
             xi: standard normal noise of shape (L, B, ...) for stochastic units; drawn from
                 ``generator`` when omitted.  Ignored for deterministic units.
             return_all: return every layer's state, shape (L + 1, B, ...), instead of z_L.
+            perturbations: e_i of shape (L, B, ...) added after each unit,
+                z_{i+1} = unit_i(z_i) + e_i (to study how per-layer errors propagate).
         """
         if self.stochastic and xi is None:
             xi = torch.randn((self.depth, *z0.shape), generator=generator, dtype=z0.dtype,
                              device=z0.device)
         if xi is not None and xi.shape != (self.depth, *z0.shape):
             raise ValueError(f"xi must have shape {(self.depth, *z0.shape)}, got {tuple(xi.shape)}")
+        if perturbations is not None and perturbations.shape != (self.depth, *z0.shape):
+            raise ValueError(f"perturbations must have shape {(self.depth, *z0.shape)}, "
+                             f"got {tuple(perturbations.shape)}")
         z = z0
         states = [z0] if return_all else None
         for i in range(self.depth):
             z = self.unit(i, z, xi[i] if self.stochastic else None)
+            if perturbations is not None:
+                z = z + perturbations[i]
             if return_all:
                 states.append(z)
         return torch.stack(states) if return_all else z
