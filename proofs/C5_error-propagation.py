@@ -87,19 +87,22 @@ verified("(E): y - (x + alpha F + beta) is the sum of the four rounding brackets
          sp.expand(decomposition - (yv - (x_hat + alpha * Fx + beta))) == 0)
 theta, etap = sp.symbols("theta eta'", real=True)
 m_model = a_hat * F_hat * (1 + theta) + etap
-verified("gate product: fl(a^ F^) - alpha F = a^ F^ theta + eta' + (a^ - alpha) F^ + alpha (F^ - F)",
+verified("gate product: fl(a^ F^) - alpha F = a^ F^ theta + eta' + (a^ - alpha) F^ "
+         "+ alpha (F^ - F)",
          sp.expand((m_model - alpha * Fx) - (a_hat * F_hat * theta + etap + (a_hat - alpha) * F_hat
                                               + alpha * (F_hat - Fx))) == 0)
 rho, eta = sp.symbols("rho eta", positive=True)
 w = sp.symbols("w", real=True)
 y_model = w * (1 + theta) + etap
-verified("y = w (1 + theta) + eta' gives w = (y - eta') / (1 + theta), so |w| <= (|y| + eta)/(1 - rho)",
+verified("y = w (1 + theta) + eta' gives w = (y - eta') / (1 + theta), "
+         "so |w| <= (|y| + eta)/(1 - rho)",
          sp.simplify(sp.solve(sp.Eq(yv, y_model), w)[0] - (yv - etap) / (1 + theta)) == 0)
 
 # Higham's gamma_n: |prod (1 + theta_k) - 1| <= n rho / (1 - n rho) for n rho < 1.
 n = sp.symbols("n", positive=True, integer=True)
 f = (1 - n * rho) * (1 + rho) ** n
-verified("(1 - n rho)(1 + rho)^n has derivative -n (n + 1) rho (1 + rho)^(n - 1) <= 0 and is 1 at 0, "
+verified("(1 - n rho)(1 + rho)^n has derivative -n (n + 1) rho (1 + rho)^(n - 1) <= 0 "
+         "and is 1 at 0, "
          "so (1 + rho)^n - 1 <= gamma_n",
          sp.simplify(sp.diff(f, rho) + n * (n + 1) * rho * (1 + rho) ** (n - 1)) == 0
          and f.subs(rho, 0) == 1)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure",
-           "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure", "RateFit", "fit_growth_rate",
-           "within_se", "mean_se", "order_axes", "depth_axes"]
+           "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure", "RateFit",
+           "fit_growth_rate", "within_se", "mean_se", "order_axes", "depth_axes"]
 
 
 # ------------------------------------------------------------------------------------------------

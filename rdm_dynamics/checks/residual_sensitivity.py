@@ -6,7 +6,8 @@ a(tau) = 1 + 0.5 sin(2 pi tau + phase), b(tau) = 0.5 sin(2 pi tau + phase'), and
 l = sum_s <w_s, z_L,s> with unit vectors w_s (so p_L = w at every depth).
 
 Reference: dl/dz0 and dl/dtheta of the ODE dz/dtau = a F + b by the continuous adjoint method,
-torchdiffeq.odeint_adjoint with dopri5 at rtol 1e-10, atol 1e-12, float64 (forward and adjoint).
+torchdiffeq.odeint_adjoint with dopri5 at rtol 1e-10, atol 1e-12, float64 (forward and adjoint;
+rtol 1e-8, atol 1e-10 for --quick smoke runs).
 Measured: the same gradients by backpropagation through the depth-L stack on the depth ladder.
 
 Metrics: ``grad_error`` (max of the relative errors of dl/dz0 and dl/dtheta) at --depth and its
@@ -29,6 +30,7 @@ import torch
 from ..adjoint import adjoint_gradients, backprop_adjoints, linear_loss
 from ..fields import SmoothCoefficient, SmoothTanhField
 from ..memory import peak_memory
+from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
 from ..report import (
     CheckResult,
     Series,
@@ -53,6 +55,9 @@ RATIO_RANGE = (0.5, 2.0)
 MEMORY_BACKPROP_RANGE = (0.9, 1.1)
 MEMORY_ADJOINT_RANGE = (-0.1, 0.1)
 SE_BAND = 3.0
+#: odeint_adjoint tolerances of --quick runs: reference errors near 1e-8, far below the Euler
+#: errors (> 1e-3) of the depths a quick run uses.
+QUICK_TOLERANCES = (1e-8, 1e-10)
 
 
 class Problem:
@@ -91,11 +96,12 @@ class Problem:
                                  p["params"] if params else ())
 
     def reference(self):
-        """(dl/dz0, [dl/dtheta]) of the limit ODE by odeint_adjoint (dopri5 at the reference
-        tolerances, float64)."""
+        """(dl/dz0, [dl/dtheta]) of the limit ODE by odeint_adjoint (dopri5, float64, at the
+        reference tolerances; ``--quick`` smoke runs use rtol 1e-8, atol 1e-10)."""
         p = self.exact
+        rtol, atol = QUICK_TOLERANCES if self.config.quick else (REFERENCE_RTOL, REFERENCE_ATOL)
         return adjoint_gradients(self.stack(1, "euler", exact=True).continuous_limit(), p["z0"],
-                                 (0.0, 1.0), p["loss"], p["params"])
+                                 (0.0, 1.0), p["loss"], p["params"], rtol=rtol, atol=atol)
 
     def euler_adjoint(self, depth: int):
         """odeint_adjoint with ``depth`` Euler steps (in the working dtype): the O(1)-memory way
