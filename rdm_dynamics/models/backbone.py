@@ -55,6 +55,24 @@ class GatedBackbone(nn.Module):
     def initialize_weights(self) -> None:
         raise NotImplementedError
 
+    def initialize_shared(self) -> None:
+        """The initialisation every backbone shares (each ``initialize_weights`` says why).
+
+        Linear maps: Xavier uniform, zero bias.  Time MLP and label table: N(0, 0.02^2).  Then
+        every gate's ``initialize(L)``, L the number of units: modulation regressors zero and
+        the gates at their initial values (gates.py).
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.cond.time.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.cond.time.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.cond.label.table.weight, std=0.02)
+        units = self.residual_units()
+        for unit in units:
+            unit.gate.initialize(len(units))
+
     def residual_units(self) -> list[ResidualUnit]:
         """The gated residual units, in the order the forward pass applies them."""
         return [m for m in self.modules() if isinstance(m, ResidualUnit)]
@@ -71,14 +89,10 @@ class GatedBackbone(nn.Module):
         evaluated at diffusion time ``t`` and label ``y`` (None: the null label).  Per-channel
         gates are vectors, scalar gates 0-d tensors; plain and post-ln gates are 1.
         """
-        device = self.cond.label.table.weight.device
-        labels = None if y is None else torch.tensor([y], device=device)
-        was_training = self.training
-        self.eval()
-        try:
-            c, e = self.cond(torch.tensor([float(t)], device=device), labels, 1)
-        finally:
-            self.train(was_training)
+        label = self.cond.label
+        device = label.table.weight.device
+        e = self.cond.time(torch.tensor([float(t)], device=device))
+        c = e + label.table(torch.tensor([label.num_classes if y is None else y], device=device))
         out = {}
         for unit in self.residual_units():
             for key, value in unit.gate.values(c, e).items():

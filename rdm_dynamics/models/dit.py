@@ -148,19 +148,10 @@ class RDMDiT(GatedBackbone):
         The branches themselves are not zeroed, so the gate alone decides whether a unit starts
         as the identity.
         """
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.initialize_shared()
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.cond.time.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.cond.time.mlp[2].weight, std=0.02)
-        nn.init.normal_(self.cond.label.table.weight, std=0.02)
-        units = self.residual_units()
-        for unit in units:
-            unit.gate.initialize(len(units))
         self.final.modulation.zero_()
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)

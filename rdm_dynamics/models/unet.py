@@ -227,16 +227,7 @@ class RDMUNet(GatedBackbone):
           unit starts as the identity (rezero, adaln-zero, rdm with alpha_init 0) or not; rdm
           starts at alpha = 1/L with L the number of units.  Long-skip gates start at 1.
         """
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.cond.time.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.cond.time.mlp[2].weight, std=0.02)
-        nn.init.normal_(self.cond.label.table.weight, std=0.02)
-        units = self.residual_units()
-        for unit in units:
-            unit.gate.initialize(len(units))
+        self.initialize_shared()
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
