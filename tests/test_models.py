@@ -21,16 +21,6 @@ SMALL = {  # the smallest useful shape of each backbone
 BACKBONES = list(SMALL)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: intra-op threads only add synchronisation, which costs several
-    times the work itself on a shared CPU.  The previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(name, gate="rdm", frames=None, **kwargs):
     torch.manual_seed(0)
     return build_model(name, gate=gate, frames=frames, **{**SMALL[name], **kwargs})
