@@ -205,8 +205,8 @@ def run(config: CheckConfig) -> CheckResult:
         f"{m['memory_exponent_adjoint']:.2f}).")
     return CheckResult(
         id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
-        figure=sensitivity_figure(gating, config.ladder, errors, z0_errors, theta_errors, fit,
-                                  depths, sens, continuous),
+        figure=sensitivity_figure(gating, config.ladder, z0_errors, theta_errors, fit, depths,
+                                  sens, continuous),
         measured_text=(f"order {fit.order:.3f}, error {errors[-1]:.1e}; sensitivity ratio "
                        f"{m['sensitivity_ratio_gated']:.2f}; memory exp "
                        f"{m['memory_exponent_backprop']:.2f} vs "
@@ -214,22 +214,23 @@ def run(config: CheckConfig) -> CheckResult:
         theory_text="order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)")
 
 
-def sensitivity_figure(gating, ladder, errors, z0_errors, theta_errors, fit, depths, sens,
-                       continuous):
+def sensitivity_figure(gating, ladder, z0_errors, theta_errors, fit, depths, sens, continuous):
     """Left: gradient error against depth (log-log, fitted order); right: sensitivity
     |p_0| / |p_L| against depth for each gating, with the adjoint ODE's value."""
 
     def draw(fig):
         left, right = fig.subplots(1, 2)
         order_axes(left, "gradient error vs odeint_adjoint",
-                   [Series("max(z0, theta)", ladder, errors, fit),
-                    Series("dl/dz0", ladder, z0_errors), Series("dl/dtheta", ladder, theta_errors)],
+                   [Series("dl/dtheta", ladder, theta_errors, fit_order(ladder, theta_errors)),
+                    Series("dl/dz0", ladder, z0_errors, fit_order(ladder, z0_errors))],
                    ylabel="relative error")
         curves = {g: [float(np.mean(row)) for row in s] for g, s in sens.items()}
         finite = [v for c in curves.values() for v in c if np.isfinite(v)]
         depth_axes(right, "sensitivity |p_0| / |p_L|", depths, curves,
                    ylabel="mean over samples",
                    ylim_top=min(max(finite) * 10, 1e12) if finite else None)
+        if finite:
+            right.set_ylim(bottom=0.5 * min(finite))
         right.axhline(continuous, color="k", ls=":", lw=1, label="adjoint ODE")
         right.legend(fontsize=7)
         fig.suptitle(f"C6 residual-sensitivity ({gating} gates)")
