@@ -21,7 +21,8 @@ import numpy as np
 
 __all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure",
            "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure", "RateFit",
-           "fit_growth_rate", "within_se", "mean_se", "order_axes", "depth_axes"]
+           "fit_growth_rate", "within_se", "mean_se", "order_axes", "depth_axes",
+           "per_sample_growth_rates", "depth_trend_metrics"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,6 +114,27 @@ def mean_se(samples) -> tuple[float, float]:
         return math.nan, math.nan
     se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
     return float(x.mean()), se
+
+
+def per_sample_growth_rates(depths: Sequence[float], values) -> np.ndarray:
+    """The fitted growth rate per layer (:func:`fit_growth_rate`) of each column of ``values``
+    (rows: depths, columns: samples)."""
+    values = np.asarray(values, dtype=float)
+    return np.array([fit_growth_rate(depths, values[:, s]).rate for s in range(values.shape[1])])
+
+
+def depth_trend_metrics(depths: Sequence[float], values, *, value: str, ratio: str,
+                        rate: str) -> dict[str, float]:
+    """Summaries of a per-sample quantity measured at increasing depths (rows: depths, columns:
+    samples), each a sample mean with its standard error ``<name>_se``: ``value`` its mean at the
+    last depth, ``ratio`` the mean per-sample ratio of the last depth to the first, ``rate`` the
+    mean per-sample growth rate per layer."""
+    values = np.asarray(values, dtype=float)
+    out = {}
+    for name, samples in ((value, values[-1]), (ratio, values[-1] / values[0]),
+                          (rate, per_sample_growth_rates(depths, values))):
+        out[name], out[f"{name}_se"] = mean_se(samples)
+    return out
 
 
 def within_se(value: float, se: float, interval: Sequence[float | None], k: float = 3.0) -> bool:

@@ -34,7 +34,7 @@ import torch
 
 from ..fields import SmoothCoefficient, SmoothTanhField, frozen_layers
 from ..propagation import propagation_run
-from ..report import CheckResult, depth_axes, fit_growth_rate, mean_se, within, within_se
+from ..report import CheckResult, depth_axes, depth_trend_metrics, mean_se, within, within_se
 from ..rounding import RoundingModel, elementary_violations, local_errors
 from ..stack import GatedResidualStack, get_gating
 from . import CheckConfig
@@ -128,11 +128,6 @@ def lowp_experiment(problem: Problem, gating: str, depths: list[int], dtype) -> 
             "local_violations": local_violations, "overflow": overflow}
 
 
-def per_sample_rates(depths, amps: np.ndarray) -> np.ndarray:
-    """Fitted growth rate per layer of each sample's amplification (columns of ``amps``)."""
-    return np.array([fit_growth_rate(depths, amps[:, s]).rate for s in range(amps.shape[1])])
-
-
 def run(config: CheckConfig) -> CheckResult:
     problem = Problem(config)
     depths = propagation_depths(config.ladder[-1])
@@ -151,13 +146,9 @@ def run(config: CheckConfig) -> CheckResult:
     rounding_violations = tanh_violations + sum(v["local_violations"] for v in lowp.values())
     metrics = {"bound_violations": violations, "rounding_model_violations": rounding_violations}
     for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
-        a = amp[g]["amp"]
-        metrics[f"amplification_{key}"], metrics[f"amplification_{key}_se"] = mean_se(a[-1])
-        ratio, ratio_se = mean_se(a[-1] / a[0])
-        metrics[f"amplification_ratio_{key}"] = ratio
-        metrics[f"amplification_ratio_{key}_se"] = ratio_se
-        rate, rate_se = mean_se(per_sample_rates(depths, a))
-        metrics[f"growth_rate_{key}"], metrics[f"growth_rate_{key}_se"] = rate, rate_se
+        metrics.update(depth_trend_metrics(depths, amp[g]["amp"], value=f"amplification_{key}",
+                                           ratio=f"amplification_ratio_{key}",
+                                           rate=f"growth_rate_{key}"))
         metrics[f"amplification_bound_{key}"] = amp[g]["bound"][-1]
     ratios = []  # measured / bound at --depth; NaN (a FAIL) where a run overflowed
     for (g, name), v in lowp.items():
@@ -225,8 +216,7 @@ def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
                    ylabel="amplification (mean over samples)", bounds=bounds, ylim_top=top)
         curves = {f"{name} {g}": _nanmean(v["error"], axis=1) for (g, name), v in lowp.items()}
         bounds = {f"{name} {g}": _nanmean(v["bound"], axis=1) for (g, name), v in lowp.items()}
-        top = _top([v for (g, name), v_ in lowp.items() if g == gating
-                    for v in bounds[f"{name} {g}"]])
+        top = _top([v for (g, name) in lowp if g == gating for v in bounds[f"{name} {g}"]])
         depth_axes(right, "low precision vs float64", depths, curves,
                    ylabel="|z_L - z_L(float64)| (mean)", bounds=bounds, ylim_top=top)
         fig.suptitle(f"C5 error-propagation ({gating} gates)")

@@ -35,7 +35,7 @@ from ..report import (
     CheckResult,
     Series,
     depth_axes,
-    fit_growth_rate,
+    depth_trend_metrics,
     fit_order,
     mean_se,
     order_axes,
@@ -170,13 +170,9 @@ def run(config: CheckConfig) -> CheckResult:
                "sensitivity_continuous": continuous,
                "sensitivity_continuous_se": continuous_se}
     for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
-        s = sens[g]
-        metrics[f"sensitivity_{key}"], metrics[f"sensitivity_{key}_se"] = mean_se(s[-1])
-        ratio, ratio_se = mean_se(s[-1] / s[0])
-        metrics[f"sensitivity_ratio_{key}"], metrics[f"sensitivity_ratio_{key}_se"] = (ratio,
-                                                                                       ratio_se)
-        rates = [fit_growth_rate(depths, s[:, j]).rate for j in range(s.shape[1])]
-        metrics[f"sensitivity_rate_{key}"], metrics[f"sensitivity_rate_{key}_se"] = mean_se(rates)
+        metrics.update(depth_trend_metrics(depths, sens[g], value=f"sensitivity_{key}",
+                                           ratio=f"sensitivity_ratio_{key}",
+                                           rate=f"sensitivity_rate_{key}"))
     for kind, values in memory.items():
         metrics[f"memory_{kind}_bytes_L{memory_depths[0]}"] = values[0]
         metrics[f"memory_{kind}_bytes"] = values[1]
