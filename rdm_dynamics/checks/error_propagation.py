@@ -184,7 +184,7 @@ def run(config: CheckConfig) -> CheckResult:
     return CheckResult(
         id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
         figure=propagation_figure(gating, depths, amp, lowp),
-        measured_text=(f"violations {violations}, ratio {m['amplification_ratio_gated']:.2f}, "
+        measured_text=(f"violations {violations}, ratio {m['amplification_ratio_gated']:.3g}, "
                        f"plain rate {m['growth_rate_plain']:.2f}/layer, low-precision "
                        f"err/bound <= {lowp_ratio:.1e}"),
         theory_text="0 violations, ratio in [1/2, 2], plain rate > 0")

@@ -204,7 +204,7 @@ def run(config: CheckConfig) -> CheckResult:
         figure=sensitivity_figure(gating, config.ladder, z0_errors, theta_errors, fit, depths,
                                   sens, continuous),
         measured_text=(f"order {fit.order:.3f}, error {errors[-1]:.1e}; sensitivity ratio "
-                       f"{m['sensitivity_ratio_gated']:.2f}; memory exp "
+                       f"{m['sensitivity_ratio_gated']:.3g}; memory exp "
                        f"{m['memory_exponent_backprop']:.2f} vs "
                        f"{m['memory_exponent_adjoint']:.2f}"),
         theory_text="order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)")
