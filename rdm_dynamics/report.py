@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure",
            "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure", "RateFit",
            "fit_growth_rate", "within_se", "mean_se", "order_axes", "depth_axes",
-           "per_sample_growth_rates", "depth_trend_metrics"]
+           "per_sample_growth_rates", "depth_trend_metrics", "error_trend"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,6 +135,13 @@ def depth_trend_metrics(depths: Sequence[float], values, *, value: str, ratio: s
                           (rate, per_sample_growth_rates(depths, values))):
         out[name], out[f"{name}_se"] = mean_se(samples)
     return out
+
+
+def error_trend(order: float) -> str:
+    """How an error with this fitted convergence order behaves as depth grows, in words."""
+    if order > 0.5:
+        return "falls"
+    return "does not vanish" if order > -0.1 else "grows with depth"
 
 
 def within_se(value: float, se: float, interval: Sequence[float | None], k: float = 3.0) -> bool:
@@ -292,11 +299,16 @@ def order_axes(ax, title: str, series: Sequence[Series], *, reference_order: flo
 def depth_axes(ax, title: str, depths: Sequence[float], curves: dict, *, ylabel: str,
                bounds: dict | None = None, ylim_top: float | None = None) -> None:
     """Quantities against depth on a log-log2 axes: ``curves`` maps a label to values per depth
-    (markers and lines), ``bounds`` a label to values drawn dashed in the same colour."""
+    (markers and lines), ``bounds`` a label to values drawn dashed in the same colour.  Values
+    that overflowed (inf, or beyond 1e150) are not drawn."""
+    def finite(values):  # overflowed values (inf, or beyond 1e150) are left out of the plot
+        values = np.asarray(values, dtype=float)
+        return np.where(np.isfinite(values) & (np.abs(values) < 1e150), values, np.nan)
+
     for label, values in curves.items():
-        (line,) = ax.plot(depths, values, "o-", label=label)
+        (line,) = ax.plot(depths, finite(values), "o-", label=label)
         if bounds and label in bounds:
-            ax.plot(depths, bounds[label], "--", color=line.get_color(), lw=1,
+            ax.plot(depths, finite(bounds[label]), "--", color=line.get_color(), lw=1,
                     label=f"{label}: bound")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -176,9 +176,8 @@ def run(config: CheckConfig) -> CheckResult:
     summary = (
         f"Over depths {depths[0]}..{depths[-1]} the measured deviations "
         f"{'never exceed' if violations == 0 else f'exceed {violations} times'} the certified "
-        f"Gronwall bound; with {gating} gates the amplification is "
-        f"{m['amplification_gated']:.3g} at L = {depths[-1]}, {m['amplification_ratio_gated']:.3g}"
-        f" x its value at L = {depths[0]}; plain residuals grow at "
+        f"Gronwall bound; with {gating} gates the amplification {amplification_words(m, depths)}"
+        f"; plain residuals grow at "
         f"{m['growth_rate_plain']:.3f} per layer (inv-sqrt: ratio "
         f"{m['amplification_ratio_inv_sqrt']:.3g}); {lowp_sentence(m, '')}")
     return CheckResult(
@@ -188,6 +187,14 @@ def run(config: CheckConfig) -> CheckResult:
                        f"plain rate {m['growth_rate_plain']:.2f}/layer, low-precision "
                        f"err/bound <= {lowp_ratio:.1e}"),
         theory_text="0 violations, ratio in [1/2, 2], plain rate > 0")
+
+
+def amplification_words(m: dict, depths) -> str:
+    """The gated amplification at --depth and its ratio to the first depth, or its overflow."""
+    if not math.isfinite(m["amplification_gated"]):
+        return f"overflows float64 before L = {depths[-1]}"
+    return (f"is {m['amplification_gated']:.3g} at L = {depths[-1]}, "
+            f"{m['amplification_ratio_gated']:.3g} x its value at L = {depths[0]}")
 
 
 def lowp_sentence(m: dict, suffix: str) -> str:
@@ -225,9 +232,9 @@ def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
 
 
 def _top(values) -> float | None:
-    """Upper y limit: 10 x the largest finite value (None if there is none)."""
+    """Upper y limit: 10 x the largest finite value, at most 1e30 (None if there is none)."""
     finite = [float(v) for v in values if np.isfinite(v) and v > 0]
-    return 10 * max(finite) if finite else None
+    return min(10 * max(finite), 1e30) if finite else None
 
 
 def _nanmean(values, axis=None):

@@ -36,6 +36,7 @@ from ..report import (
     Series,
     depth_axes,
     depth_trend_metrics,
+    error_trend,
     fit_order,
     mean_se,
     order_axes,
@@ -189,11 +190,10 @@ def run(config: CheckConfig) -> CheckResult:
               and within(m["memory_exponent_adjoint"], MEMORY_ADJOINT_RANGE))
     summary = (
         f"With {gating} gates the error of backpropagation through the stack against the "
-        f"odeint_adjoint gradients falls at order {fit.order:.3f} over L = "
+        f"odeint_adjoint gradients {error_trend(fit.order)} (order {fit.order:.3f}) over L = "
         f"{config.ladder[0]}..{depth} (error {errors[-1]:.2e} at L = {depth}); the sensitivity "
-        f"|p_0|/|p_L| is {m['sensitivity_gated']:.3g} at L = {depth} "
-        f"({m['sensitivity_ratio_gated']:.3g} x its value at L = {depths[0]}; adjoint ODE "
-        f"{continuous:.3g}), while with plain residuals log |p_0|/|p_L| grows by "
+        f"|p_0|/|p_L| {sensitivity_words(m, depths)} (adjoint ODE {continuous:.3g}), while "
+        f"with plain residuals log |p_0|/|p_L| grows by "
         f"{m['sensitivity_rate_plain']:.3f} per layer; memory ({method}) "
         f"{m['memory_backprop_bytes'] / 2**20:.2f} MiB for backprop vs "
         f"{m['memory_adjoint_bytes'] / 2**20:.3f} MiB for the Euler adjoint at L = {depth} "
@@ -208,6 +208,14 @@ def run(config: CheckConfig) -> CheckResult:
                        f"{m['memory_exponent_backprop']:.2f} vs "
                        f"{m['memory_exponent_adjoint']:.2f}"),
         theory_text="order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)")
+
+
+def sensitivity_words(m: dict, depths) -> str:
+    """The gated sensitivity at --depth and its ratio to the first depth, or its overflow."""
+    if not math.isfinite(m["sensitivity_gated"]):
+        return f"overflows float64 before L = {depths[-1]}"
+    return (f"is {m['sensitivity_gated']:.3g} at L = {depths[-1]} "
+            f"({m['sensitivity_ratio_gated']:.3g} x its value at L = {depths[0]})")
 
 
 def sensitivity_figure(gating, ladder, z0_errors, theta_errors, fit, depths, sens, continuous):
