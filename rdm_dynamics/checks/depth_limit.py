@@ -73,8 +73,9 @@ def run(config: CheckConfig) -> CheckResult:
     gating = get_gating(config.gating).name
     summary = (f"With {gating} gates the error against the dopri5 solution of the ODE "
                f"{error_trend(fit.order)}: order {fit.order:.3f} over {ladder}, "
-               f"{errors[-1]:.2e} at L = {depth}. With i.i.d. weights per layer it {error_trend(iid_fit.order)}: order "
-               f"{iid_fit.order:.3f}, {iid_errors[-1]:.2e} at L = {depth}.")
+               f"{errors[-1]:.2e} at L = {depth}. With i.i.d. weights per layer it "
+               f"{error_trend(iid_fit.order)}: order {iid_fit.order:.3f}, {iid_errors[-1]:.2e} "
+               f"at L = {depth}.")
     metrics = {"order": fit.order, "order_fit_se": fit.stderr, "error": errors[-1],
                "iid_order": iid_fit.order, "iid_error": iid_errors[-1]}
     figure = order_figure(
