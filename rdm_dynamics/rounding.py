@@ -126,6 +126,8 @@ def stack_error_bounds(stack, states: torch.Tensor, model: RoundingModel,
     Returns:
         (L, B) tensor: |e_i| <= returned value (Euclidean norm per sample), float64.
     """
+    if stack.stochastic:
+        raise ValueError("rounding bounds cover deterministic units only (no gamma_i xi_i term)")
     states64 = states.detach().to(torch.float64).to(stack.times.device)
     rho, eta = model.rho, model.eta
     L = stack.depth

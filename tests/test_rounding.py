@@ -120,6 +120,15 @@ def test_float64_runs_have_float64_sized_bounds():
     assert (bound < 1e-13).all() and (bound > 0).all()
 
 
+def test_stochastic_units_are_refused():
+    stack = GatedResidualStack([TanhLayer(torch.eye(2, dtype=torch.float64),
+                                          torch.zeros(2, dtype=torch.float64))], 1,
+                               noise=lambda t: torch.tensor(1.0))
+    with pytest.raises(ValueError, match="deterministic units only"):
+        stack_error_bounds(stack, torch.zeros(2, 1, 2, dtype=torch.float64),
+                           RoundingModel.of(torch.bfloat16))
+
+
 def test_exhaustive_enumeration_is_for_16_bit_types_only():
     with pytest.raises(ValueError, match="16-bit"):
         all_finite_values(torch.float32)
