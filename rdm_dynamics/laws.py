@@ -110,7 +110,7 @@ class Gaussian:
 
     @staticmethod
     def fit(samples: torch.Tensor) -> Gaussian:
-        """The Gaussian with the sample mean and the unbiased sample covariance of (n, d) samples."""
+        """The Gaussian with the sample mean and unbiased sample covariance of (n, d) samples."""
         return Gaussian(samples.mean(0), torch.cov(samples.T).reshape(samples.shape[1], -1))
 
     # --- exact transports -----------------------------------------------------------------------
@@ -182,7 +182,8 @@ class GaussianMixture:
         y = torch.einsum("bkd,kde->bke", diff, self.eigvecs)  # eigen-coordinates
         quad = (y**2 / V).sum(-1)
         logdet = torch.log(V).sum(-1)
-        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+        log_norm = self.dim * math.log(2 * math.pi)
+        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + log_norm)
         comp_scores = -torch.einsum("bke,kde->bkd", y / V, self.eigvecs)
         return log_joint, comp_scores
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure", "format_table",
-           "atomic_write_bytes", "atomic_write_json", "save_figure"]
+__all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure",
+           "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,7 +121,8 @@ def format_table(results: Sequence[CheckResult]) -> str:
     for r in results:
         rows.append((r.id, r.claim, r.measured_text, r.theory_text, "PASS" if r.passed else "FAIL"))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

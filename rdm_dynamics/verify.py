@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--depth", default="256",
-                   help="depth L of the deepest stack; the ladder is L/16, L/8, ..., L (default 256)")
+                   help="depth L of the deepest stack; the ladder is L/16, ..., L (default 256)")
     p.add_argument("--only", default=None, metavar="ID[,ID]",
                    help="run only these checks (ids such as depth-limit, or claims such as C1)")
     p.add_argument("--gating", default="rdm",
