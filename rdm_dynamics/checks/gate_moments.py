@@ -1,0 +1,480 @@
+"""C4 `gate-moments`: the gates carry the mean and variance (closed-form and learned gates).
+
+Setting: Gaussian data N(mu, Sigma) with a full random covariance in R^d, under VP and VE; the
+denoising grid t_i = T - i h, h = (T - eps) / L, span (T, eps) = (1, 1e-3).  The stack works in
+the eigen-coordinates y = U^T x of Sigma with F(z) = z and per-channel gates (``gaussian_gates``).
+
+1. Closed-form gates (the schedule's learnable gates replaced by ``closed_form_gates``).
+   Deterministic units: max over depths L in {1, 3} + ladder, layers i and 64 starting points
+   x_T ~ p_T of |z_i - Phi_{T -> t_i}(x_T)| / rms(p_{t_i}), Phi the exact PF-ODE map.
+   Stochastic units: the exact law of every layer (Gaussian moment propagation through the
+   stack's units) against p_{t_i}: relative errors of the mean and of the covariance.
+   ``closed_form_error`` is the largest of all of these.  Pass: <= 1e-10 in float64 (1e-4 in
+   float32).  The gates only reach the stack if its schedule has learnable gates (``rdm``): under
+   euler, plain and inv-sqrt the stack keeps its own gates, and the check measures those.
+2. Euler gates (alpha = h a(t_i), beta = h b(t_i) of the affine denoising field) on the same
+   stack: the same errors over the ladder; ``euler_order_vp`` / ``_ve`` (deterministic units) in
+   1 +/- 0.15.
+3. Learned gates at --depth, from forward trajectories only (``gate_fitting``): (a) least squares
+   on the pairs (x_{t_i}, x_{t_{i+1}}), (b) natural-gradient descent on the denoising negative
+   log-likelihood through the stack.  ``learned_gate_error`` (a) and ``learned_gate_error_gd``
+   (b) estimate the mean squared bias of the stack's gates against the closed form, in units of
+   their sampling variance, pooled over VP and VE; pass: within 4 standard errors of 0 (a false
+   alarm rate of about 6e-5 each, by the normal approximation).  ``learned_rate``: minus the
+   slope of log(relative RMS gate error) against log(n) over n/8 .. n pairs; pass: 0.5 +/- 0.1.
+   Reported: the learned stack's output mean and covariance against p_eps, over replicate fits.
+4. Gaussian mixture (VP, reported, not a pass rule): the energy distance of the outputs of a
+   stochastic stack with least-squares gates to p_eps, for F(z) = z (the best affine gates: their
+   floor is the distance between p_eps and its moment-matched Gaussian) and for F = the exact
+   nonlinear denoising field.
+
+``measure(config, time_shift=...)`` fits and computes every gate on the grid shifted by
+``time_shift`` (a negative control: gates fitted on the wrong times); ``run`` uses 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..gate_fitting import (
+    forward_trajectories,
+    least_squares_gates,
+    median_relative_error,
+    studentised_gate_error,
+    studentised_terms,
+    train_gates_by_denoising,
+)
+from ..gaussian_gates import (
+    DenoisingCoefficients,
+    affine_stack_laws,
+    closed_form_gates,
+    eigen_law,
+    eigen_stack,
+    from_eigen,
+    identity,
+    install_gates,
+    to_eigen,
+)
+from ..laws import Gaussian, GaussianMixture
+from ..report import CheckResult, OrderFit, fit_order, within
+from ..sde import SDE, VESDE, VPSDE
+from ..stack import GatedResidualStack, get_gating
+from ..two_sample import energy_distance
+from . import CheckConfig
+
+CLAIM = "C4"
+ID = "gate-moments"
+TITLE = "Gates carry the mean and variance: closed-form gates are exact, learned gates converge"
+
+T_END, EPS = 1.0, 1e-3
+SPAN = (T_END, EPS)
+CLOSED_FORM_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+EULER_ORDER_RANGE = (0.85, 1.15)
+RATE_RANGE = (0.4, 0.6)
+Z_MAX = 4.0
+GD_DEPTH = 16  # gradient descent runs at min(GD_DEPTH, --depth)
+KINDS = ("pf", "sde")  # deterministic units (PF-ODE) and stochastic units (reverse SDE)
+
+
+@dataclass
+class Sizes:
+    dim: int
+    paths: int  # starting points of the pathwise comparison
+    pairs: int  # forward trajectories per gate fit
+    replicates: int  # independent gate fits for the output moments
+    mixture_samples: int
+
+
+def sizes(config: CheckConfig) -> Sizes:
+    if config.quick:
+        return Sizes(dim=2, paths=16, pairs=400, replicates=2, mixture_samples=1000)
+    return Sizes(dim=3, paths=64, pairs=1000, replicates=4, mixture_samples=3000)
+
+
+def build_gaussian(dim: int, g: torch.Generator) -> Gaussian:
+    """N(mu, Sigma): a random rotation, eigenvalues log-spaced over [0.05, 2], mu ~ N(0, I)."""
+    Q, R = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    Q = Q * torch.sign(torch.diagonal(R))
+    lam = torch.logspace(math.log10(0.05), math.log10(2.0), dim, dtype=torch.float64)
+    return Gaussian(torch.randn(dim, generator=g, dtype=torch.float64), (Q * lam) @ Q.T)
+
+
+def build_mixture(g: torch.Generator) -> GaussianMixture:
+    """Three well separated components in R^2 with random covariances of size about 0.05."""
+    angles = 2 * math.pi * (torch.arange(3, dtype=torch.float64) / 3 + 0.1)
+    means = 1.5 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    A = 0.2 * torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
+    covs = A @ A.transpose(1, 2) + 0.02 * torch.eye(2, dtype=torch.float64)
+    return GaussianMixture(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), means, covs)
+
+
+def _rms(p: Gaussian) -> float:
+    """sqrt(E|x|^2) under p: the scale the errors are measured against."""
+    return math.sqrt(float(torch.trace(p.cov) + p.mean @ p.mean))
+
+
+def _worst(*errors: float) -> float:
+    """The largest error, NaN counting as infinite (max() would silently drop a NaN)."""
+    return max(math.inf if math.isnan(e) else e for e in errors)
+
+
+def _shifted(times: torch.Tensor, time_shift: float) -> torch.Tensor:
+    shifted = times.to(torch.float64) + time_shift
+    if shifted.min() < 0:
+        raise ValueError(f"time_shift {time_shift} moves the grid below t = 0")
+    return shifted
+
+
+class GaussianProblem:
+    """One SDE with the Gaussian data: the stacks' coefficients and the exact references, both
+    memoised by time (the nested depths of the ladder share their grid points)."""
+
+    def __init__(self, law: Gaussian, sde: SDE, config: CheckConfig):
+        self.law, self.sde, self.config = law, sde, config
+        self.coefficients = {kind: DenoisingCoefficients(law, sde, stochastic=kind == "sde")
+                             for kind in KINDS}
+        self._references: dict[float, tuple] = {}
+
+    def stack(self, kind: str, depth: int, gating: str) -> GatedResidualStack:
+        return self.coefficients[kind].stack(depth, gating=gating, span=SPAN,
+                                             dtype=self.config.dtype, device=self.config.device)
+
+    def reference(self, t: float) -> tuple:
+        """(p_t in eigen-coordinates, rms(p_t), the exact PF-ODE map from T to t)."""
+        if t not in self._references:
+            p_t = self.law.marginal(self.sde, t)
+            self._references[t] = (eigen_law(self.law, p_t), _rms(p_t),
+                                   self.law.pf_ode_map(self.sde, T_END, t))
+        return self._references[t]
+
+    def transport_errors(self, stacks: dict[str, GatedResidualStack],
+                         x_T: torch.Tensor) -> dict[str, float]:
+        """Errors of a deterministic and a stochastic stack against the exact transport from T.
+
+        ``pf``: max over layers and starting points of |z_i - Phi_{T -> t_i}(x_T)| / rms(p_{t_i});
+        ``sde``: max over layers of the relative mean and covariance errors of the exact Law(z_i)
+        against p_{t_i} (both in eigen-coordinates).
+        """
+        law, to = self.law, {"dtype": self.config.dtype, "device": self.config.device}
+        with torch.no_grad():
+            states = stacks["pf"](to_eigen(law, x_T).to(**to), return_all=True).to(x_T)
+        try:
+            layer_laws = affine_stack_laws(stacks["sde"], self.reference(T_END)[0])
+        except ValueError:  # the law overflowed: the error is infinite
+            layer_laws = None
+        pf_err = sde_err = 0.0
+        for i, t in enumerate(stacks["pf"].times.tolist()):
+            target, scale, flow = self.reference(t)
+            exact = flow(x_T)
+            pf_err = _worst(pf_err, float((from_eigen(law, states[i]) - exact).norm(dim=-1).max())
+                            / scale)
+            if layer_laws is None:
+                sde_err = math.inf
+                continue
+            mean_err = float((layer_laws[i].mean - target.mean).norm()) / scale
+            cov_err = float(torch.linalg.matrix_norm(layer_laws[i].cov - target.cov)) / scale**2
+            sde_err = _worst(sde_err, mean_err, cov_err)
+        return {"pf": pf_err, "sde": sde_err}
+
+    def depth_errors(self, depth: int, gating: str, x_T: torch.Tensor, *, closed_form: bool,
+                     time_shift: float = 0.0) -> dict[str, float]:
+        """transport_errors of the deterministic and the stochastic stack of one depth, and the
+        largest |alpha_i| of each (``pf_max_alpha``, ``sde_max_alpha``).
+
+        With ``closed_form`` the closed-form gates (computed on the grid shifted by
+        ``time_shift``) are installed where the schedule lets them in.
+        """
+        stacks = {}
+        for kind in KINDS:
+            stack = self.stack(kind, depth, gating)
+            if closed_form:
+                install_gates(stack, closed_form_gates(
+                    self.law, self.sde, _shifted(stack.times, time_shift),
+                    stochastic=kind == "sde"))
+            stacks[kind] = stack
+        errors = self.transport_errors(stacks, x_T)
+        for kind in KINDS:
+            errors[f"{kind}_max_alpha"] = float(stacks[kind].alpha.detach().abs().max())
+        return errors
+
+    def learned_gates(self, size: Sizes, g: torch.Generator, time_shift: float) -> LearnedGates:
+        """Fit the stochastic stack's gates from forward pairs on the (shifted) grid: least squares
+        at --depth (replicated, and over n/8 .. n pairs), gradient descent at the ladder's first
+        depth."""
+        law, sde, config = self.law, self.sde, self.config
+        to = {"dtype": config.dtype, "device": config.device}
+
+        def trajectories(stack, n):
+            x = forward_trajectories(sde, law.sample(n, g), _shifted(stack.times, time_shift),
+                                     generator=g)
+            return to_eigen(law, x).to(**to)
+
+        stack = self.stack("sde", config.ladder[-1], config.gating)
+        closed = closed_form_gates(law, sde, stack.times, stochastic=True)
+        p_T, p_eps = self.reference(T_END)[0], self.reference(EPS)[0]
+
+        # (a) least squares, replicated; the stack holds the fitted gates if its schedule lets it
+        groups, mean_errs, cov_errs = [], [], []
+        for _ in range(size.replicates):
+            fit = least_squares_gates(trajectories(stack, size.pairs), identity, stack.times)
+            install_gates(stack, fit.gates())
+            groups.append(studentised_terms(stack.gates(), fit.standard_errors(), closed))
+            try:
+                out = affine_stack_laws(stack, p_T)[-1]
+            except ValueError:  # the law overflowed
+                mean_errs.append(math.inf)
+                cov_errs.append(math.inf)
+                continue
+            mean_errs.append(float((out.mean - p_eps.mean).norm()) / self.reference(EPS)[1])
+            cov_errs.append(float(torch.linalg.matrix_norm(out.cov - p_eps.cov)
+                                  / torch.linalg.matrix_norm(p_eps.cov)))
+        error_by_n = {size.pairs: median_relative_error(stack.gates(), closed)}
+        for k in (3, 2, 1):
+            n = max(size.pairs >> k, 16)
+            install_gates(stack, least_squares_gates(trajectories(stack, n), identity,
+                                                     stack.times).gates())
+            error_by_n[n] = median_relative_error(stack.gates(), closed)
+
+        # (b) gradient descent on the denoising loss, from the schedule's initial gates
+        gd_stack = self.stack("sde", min(GD_DEPTH, config.ladder[-1]), config.gating)
+        states = trajectories(gd_stack, size.pairs)
+        history = train_gates_by_denoising(gd_stack, states)
+        gd_fit = least_squares_gates(states, identity, gd_stack.times)
+        gd_closed = closed_form_gates(law, sde, gd_stack.times, stochastic=True)
+        groups_gd = studentised_terms(gd_stack.gates(), gd_fit.standard_errors(), gd_closed)
+        return LearnedGates(torch.cat(groups), groups_gd, dict(sorted(error_by_n.items())),
+                            mean_errs, cov_errs, max(len(history) - 1, 0))
+
+
+@dataclass
+class LearnedGates:
+    """Studentised errors of learned gates for one SDE, and the learned stack's output law."""
+
+    groups_ls: torch.Tensor  # per (unit, channel) sums of t^2 - 1, least squares
+    groups_gd: torch.Tensor  # the same for gradient descent
+    error_by_n: dict[int, float]  # median relative gate error against the number of pairs
+    output_mean_errors: list[float]  # per replicate fit
+    output_cov_errors: list[float]
+    gd_steps: int
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Gaussian mixture: the affine floor and a nonlinear F
+# ------------------------------------------------------------------------------------------------
+
+class EigenField(torch.nn.Module):
+    """A vector field v(x, t) written in the eigen-coordinates of ``basis``: U^T v(U y, t)."""
+
+    def __init__(self, field, basis: Gaussian):
+        super().__init__()
+        self.field, self.basis = field, basis
+
+    def forward(self, y, t):
+        return to_eigen(self.basis, self.field(from_eigen(self.basis, y), t))
+
+
+def mixture_gaps(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
+                 g: torch.Generator, time_shift: float) -> dict[str, float]:
+    """Energy distances to p_eps of stochastic stacks with least-squares gates (VP).
+
+    ``affine``: F(z) = z in the eigenbasis of the data covariance; ``floor``: p_eps against its
+    moment-matched Gaussian (the best an affine stack can do); ``nonlinear`` (at --depth) and
+    ``nonlinear_coarse`` (at the ladder's first depth): F = the exact denoising field of the
+    reverse SDE.
+    """
+    sde, n = VPSDE(), size.mixture_samples
+    basis = mixture.moment_matched()
+    p_eps = mixture.marginal(sde, EPS)
+    to = {"dtype": config.dtype, "device": config.device}
+    on_device = mixture.to(**to)
+    field = EigenField(sde.reverse(lambda x, t: on_device.score(x, t, sde)).denoising_field,
+                       basis)
+    reference = p_eps.sample(n, g)
+    out = {}
+
+    def gap(stack):
+        states = to_eigen(basis, forward_trajectories(sde, mixture.sample(size.pairs, g),
+                                                      _shifted(stack.times, time_shift),
+                                                      generator=g)).to(**to)
+        install_gates(stack, least_squares_gates(states, stack.residuals[0], stack.times).gates())
+        with torch.no_grad():
+            z = stack(to_eigen(basis, mixture.marginal(sde, T_END).sample(n, g)).to(**to),
+                      generator=g)
+        return energy_distance(from_eigen(basis, z.to(reference)), reference)
+
+    def noise(t):
+        return sde.diffusion_coef(torch.as_tensor(t)).expand(mixture.dim).clone()
+
+    def per_channel(value):
+        return lambda t: torch.full((mixture.dim,), value, dtype=torch.as_tensor(t).dtype)
+
+    depth = config.ladder[-1]
+    out["affine"] = gap(eigen_stack(basis, sde, depth, gating=config.gating, stochastic=True,
+                                    span=SPAN, **to))
+    for key, L in (("nonlinear", depth), ("nonlinear_coarse", config.ladder[0])):
+        out[key] = gap(GatedResidualStack(field, L, gating=config.gating, span=SPAN,
+                                          gain=per_channel(1.0), bias=per_channel(0.0),
+                                          noise=noise, **to))
+    basis_eps = p_eps.moment_matched()
+    out["floor"] = energy_distance(basis_eps.sample(n, g), reference)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The check
+# ------------------------------------------------------------------------------------------------
+
+def measure(config: CheckConfig, *, time_shift: float = 0.0) -> CheckResult:
+    """Run the check; ``time_shift`` moves the times every gate is computed or fitted at."""
+    g = config.generator(stream=4)
+    size = sizes(config)
+    law = build_gaussian(size.dim, g)
+    mixture = build_mixture(g)
+    tol = CLOSED_FORM_TOL.get(config.dtype, 1e-4)
+    depths = sorted({1, 3, *config.ladder})
+    metrics: dict[str, float] = {}
+    expected: dict[str, list] = {}
+    closed_by_depth = {L: 0.0 for L in depths}
+    euler: dict[str, list[float]] = {}
+    euler_fits: dict[str, OrderFit] = {}
+    euler_rungs: dict[str, list[int]] = {}
+    learned: dict[str, LearnedGates] = {}
+    closed_pf = closed_sde = 0.0
+
+    for sde in (VPSDE(), VESDE()):
+        problem = GaussianProblem(law, sde, config)
+        x_T = law.marginal(sde, T_END).sample(size.paths, g)
+        for L in depths:
+            err = problem.depth_errors(L, config.gating, x_T, closed_form=True,
+                                       time_shift=time_shift)
+            closed_pf, closed_sde = _worst(closed_pf, err["pf"]), _worst(closed_sde, err["sde"])
+            closed_by_depth[L] = _worst(closed_by_depth[L], err["pf"], err["sde"])
+        per_depth = [problem.depth_errors(L, "euler", x_T, closed_form=False)
+                     for L in config.ladder]
+        for kind, suffix in (("pf", ""), ("sde", "_sde")):
+            name = sde.name + suffix
+            euler[name] = [e[kind] for e in per_depth]
+            # the order is fitted on the rungs inside the explicit step's asymptotic regime
+            asymptotic = [i for i, e in enumerate(per_depth) if e[f"{kind}_max_alpha"] <= 1.0]
+            euler_rungs[name] = [config.ladder[i] for i in asymptotic]
+            euler_fits[name] = fit_order(euler_rungs[name], [euler[name][i] for i in asymptotic])
+        learned[sde.name] = problem.learned_gates(size, g, time_shift)
+
+    closed_form_error = _worst(closed_pf, closed_sde)
+    metrics.update(closed_form_error=closed_form_error, closed_form_error_pf=closed_pf,
+                   closed_form_error_sde=closed_sde)
+    expected["closed_form_error"] = [None, tol]
+    for name in ("vp", "ve"):
+        fit = euler_fits[name]
+        metrics[f"euler_error_{name}"] = euler[name][-1]
+        metrics[f"euler_order_{name}"] = fit.order
+        metrics[f"euler_order_{name}_se"] = fit.stderr
+        metrics[f"euler_order_{name}_rungs"] = len(euler_rungs[name])
+        metrics[f"euler_law_error_{name}"] = euler[name + "_sde"][-1]
+        metrics[f"euler_law_order_{name}"] = euler_fits[name + "_sde"].order
+        expected[f"euler_order_{name}"] = list(EULER_ORDER_RANGE)
+
+    ls_err, ls_se = studentised_gate_error(*[r.groups_ls for r in learned.values()])
+    gd_err, gd_se = studentised_gate_error(*[r.groups_gd for r in learned.values()])
+    ns = sorted(learned["vp"].error_by_n)
+    # geometric mean over the SDEs, so the fitted rate is the mean of the two rates
+    gate_errors = [math.exp(sum(math.log(r.error_by_n[n]) for r in learned.values())
+                            / len(learned)) for n in ns]
+    rate_fit = fit_order(ns, gate_errors)
+    metrics.update(learned_gate_error=ls_err, learned_gate_error_se=ls_se,
+                   learned_gate_error_gd=gd_err, learned_gate_error_gd_se=gd_se,
+                   learned_rate=rate_fit.order, learned_rate_se=rate_fit.stderr,
+                   learned_median_error=gate_errors[-1], pairs=size.pairs,
+                   gd_steps=max(r.gd_steps for r in learned.values()))
+    expected["learned_gate_error"] = [-Z_MAX * ls_se, Z_MAX * ls_se]
+    expected["learned_gate_error_gd"] = [-Z_MAX * gd_se, Z_MAX * gd_se]
+    expected["learned_rate"] = list(RATE_RANGE)
+    for name, r in learned.items():
+        for key, values in (("mean", r.output_mean_errors), ("cov", r.output_cov_errors)):
+            v = torch.tensor(values, dtype=torch.float64)
+            metrics[f"learned_output_{key}_error_{name}"] = float(v.mean())
+            metrics[f"learned_output_{key}_error_{name}_se"] = (
+                float(v.std()) / math.sqrt(len(values)) if len(values) > 1 else math.nan)
+
+    gaps = mixture_gaps(mixture, config, size, g, time_shift)
+    for key, (value, se) in gaps.items():
+        metrics[f"mixture_{key}_energy"] = value
+        metrics[f"mixture_{key}_energy_se"] = se
+
+    verdicts = {name: within(metrics[name], interval) for name, interval in expected.items()}
+    passed = all(verdicts.values())
+    gating = get_gating(config.gating).name
+    depth = config.ladder[-1]
+    failed = [name for name, ok in verdicts.items() if not ok]
+    summary = (
+        f"With {gating} gates the stack's largest error against the exact Gaussian transport over "
+        f"L = {', '.join(map(str, depths))} is {closed_form_error:.1e} (Euler gates: order "
+        f"{euler_fits['vp'].order:.3f} VP, {euler_fits['ve'].order:.3f} VE, error "
+        f"{euler['vp'][-1]:.1e} / {euler['ve'][-1]:.1e} at L = {depth}); gates learned from "
+        f"{size.pairs} forward pairs per unit have squared bias {ls_err:+.3f} +/- {ls_se:.3f} "
+        f"(least squares) and {gd_err:+.3f} +/- {gd_se:.3f} (gradient descent) sampling "
+        f"variances, error falling at rate {rate_fit.order:.3f} in n; for a Gaussian mixture "
+        f"affine gates stop at energy distance {gaps['affine'][0]:.3g} (Gaussian floor "
+        f"{gaps['floor'][0]:.3g}), "
+        f"the exact nonlinear F with learned gates reaches {gaps['nonlinear'][0]:.3g}"
+        + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+    return CheckResult(
+        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
+        figure=_figure(gating, config.ladder, depths, closed_by_depth, euler, euler_fits,
+                       euler_rungs, ns, gate_errors, rate_fit, tol),
+        measured_text=(f"closed form {closed_form_error:.0e}; euler order "
+                       f"{euler_fits['vp'].order:.2f}/{euler_fits['ve'].order:.2f}; learned "
+                       f"{ls_err:+.2f}+/-{ls_se:.2f}, gd {gd_err:+.2f}+/-{gd_se:.2f}, "
+                       f"rate {rate_fit.order:.2f}"),
+        theory_text=f"<= {tol:.0e}; order 1; 0 +/- {Z_MAX:g} se; rate 0.5")
+
+
+def run(config: CheckConfig) -> CheckResult:
+    return measure(config, time_shift=0.0)
+
+
+def _figure(gating, ladder, depths, closed_by_depth, euler, euler_fits, euler_rungs, ns,
+            gate_errors, rate_fit, tol):
+    """Left: transport error against depth (closed-form and Euler gates).  Right: the median
+    relative error of least-squares gates against the number of pairs."""
+    import numpy as np
+
+    def draw(fig):
+        left, right = fig.subplots(1, 2)
+        floor = np.finfo(float).tiny
+        left.loglog(depths, [max(closed_by_depth[L], floor) for L in depths], "o-",
+                    label=f"closed-form gates ({gating})")
+        for name, label in (("vp", "Euler, VP"), ("ve", "Euler, VE"), ("vp_sde", "E-M law, VP"),
+                            ("ve_sde", "E-M law, VE")):
+            fit = euler_fits[name]
+            (line,) = left.loglog(ladder, euler[name], "s" if "sde" in name else "o",
+                                  label=f"{label} (order {fit.order:.2f})")
+            if math.isfinite(fit.order):
+                rungs = euler_rungs[name]
+                left.loglog(rungs, fit.predict(rungs), "-", color=line.get_color(), alpha=0.6)
+        left.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g}")
+        left.set_xlabel("depth L")
+        left.set_ylabel("relative error vs exact transport")
+        left.set_title("C4: exact gates vs Euler")
+        left.legend(fontsize=6)
+        left.grid(True, which="both", alpha=0.3)
+        right.loglog(ns, gate_errors, "o", label=f"least squares (rate {rate_fit.order:.2f})")
+        if math.isfinite(rate_fit.order):
+            right.loglog(ns, rate_fit.predict(ns), "-", alpha=0.6)
+        ref = gate_errors[-1] * (np.asarray(ns, float) / ns[-1]) ** -0.5
+        right.loglog(ns, ref, "k--", lw=1, label="n^(-1/2)")
+        from matplotlib.ticker import NullFormatter
+
+        for ax, ticks in ((left, depths), (right, ns)):
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        right.set_xlabel("pairs per unit n")
+        right.set_ylabel("median relative gate error")
+        right.set_title("learned gates")
+        right.legend(fontsize=7)
+        right.grid(True, which="both", alpha=0.3)
+
+    return draw
