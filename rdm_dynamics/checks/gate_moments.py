@@ -1,41 +1,43 @@
 """C4 `gate-moments`: the gates carry the mean and variance (closed-form and learned gates).
 
-Setting: Gaussian data N(mu, Sigma) with a full random covariance in R^d, under VP and VE; the
-denoising grid t_i = T - i h, h = (T - eps) / L, span (T, eps) = (1, 1e-3).  The stack works in
-the eigen-coordinates y = U^T x of Sigma with F(z) = z and per-channel gates (``gaussian_gates``).
+Setting: Gaussian data N(mu, Sigma) with a full random covariance in R^d (d = 3; 2 with --quick),
+under VP and VE; the denoising grid t_i = T - i h, h = (T - eps) / L, span (T, eps) = (1, 1e-3).
+The stack works in the eigen-coordinates y = U^T x of Sigma with F(z) = z and per-channel gates
+(``gaussian_gates``).  Proof: proofs/C4_gate-moments.md.
 
-1. Closed-form gates (the schedule's learnable gates replaced by ``closed_form_gates``).
+1. Closed-form gates (``closed_form_gates``, installed where the schedule's gates are learnable:
+   under euler, plain and inv-sqrt the stack keeps its own gates and the check measures those).
    Deterministic units: max over depths L in {1, 3} + ladder, layers i and 64 starting points
    x_T ~ p_T of |z_i - Phi_{T -> t_i}(x_T)| / rms(p_{t_i}), Phi the exact PF-ODE map.
-   Stochastic units: the exact law of every layer (Gaussian moment propagation through the
-   stack's units) against p_{t_i}: relative errors of the mean and of the covariance.
-   ``closed_form_error`` is the largest of all of these.  Pass: <= 1e-10 in float64 (1e-4 in
-   float32).  The gates only reach the stack if its schedule has learnable gates (``rdm``): under
-   euler, plain and inv-sqrt the stack keeps its own gates, and the check measures those.
-2. Euler gates (alpha = h a(t_i), beta = h b(t_i) of the affine denoising field) on the same
-   stack: the same errors over the ladder; ``euler_order_vp`` / ``_ve`` (deterministic units) in
-   1 +/- 0.15.
-3. Learned gates at --depth, from forward trajectories only (``gate_fitting``): (a) least squares
-   on the pairs (x_{t_i}, x_{t_{i+1}}), (b) natural-gradient descent on the denoising negative
-   log-likelihood through the stack.  ``learned_gate_error`` (a) and ``learned_gate_error_gd``
-   (b) estimate the mean squared bias of the stack's gates against the closed form, in units of
-   their sampling variance, pooled over VP and VE; pass: within 4 standard errors of 0 (a false
-   alarm rate of about 6e-5 each, by the normal approximation).  ``learned_rate``: minus the
-   slope of log(relative RMS gate error) against log(n) over n/8 .. n pairs; pass: 0.5 +/- 0.1.
-   Reported: the learned stack's output mean and covariance against p_eps, over replicate fits.
-4. Gaussian mixture (VP, reported, not a pass rule): the energy distance of the outputs of a
-   stochastic stack with least-squares gates to p_eps, for F(z) = z (the best affine gates: their
-   floor is the distance between p_eps and its moment-matched Gaussian) and for F = the exact
-   nonlinear denoising field.
+   Stochastic units: the exact law of every layer (Gaussian pushforward through the units)
+   against p_{t_i}: relative errors of the mean and the covariance.  ``closed_form_error`` is
+   the largest of these.  Pass: <= 1e-10 in float64 (1e-4 in float32).
+2. Euler gates (h times the coefficients of the affine denoising field) on the same stack: the
+   same errors over the ladder.  ``euler_order_vp`` / ``_ve`` (deterministic units), fitted on the
+   rungs where the explicit step does not overshoot (max_i |alpha_i| <= 1); pass: 1 +/- 0.15.
+3. Learned gates of stochastic units, from forward trajectories only (``gate_fitting``):
+   (a) least squares on the pairs (y_{t_i}, y_{t_{i+1}}) at --depth, 4 replicate fits (2 with
+   --quick) of 1000 pairs (400); (b) natural-gradient descent on the denoising negative
+   log-likelihood through the stack, at depth min(16, --depth).  ``learned_gate_error`` (a) and
+   ``learned_gate_error_gd`` (b) estimate the mean squared bias of the stack's gates against the
+   closed form in units of their sampling variance, mean_k (t_k^2 - 1), pooled over VP and VE;
+   pass: within 4 standard errors of 0 (false-alarm rate about 6e-5 each, normal approximation).
+   ``learned_rate``: minus the slope of log(median relative gate error) against log(n) over
+   n/8 .. n pairs; pass: 0.5 +/- 0.1.  Reported: the learned stack's output mean and covariance
+   against p_eps (relative errors, mean and standard error over the replicate fits).
+4. Gaussian mixture (VP; reported, not a pass rule): energy distances to p_eps of the outputs of
+   stochastic stacks with least-squares gates, for F(z) = z (``affine``; its floor is p_eps
+   against its moment-matched Gaussian, ``floor``) and for F = the exact nonlinear denoising
+   field (``nonlinear`` at --depth, ``nonlinear_coarse`` at the ladder's first depth).
 
-``measure(config, time_shift=...)`` fits and computes every gate on the grid shifted by
-``time_shift`` (a negative control: gates fitted on the wrong times); ``run`` uses 0.
+``measure(config, time_shift=...)`` computes and fits every gate on the grid shifted by
+``time_shift``: the wrong-times negative control.  ``run`` uses 0.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -276,26 +278,25 @@ class EigenField(torch.nn.Module):
         return to_eigen(self.basis, self.field(from_eigen(self.basis, y), t))
 
 
-def mixture_gaps(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
-                 g: torch.Generator, time_shift: float) -> dict[str, float]:
-    """Energy distances to p_eps of stochastic stacks with least-squares gates (VP).
+def mixture_samples(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
+                    g: torch.Generator, time_shift: float = 0.0) -> dict[str, torch.Tensor]:
+    """Samples of p_eps (``reference``) and of the outputs of stochastic stacks (VP) whose gates
+    are fitted by least squares on forward pairs, all started from p_T.
 
-    ``affine``: F(z) = z in the eigenbasis of the data covariance; ``floor``: p_eps against its
-    moment-matched Gaussian (the best an affine stack can do); ``nonlinear`` (at --depth) and
-    ``nonlinear_coarse`` (at the ladder's first depth): F = the exact denoising field of the
-    reverse SDE.
+    ``affine``: F(z) = z in the eigenbasis of the data covariance, at --depth; ``floor``: the
+    moment-matched Gaussian of p_eps (where an affine stack ends, proofs/C4 section 5);
+    ``nonlinear`` (at --depth) and ``nonlinear_coarse`` (at the ladder's first depth): F = the
+    exact denoising field of the reverse SDE.
     """
     sde, n = VPSDE(), size.mixture_samples
     basis = mixture.moment_matched()
     p_eps = mixture.marginal(sde, EPS)
     to = {"dtype": config.dtype, "device": config.device}
     on_device = mixture.to(**to)
-    field = EigenField(sde.reverse(lambda x, t: on_device.score(x, t, sde)).denoising_field,
-                       basis)
-    reference = p_eps.sample(n, g)
-    out = {}
+    denoiser = EigenField(sde.reverse(lambda x, t: on_device.score(x, t, sde)).denoising_field,
+                          basis)
 
-    def gap(stack):
+    def outputs(stack):
         states = to_eigen(basis, forward_trajectories(sde, mixture.sample(size.pairs, g),
                                                       _shifted(stack.times, time_shift),
                                                       generator=g)).to(**to)
@@ -303,7 +304,7 @@ def mixture_gaps(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
         with torch.no_grad():
             z = stack(to_eigen(basis, mixture.marginal(sde, T_END).sample(n, g)).to(**to),
                       generator=g)
-        return energy_distance(from_eigen(basis, z.to(reference)), reference)
+        return from_eigen(basis, z.to(basis.mean))
 
     def noise(t):
         return sde.diffusion_coef(torch.as_tensor(t)).expand(mixture.dim).clone()
@@ -312,20 +313,70 @@ def mixture_gaps(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
         return lambda t: torch.full((mixture.dim,), value, dtype=torch.as_tensor(t).dtype)
 
     depth = config.ladder[-1]
-    out["affine"] = gap(eigen_stack(basis, sde, depth, gating=config.gating, stochastic=True,
-                                    span=SPAN, **to))
+    out = {"reference": p_eps.sample(n, g),
+           "affine": outputs(eigen_stack(basis, sde, depth, gating=config.gating,
+                                         stochastic=True, span=SPAN, **to))}
     for key, L in (("nonlinear", depth), ("nonlinear_coarse", config.ladder[0])):
-        out[key] = gap(GatedResidualStack(field, L, gating=config.gating, span=SPAN,
-                                          gain=per_channel(1.0), bias=per_channel(0.0),
-                                          noise=noise, **to))
-    basis_eps = p_eps.moment_matched()
-    out["floor"] = energy_distance(basis_eps.sample(n, g), reference)
+        out[key] = outputs(GatedResidualStack(denoiser, L, gating=config.gating, span=SPAN,
+                                              gain=per_channel(1.0), bias=per_channel(0.0),
+                                              noise=noise, **to))
+    out["floor"] = p_eps.moment_matched().sample(n, g)
     return out
+
+
+def mixture_gaps(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
+                 g: torch.Generator, time_shift: float = 0.0) -> dict[str, tuple[float, float]]:
+    """(energy distance to p_eps, standard error) of each sample set of ``mixture_samples``."""
+    samples = mixture_samples(mixture, config, size, g, time_shift)
+    reference = samples.pop("reference")
+    return {key: energy_distance(x, reference) for key, x in samples.items()}
 
 
 # ------------------------------------------------------------------------------------------------
 # The check
 # ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Exactness:
+    """Closed-form and Euler errors, pooled over the SDEs."""
+
+    depths: list[int]
+    closed_pf: float = 0.0
+    closed_sde: float = 0.0
+    closed_by_depth: dict[int, float] = field(default_factory=dict)
+    euler: dict[str, list[float]] = field(default_factory=dict)  # "vp", "vp_sde", ...
+    euler_rungs: dict[str, list[int]] = field(default_factory=dict)
+    euler_fits: dict[str, OrderFit] = field(default_factory=dict)
+
+    def add(self, problem: GaussianProblem, x_T: torch.Tensor, time_shift: float) -> None:
+        config, name = problem.config, problem.sde.name
+        for L in self.depths:
+            err = problem.depth_errors(L, config.gating, x_T, closed_form=True,
+                                       time_shift=time_shift)
+            self.closed_pf = _worst(self.closed_pf, err["pf"])
+            self.closed_sde = _worst(self.closed_sde, err["sde"])
+            self.closed_by_depth[L] = _worst(self.closed_by_depth.get(L, 0.0), err["pf"],
+                                             err["sde"])
+        per_depth = [problem.depth_errors(L, "euler", x_T, closed_form=False)
+                     for L in config.ladder]
+        for kind, key in (("pf", name), ("sde", name + "_sde")):
+            self.euler[key] = [e[kind] for e in per_depth]
+            # the order is fitted on the rungs where the explicit step does not overshoot
+            asymptotic = [i for i, e in enumerate(per_depth) if e[f"{kind}_max_alpha"] <= 1.0]
+            self.euler_rungs[key] = [config.ladder[i] for i in asymptotic]
+            self.euler_fits[key] = fit_order(self.euler_rungs[key],
+                                             [self.euler[key][i] for i in asymptotic])
+
+    @property
+    def closed_form_error(self) -> float:
+        return _worst(self.closed_pf, self.closed_sde)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    v = torch.tensor(values, dtype=torch.float64)
+    return float(v.mean()), (float(v.std()) / math.sqrt(len(values)) if len(values) > 1
+                             else math.nan)
+
 
 def measure(config: CheckConfig, *, time_shift: float = 0.0) -> CheckResult:
     """Run the check; ``time_shift`` moves the times every gate is computed or fitted at."""
@@ -334,101 +385,70 @@ def measure(config: CheckConfig, *, time_shift: float = 0.0) -> CheckResult:
     law = build_gaussian(size.dim, g)
     mixture = build_mixture(g)
     tol = CLOSED_FORM_TOL.get(config.dtype, 1e-4)
-    depths = sorted({1, 3, *config.ladder})
-    metrics: dict[str, float] = {}
-    expected: dict[str, list] = {}
-    closed_by_depth = {L: 0.0 for L in depths}
-    euler: dict[str, list[float]] = {}
-    euler_fits: dict[str, OrderFit] = {}
-    euler_rungs: dict[str, list[int]] = {}
+    exact = Exactness(depths=sorted({1, 3, *config.ladder}))
     learned: dict[str, LearnedGates] = {}
-    closed_pf = closed_sde = 0.0
-
     for sde in (VPSDE(), VESDE()):
         problem = GaussianProblem(law, sde, config)
-        x_T = law.marginal(sde, T_END).sample(size.paths, g)
-        for L in depths:
-            err = problem.depth_errors(L, config.gating, x_T, closed_form=True,
-                                       time_shift=time_shift)
-            closed_pf, closed_sde = _worst(closed_pf, err["pf"]), _worst(closed_sde, err["sde"])
-            closed_by_depth[L] = _worst(closed_by_depth[L], err["pf"], err["sde"])
-        per_depth = [problem.depth_errors(L, "euler", x_T, closed_form=False)
-                     for L in config.ladder]
-        for kind, suffix in (("pf", ""), ("sde", "_sde")):
-            name = sde.name + suffix
-            euler[name] = [e[kind] for e in per_depth]
-            # the order is fitted on the rungs inside the explicit step's asymptotic regime
-            asymptotic = [i for i, e in enumerate(per_depth) if e[f"{kind}_max_alpha"] <= 1.0]
-            euler_rungs[name] = [config.ladder[i] for i in asymptotic]
-            euler_fits[name] = fit_order(euler_rungs[name], [euler[name][i] for i in asymptotic])
+        exact.add(problem, law.marginal(sde, T_END).sample(size.paths, g), time_shift)
         learned[sde.name] = problem.learned_gates(size, g, time_shift)
+    gaps = mixture_gaps(mixture, config, size, g, time_shift)
 
-    closed_form_error = _worst(closed_pf, closed_sde)
-    metrics.update(closed_form_error=closed_form_error, closed_form_error_pf=closed_pf,
-                   closed_form_error_sde=closed_sde)
-    expected["closed_form_error"] = [None, tol]
+    metrics = {"closed_form_error": exact.closed_form_error,
+               "closed_form_error_pf": exact.closed_pf, "closed_form_error_sde": exact.closed_sde}
+    expected: dict[str, list] = {"closed_form_error": [None, tol]}
     for name in ("vp", "ve"):
-        fit = euler_fits[name]
-        metrics[f"euler_error_{name}"] = euler[name][-1]
-        metrics[f"euler_order_{name}"] = fit.order
-        metrics[f"euler_order_{name}_se"] = fit.stderr
-        metrics[f"euler_order_{name}_rungs"] = len(euler_rungs[name])
-        metrics[f"euler_law_error_{name}"] = euler[name + "_sde"][-1]
-        metrics[f"euler_law_order_{name}"] = euler_fits[name + "_sde"].order
+        fit = exact.euler_fits[name]
+        metrics.update({f"euler_error_{name}": exact.euler[name][-1],
+                        f"euler_order_{name}": fit.order, f"euler_order_{name}_se": fit.stderr,
+                        f"euler_order_{name}_rungs": len(exact.euler_rungs[name]),
+                        f"euler_law_error_{name}": exact.euler[name + "_sde"][-1],
+                        f"euler_law_order_{name}": exact.euler_fits[name + "_sde"].order})
         expected[f"euler_order_{name}"] = list(EULER_ORDER_RANGE)
 
     ls_err, ls_se = studentised_gate_error(*[r.groups_ls for r in learned.values()])
     gd_err, gd_se = studentised_gate_error(*[r.groups_gd for r in learned.values()])
     ns = sorted(learned["vp"].error_by_n)
-    # geometric mean over the SDEs, so the fitted rate is the mean of the two rates
+    # geometric mean over the SDEs, so that the fitted rate is the mean of the two rates
     gate_errors = [math.exp(sum(math.log(r.error_by_n[n]) for r in learned.values())
                             / len(learned)) for n in ns]
-    rate_fit = fit_order(ns, gate_errors)
+    rate = fit_order(ns, gate_errors)
     metrics.update(learned_gate_error=ls_err, learned_gate_error_se=ls_se,
                    learned_gate_error_gd=gd_err, learned_gate_error_gd_se=gd_se,
-                   learned_rate=rate_fit.order, learned_rate_se=rate_fit.stderr,
+                   learned_rate=rate.order, learned_rate_se=rate.stderr,
                    learned_median_error=gate_errors[-1], pairs=size.pairs,
                    gd_steps=max(r.gd_steps for r in learned.values()))
-    expected["learned_gate_error"] = [-Z_MAX * ls_se, Z_MAX * ls_se]
-    expected["learned_gate_error_gd"] = [-Z_MAX * gd_se, Z_MAX * gd_se]
-    expected["learned_rate"] = list(RATE_RANGE)
+    expected.update(learned_gate_error=[-Z_MAX * ls_se, Z_MAX * ls_se],
+                    learned_gate_error_gd=[-Z_MAX * gd_se, Z_MAX * gd_se],
+                    learned_rate=list(RATE_RANGE))
     for name, r in learned.items():
         for key, values in (("mean", r.output_mean_errors), ("cov", r.output_cov_errors)):
-            v = torch.tensor(values, dtype=torch.float64)
-            metrics[f"learned_output_{key}_error_{name}"] = float(v.mean())
-            metrics[f"learned_output_{key}_error_{name}_se"] = (
-                float(v.std()) / math.sqrt(len(values)) if len(values) > 1 else math.nan)
-
-    gaps = mixture_gaps(mixture, config, size, g, time_shift)
+            value, se = _mean_se(values)
+            metrics[f"learned_output_{key}_error_{name}"] = value
+            metrics[f"learned_output_{key}_error_{name}_se"] = se
     for key, (value, se) in gaps.items():
         metrics[f"mixture_{key}_energy"] = value
         metrics[f"mixture_{key}_energy_se"] = se
 
-    verdicts = {name: within(metrics[name], interval) for name, interval in expected.items()}
-    passed = all(verdicts.values())
+    failed = [name for name, iv in expected.items() if not within(metrics[name], iv)]
     gating = get_gating(config.gating).name
-    depth = config.ladder[-1]
-    failed = [name for name, ok in verdicts.items() if not ok]
+    vp, ve = exact.euler_fits["vp"], exact.euler_fits["ve"]
     summary = (
         f"With {gating} gates the stack's largest error against the exact Gaussian transport over "
-        f"L = {', '.join(map(str, depths))} is {closed_form_error:.1e} (Euler gates: order "
-        f"{euler_fits['vp'].order:.3f} VP, {euler_fits['ve'].order:.3f} VE, error "
-        f"{euler['vp'][-1]:.1e} / {euler['ve'][-1]:.1e} at L = {depth}); gates learned from "
+        f"L = {', '.join(map(str, exact.depths))} is {exact.closed_form_error:.1e} (Euler gates: "
+        f"order {vp.order:.3f} VP, {ve.order:.3f} VE, error {exact.euler['vp'][-1]:.1e} / "
+        f"{exact.euler['ve'][-1]:.1e} at L = {config.ladder[-1]}); gates learned from "
         f"{size.pairs} forward pairs per unit have squared bias {ls_err:+.3f} +/- {ls_se:.3f} "
         f"(least squares) and {gd_err:+.3f} +/- {gd_se:.3f} (gradient descent) sampling "
-        f"variances, error falling at rate {rate_fit.order:.3f} in n; for a Gaussian mixture "
-        f"affine gates stop at energy distance {gaps['affine'][0]:.3g} (Gaussian floor "
-        f"{gaps['floor'][0]:.3g}), "
-        f"the exact nonlinear F with learned gates reaches {gaps['nonlinear'][0]:.3g}"
-        + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+        f"variances, error falling at rate {rate.order:.3f} in n; for a Gaussian mixture affine "
+        f"gates stop at energy distance {gaps['affine'][0]:.3g} (Gaussian floor "
+        f"{gaps['floor'][0]:.3g}), the exact nonlinear F with learned gates reaches "
+        f"{gaps['nonlinear'][0]:.3g}" + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
     return CheckResult(
-        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
-        figure=_figure(gating, config.ladder, depths, closed_by_depth, euler, euler_fits,
-                       euler_rungs, ns, gate_errors, rate_fit, tol),
-        measured_text=(f"closed form {closed_form_error:.0e}; euler order "
-                       f"{euler_fits['vp'].order:.2f}/{euler_fits['ve'].order:.2f}; learned "
-                       f"{ls_err:+.2f}+/-{ls_se:.2f}, gd {gd_err:+.2f}+/-{gd_se:.2f}, "
-                       f"rate {rate_fit.order:.2f}"),
+        id=ID, claim=CLAIM, passed=not failed, metrics=metrics, expected=expected,
+        summary=summary, figure=_figure(gating, config.ladder, exact, ns, gate_errors, rate, tol),
+        measured_text=(f"closed form {exact.closed_form_error:.0e}; euler order "
+                       f"{vp.order:.2f}/{ve.order:.2f}; learned {ls_err:+.2f}+/-{ls_se:.2f}, "
+                       f"gd {gd_err:+.2f}+/-{gd_se:.2f}, rate {rate.order:.2f}"),
         theory_text=f"<= {tol:.0e}; order 1; 0 +/- {Z_MAX:g} se; rate 0.5")
 
 
@@ -436,45 +456,42 @@ def run(config: CheckConfig) -> CheckResult:
     return measure(config, time_shift=0.0)
 
 
-def _figure(gating, ladder, depths, closed_by_depth, euler, euler_fits, euler_rungs, ns,
-            gate_errors, rate_fit, tol):
+def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol):
     """Left: transport error against depth (closed-form and Euler gates).  Right: the median
     relative error of least-squares gates against the number of pairs."""
     import numpy as np
+    from matplotlib.ticker import NullFormatter
 
     def draw(fig):
         left, right = fig.subplots(1, 2)
-        floor = np.finfo(float).tiny
-        left.loglog(depths, [max(closed_by_depth[L], floor) for L in depths], "o-",
-                    label=f"closed-form gates ({gating})")
+        depths = exact.depths
+        left.loglog(depths, [max(exact.closed_by_depth[L], np.finfo(float).tiny) for L in depths],
+                    "o-", label=f"closed-form gates ({gating})")
         for name, label in (("vp", "Euler, VP"), ("ve", "Euler, VE"), ("vp_sde", "E-M law, VP"),
                             ("ve_sde", "E-M law, VE")):
-            fit = euler_fits[name]
-            (line,) = left.loglog(ladder, euler[name], "s" if "sde" in name else "o",
+            fit = exact.euler_fits[name]
+            (line,) = left.loglog(ladder, exact.euler[name], "s" if "sde" in name else "o",
                                   label=f"{label} (order {fit.order:.2f})")
             if math.isfinite(fit.order):
-                rungs = euler_rungs[name]
+                rungs = exact.euler_rungs[name]
                 left.loglog(rungs, fit.predict(rungs), "-", color=line.get_color(), alpha=0.6)
         left.axhline(tol, color="k", ls=":", lw=1, label=f"tolerance {tol:g}")
         left.set_xlabel("depth L")
         left.set_ylabel("relative error vs exact transport")
         left.set_title("C4: exact gates vs Euler")
         left.legend(fontsize=6)
-        left.grid(True, which="both", alpha=0.3)
         right.loglog(ns, gate_errors, "o", label=f"least squares (rate {rate_fit.order:.2f})")
         if math.isfinite(rate_fit.order):
             right.loglog(ns, rate_fit.predict(ns), "-", alpha=0.6)
         ref = gate_errors[-1] * (np.asarray(ns, float) / ns[-1]) ** -0.5
         right.loglog(ns, ref, "k--", lw=1, label="n^(-1/2)")
-        from matplotlib.ticker import NullFormatter
-
-        for ax, ticks in ((left, depths), (right, ns)):
-            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
-            ax.xaxis.set_minor_formatter(NullFormatter())
         right.set_xlabel("pairs per unit n")
         right.set_ylabel("median relative gate error")
         right.set_title("learned gates")
         right.legend(fontsize=7)
-        right.grid(True, which="both", alpha=0.3)
+        for ax, ticks in ((left, depths), (right, ns)):
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(True, which="both", alpha=0.3)
 
     return draw
