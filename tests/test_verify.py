@@ -1,0 +1,108 @@
+"""The verify command: exit codes, the JSON contract, figures, bad arguments."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rdm_dynamics.checks import registry
+from rdm_dynamics.verify import main
+
+TOP = ["depth", "gating", "seed", "dtype", "device", "passed", "seconds", "versions", "checks"]
+CHECK = ["id", "claim", "passed", "seconds", "metrics", "expected", "summary"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rdm_dynamics.verify", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_default_run_passes_and_writes_the_contract(tmp_path):
+    """The README's command, as a user runs it (every check, --depth 256)."""
+    out = tmp_path / "report"
+    done = run_cli("--depth", "256", "--out", str(out), "--json", str(tmp_path / "copy.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert list(report) == TOP
+    assert report["passed"] is True and report["depth"] == 256 and report["dtype"] == "float64"
+    assert [c["id"] for c in report["checks"]] == list(registry())
+    for check in report["checks"]:
+        assert list(check) == CHECK
+        assert check["passed"] is True
+        assert all(isinstance(v, (int, float)) or v is None for v in check["metrics"].values())
+        assert (out / f"{check['id']}.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "copy.json").read_text()) == report
+    assert "PASS" in done.stdout
+
+
+def test_plain_gating_fails_with_exit_code_one(tmp_path):
+    code = main(["--depth", "64", "--gating", "plain", "--quick", "--out", str(tmp_path),
+                 "--no-figures"])
+    assert code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] is False
+    by_id = {c["id"]: c for c in report["checks"]}
+    assert by_id["depth-limit"]["passed"] is False
+
+
+def test_only_selects_checks(tmp_path):
+    code = main(["--depth", "32", "--only", "C1", "--quick", "--out", str(tmp_path),
+                 "--no-figures"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [c["id"] for c in report["checks"]] == ["depth-limit"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--depth", "1"], "--depth must be at least 2"),
+    (["--depth", "0"], "--depth must be at least 2"),
+    (["--depth", "-5"], "--depth must be at least 2"),
+    (["--depth", "2.5"], "--depth must be an integer"),
+    (["--depth", "abc"], "--depth must be an integer"),
+    (["--depth", "7"], "no depth ladder"),
+    (["--only", "nope"], "unknown check 'nope'"),
+    (["--gating", "wild"], "unknown --gating"),
+    (["--dtype", "float16"], "unknown --dtype"),
+    (["--seed", "x"], "--seed must be an integer"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--device", "banana"], "--device"),
+    (["--frobnicate"], "unrecognized arguments"),
+])
+def test_bad_arguments_exit_two_with_one_line(args, needle, capsys, tmp_path):
+    import torch
+
+    if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_unwritable_out_and_json_exit_two(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    assert main(["--out", str(a_file)]) == 2
+    assert main(["--out", str(tmp_path / "o"), "--json", str(tmp_path / "missing" / "r.json")]) == 2
+    assert main(["--out", str(tmp_path / "o"), "--json", str(tmp_path)]) == 2
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    import os
+
+    if os.geteuid() != 0:  # root can write anywhere
+        assert main(["--out", str(locked / "sub")]) == 2
+    assert a_file.read_text() == "keep me"
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith("python -m rdm_dynamics.verify: error:") for line in errs)
+
+
+def test_bad_argument_in_a_subprocess_has_no_traceback():
+    done = run_cli("--depth", "1")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_list(capsys):
+    assert main(["--list"]) == 0
+    assert "depth-limit" in capsys.readouterr().out
