@@ -6,15 +6,13 @@ complement of the joint Gaussian for the reverse kernel).  Statistical tests use
 4-sigma rules: a false-alarm rate of about 6e-5 each under the normal approximation.
 """
 
-from __future__ import annotations
-
 import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from torchdiffeq import odeint
+from strategies import gaussians, random_spd, sdes, seeds, times
 
 from rdm_dynamics import verify
 from rdm_dynamics.checks import CheckConfig, registry
@@ -39,43 +37,31 @@ from rdm_dynamics.gaussian_gates import (
     to_eigen,
 )
 from rdm_dynamics.laws import Gaussian, GaussianMixture
-from rdm_dynamics.paths import REFERENCE_ATOL, REFERENCE_RTOL
-from rdm_dynamics.sde import VESDE, VPSDE, SubVPSDE
+from rdm_dynamics.paths import solve_ode
+from rdm_dynamics.report import within
+from rdm_dynamics.sde import VESDE, VPSDE
 from rdm_dynamics.two_sample import energy_distance
-
-SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
-HYPOTHESIS = settings(max_examples=12, deadline=None,
-                      suppress_health_check=[HealthCheck.too_slow])
 
 
 def random_gaussian(seed: int, dim: int) -> Gaussian:
     g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
-    lam = torch.exp(torch.empty(dim, dtype=torch.float64).uniform_(-3, 1, generator=g))
-    return Gaussian(torch.randn(dim, generator=g, dtype=torch.float64), (Q * lam) @ Q.T)
+    return Gaussian(torch.randn(dim, generator=g, dtype=torch.float64), random_spd(dim, g))
 
 
 def time_pair(draw_a: float, draw_b: float) -> tuple[float, float]:
-    """(t_from, t_to) with t_from > t_to in [1e-3, 1]."""
-    hi, lo = max(draw_a, draw_b), min(draw_a, draw_b)
+    """(t_from, t_to) with t_from > t_to in [1e-3, 1] (the denoising direction)."""
+    hi, lo = max(draw_a, draw_b, 2e-3), min(draw_a, draw_b)
     return hi, min(lo, hi - 1e-3)
-
-
-times = st.floats(min_value=2e-3, max_value=1.0)
-seeds = st.integers(min_value=0, max_value=2**31 - 1)
-dims = st.integers(min_value=1, max_value=4)
-sde_names = st.sampled_from(sorted(SDES))
 
 
 # ------------------------------------------------------------------------------------------------
 # Closed-form gates are the exact transport
 # ------------------------------------------------------------------------------------------------
 
-@HYPOTHESIS
-@given(seed=seeds, dim=dims, name=sde_names, a=times, b=times)
-def test_closed_form_pf_unit_matches_dopri5(seed, dim, name, a, b):
+@settings(max_examples=12)
+@given(law=gaussians(max_dim=4), sde=sdes, a=times, b=times, seed=seeds)
+def test_closed_form_pf_unit_matches_dopri5(law, sde, a, b, seed):
     """One deterministic unit with closed-form gates = the PF-ODE solved by dopri5."""
-    law, sde = random_gaussian(seed, dim), SDES[name]
     t_from, t_to = time_pair(a, b)
     stack = eigen_stack(law, sde, 1, stochastic=False, span=(t_from, t_to))
     assert install_gates(stack, closed_form_gates(law, sde, stack.times))
@@ -83,20 +69,17 @@ def test_closed_form_pf_unit_matches_dopri5(seed, dim, name, a, b):
     with torch.no_grad():
         z = from_eigen(law, stack(to_eigen(law, x)))
     drift = sde.reverse(lambda x, t: law.score(x, t, sde), probability_flow=True).sde
-    ends = torch.tensor([t_from, t_to], dtype=torch.float64)
-    # step_t: land on t_to instead of stepping past it (sub-VP is not defined below t = 0)
-    reference = odeint(lambda t, y: drift(y, t)[0], x, ends, method="dopri5",
-                       rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL, options={"step_t": ends[1:]})[-1]
+    reference = solve_ode(lambda t, y: drift(y, t)[0], x,
+                          torch.tensor([t_from, t_to], dtype=torch.float64))[-1]
     scale = x.norm(dim=-1).max() + reference.norm(dim=-1).max()
     assert float((z - reference).norm(dim=-1).max() / scale) < 1e-7
 
 
-@HYPOTHESIS
-@given(seed=seeds, dim=dims, name=sde_names, a=times, b=times)
-def test_closed_form_sde_unit_is_the_gaussian_conditional(seed, dim, name, a, b):
+@given(law=gaussians(max_dim=4), sde=sdes, a=times, b=times)
+def test_closed_form_sde_unit_is_the_gaussian_conditional(law, sde, a, b):
     """One stochastic unit's gates = the conditional law of x_s given x_t, from the Schur
     complement of the joint Gaussian of (x_s, x_t) (not from laws.reverse_kernel)."""
-    law, sde = random_gaussian(seed, dim), SDES[name]
+    dim = law.dim
     t, s = time_pair(a, b)
     gates = closed_form_gates(law, sde, [t, s], stochastic=True)
     cov_s = law.marginal(sde, s).cov
@@ -112,13 +95,12 @@ def test_closed_form_sde_unit_is_the_gaussian_conditional(seed, dim, name, a, b)
     assert torch.allclose(to_eigen(law, offset), gates["beta"][0], atol=1e-10)
 
 
-@HYPOTHESIS
-@given(seed=seeds, dim=dims, name=sde_names, a=times, b=times,
+@settings(max_examples=20)
+@given(law=gaussians(max_dim=4), sde=sdes, a=times, b=times, seed=seeds,
        depth=st.integers(min_value=1, max_value=40))
-def test_composition_over_any_depth_is_exact(seed, dim, name, a, b, depth):
+def test_composition_over_any_depth_is_exact(law, sde, a, b, seed, depth):
     """L closed-form units compose to the one-step map t_0 -> t_L, deterministic (pathwise)
     and stochastic (every layer's law is p_{t_i})."""
-    law, sde = random_gaussian(seed, dim), SDES[name]
     t_from, t_to = time_pair(a, b)
     det = eigen_stack(law, sde, depth, stochastic=False, span=(t_from, t_to))
     sto = eigen_stack(law, sde, depth, stochastic=True, span=(t_from, t_to))
@@ -137,11 +119,10 @@ def test_composition_over_any_depth_is_exact(seed, dim, name, a, b, depth):
         assert float((layer_laws[i].mean - target.mean).norm()) <= 1e-11 * scale
 
 
-@HYPOTHESIS
-@given(seed=seeds, dim=dims, name=sde_names, t=times, stochastic=st.booleans())
-def test_euler_coefficients_read_off_the_denoising_field(seed, dim, name, t, stochastic):
+@given(law=gaussians(max_dim=4), sde=sdes, t=times, seed=seeds, stochastic=st.booleans())
+def test_euler_coefficients_read_off_the_denoising_field(law, sde, t, seed, stochastic):
     """a(t) y + b(t) reproduces the denoising field (it is affine for Gaussian data)."""
-    law, sde = random_gaussian(seed, dim), SDES[name]
+    dim = law.dim
     coefs = DenoisingCoefficients(law, sde, stochastic=stochastic)
     field = sde.reverse(lambda x, t: law.score(x, t, sde),
                         probability_flow=not stochastic).denoising_field
@@ -307,8 +288,6 @@ def test_check_passes_at_the_verify_depth():
 
 
 def failed_metrics(result) -> set[str]:
-    from rdm_dynamics.report import within
-
     return {k for k, iv in result.expected.items() if not within(result.metrics[k], iv)}
 
 
