@@ -301,9 +301,10 @@ def mixture_samples(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
                                                       _shifted(stack.times, time_shift),
                                                       generator=g)).to(**to)
         install_gates(stack, least_squares_gates(states, stack.residuals[0], stack.times).gates())
+        z0 = to_eigen(basis, mixture.marginal(sde, T_END).sample(n, g))
+        xi = torch.randn((stack.depth, *z0.shape), generator=g, dtype=z0.dtype)  # CPU stream
         with torch.no_grad():
-            z = stack(to_eigen(basis, mixture.marginal(sde, T_END).sample(n, g)).to(**to),
-                      generator=g)
+            z = stack(z0.to(**to), xi=xi.to(**to))
         return from_eigen(basis, z.to(basis.mean))
 
     def noise(t):
@@ -490,7 +491,7 @@ def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol):
         right.set_title("learned gates")
         right.legend(fontsize=7)
         for ax, ticks in ((left, depths), (right, ns)):
-            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks], fontsize=7, rotation=45)
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(True, which="both", alpha=0.3)
 
