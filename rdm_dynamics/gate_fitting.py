@@ -37,6 +37,8 @@ gates converge to the closed form, positive otherwise.  Units are independent gi
 the chain (the reverse noise of unit i is independent of every state before it), so the sums over
 the gates of one (unit, channel) group are independent, and the standard error of E_hat is their
 sample standard deviation over sqrt(number of groups), without a distributional assumption.
+Under a bias the groups spread more too, so a bias confined to a few units shows by the number of
+units it hits, not by n: E_hat / se grows like sqrt(#groups) times mean / sd of (bias / se)^2.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ from .sde import SDE
 from .stack import GatedResidualStack
 
 __all__ = ["forward_trajectories", "GateFit", "least_squares_gates", "denoising_nll",
-           "train_gates_by_denoising",
-           "studentised_terms", "studentised_gate_error", "median_relative_error"]
+           "train_gates_by_denoising", "studentised_terms", "studentised_gate_error",
+           "median_relative_error"]
 
 GATE_NAMES = ("alpha", "beta", "gamma")
 
@@ -177,6 +179,14 @@ def train_gates_by_denoising(stack: GatedResidualStack, states: torch.Tensor, *,
     return history
 
 
+def _comparable(gates: dict[str, torch.Tensor], closed_form: dict[str, torch.Tensor]):
+    """(name, gate values) in the closed form's dtype and device; gamma as |gamma|, since the
+    data do not identify its sign."""
+    for name in GATE_NAMES:
+        value = gates[name].detach().to(closed_form[name])
+        yield name, value.abs() if name == "gamma" else value
+
+
 def studentised_terms(gates: dict[str, torch.Tensor], standard_errors: dict[str, torch.Tensor],
                       closed_form: dict[str, torch.Tensor]) -> torch.Tensor:
     """sum over alpha, beta, gamma of t_k^2 - 1, one value per (unit, channel) group (flattened).
@@ -185,10 +195,7 @@ def studentised_terms(gates: dict[str, torch.Tensor], standard_errors: dict[str,
     sign).
     """
     terms = []
-    for name in GATE_NAMES:
-        value = gates[name].detach().to(closed_form[name])
-        if name == "gamma":
-            value = value.abs()
+    for name, value in _comparable(gates, closed_form):
         t = (value - closed_form[name]) / standard_errors[name].to(closed_form[name])
         terms.append(t**2 - 1.0)
     return torch.stack(terms).sum(0).flatten()
@@ -210,10 +217,6 @@ def median_relative_error(gates: dict[str, torch.Tensor],
     Each gate's error scales as n^{-1/2}, so the median does too; unlike a root mean square it is
     not dominated by the few gates whose sampling error is largest relative to their size.
     """
-    ratios = []
-    for name in GATE_NAMES:
-        value = gates[name].detach().to(closed_form[name])
-        if name == "gamma":
-            value = value.abs()
-        ratios.append(((value - closed_form[name]).abs() / closed_form[name].abs()).flatten())
+    ratios = [((value - closed_form[name]).abs() / closed_form[name].abs()).flatten()
+              for name, value in _comparable(gates, closed_form)]
     return float(torch.cat(ratios).median())
