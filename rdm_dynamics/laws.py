@@ -205,6 +205,14 @@ class GaussianMixture:
         resp = torch.softmax(log_joint, dim=1)
         return (resp.unsqueeze(-1) * comp_scores).sum(1)
 
+    def moment_matched(self) -> Gaussian:
+        """The Gaussian with this mixture's mean and covariance:
+        mean = sum_k w_k mu_k,  cov = sum_k w_k (Sigma_k + mu_k mu_k^T) - mean mean^T."""
+        mean = self.weights @ self.means
+        second = torch.einsum("k,kij->ij", self.weights,
+                              self.covs + self.means.unsqueeze(-1) * self.means.unsqueeze(-2))
+        return Gaussian(mean, second - torch.outer(mean, mean))
+
 
 def _psd_sqrt(S: torch.Tensor) -> torch.Tensor:
     lam, U = torch.linalg.eigh(0.5 * (S + S.T))
