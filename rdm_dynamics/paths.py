@@ -61,7 +61,7 @@ class BrownianPath:
         return torch.stack([left, right], dim=1).reshape(2 * n, *self.shape)
 
     def increments(self, steps: int) -> torch.Tensor:
-        """Increments W(t_{i+1}) - W(t_i) on the uniform grid of ``steps`` steps: (steps, *shape)."""
+        """Increments W(t_{i+1}) - W(t_i) on the grid of ``steps`` steps; (steps, *shape)."""
         ratio = steps // self.base_steps
         if steps < self.base_steps or ratio * self.base_steps != steps or ratio & (ratio - 1):
             raise ValueError(f"steps must be base_steps * 2^k (base_steps={self.base_steps}), "
