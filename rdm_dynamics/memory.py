@@ -86,7 +86,7 @@ def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") ->
         base = torch.cuda.memory_allocated(device)
         fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated"
+        return torch.cuda.max_memory_allocated(device) - base, "CUDA peak allocation"
     with SavedTensorMeter() as meter:
         fn()
-    return meter.peak_bytes, "bytes saved for backward (peak)"
+    return meter.peak_bytes, "peak bytes saved for backward"

@@ -214,8 +214,8 @@ def sensitivity_words(m: dict, depths) -> str:
     """The gated sensitivity at --depth and its ratio to the first depth, or its overflow."""
     if not math.isfinite(m["sensitivity_gated"]):
         return f"overflows float64 before L = {depths[-1]}"
-    return (f"is {m['sensitivity_gated']:.3g} at L = {depths[-1]} "
-            f"({m['sensitivity_ratio_gated']:.3g} x its value at L = {depths[0]})")
+    return (f"is {m['sensitivity_gated']:.3g} at L = {depths[-1]}, "
+            f"{m['sensitivity_ratio_gated']:.3g} x its value at L = {depths[0]}")
 
 
 def sensitivity_figure(gating, ladder, z0_errors, theta_errors, fit, depths, sens, continuous):
