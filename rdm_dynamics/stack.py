@@ -133,7 +133,10 @@ class GatedResidualStack(nn.Module):
         self.span = (float(span[0]), float(span[1]))
         self.h = abs(self.span[1] - self.span[0]) / self.depth
         self.sign = 1.0 if self.span[1] >= self.span[0] else -1.0
-        self.gain, self.bias, self.noise = gain, bias, noise
+        # The coefficient functions are only read here and by continuous_limit(); they are kept
+        # out of the module tree so that casting or moving the stack never rewrites coefficient
+        # modules shared with other stacks (the gates already hold their values).
+        self._coefficients = (gain, bias, noise)
 
         if callable(residual) and not isinstance(residual, (list, tuple, nn.ModuleList)):
             self.shared_residual = True
@@ -166,6 +169,21 @@ class GatedResidualStack(nn.Module):
                 self.register_buffer(name, value.clone())
         if noise is None:
             self.gamma = None
+
+    @property
+    def gain(self) -> Coefficient | None:
+        """a(t), the gain coefficient the gates were built from (None: a = 1)."""
+        return self._coefficients[0]
+
+    @property
+    def bias(self) -> Coefficient | None:
+        """b(t), the bias coefficient (None: b = 0)."""
+        return self._coefficients[1]
+
+    @property
+    def noise(self) -> Coefficient | None:
+        """c(t), the noise coefficient (None: deterministic units)."""
+        return self._coefficients[2]
 
     @property
     def stochastic(self) -> bool:

@@ -25,7 +25,6 @@ runs at --depth: must be <= 1).  inv-sqrt gates are reported for comparison.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -80,11 +79,10 @@ class Problem:
         return (v / v.norm(dim=-1, keepdim=True)).to(self.device)
 
     def stack(self, depth: int, gating: str, dtype: torch.dtype = torch.float64):
-        """The exact (float64) depth-L stack, or its cast to ``dtype``.  The gate coefficients
-        are copied: a stack registers them as submodules, and a cast would round them in place."""
+        """The exact (float64) depth-L stack, or its cast to ``dtype``."""
         times = torch.arange(depth, dtype=torch.float64) / depth
         stack = GatedResidualStack(frozen_layers(self.field, times), depth, gating=gating,
-                                   gain=copy.deepcopy(self.gain), bias=copy.deepcopy(self.bias),
+                                   gain=self.gain, bias=self.bias,
                                    dtype=torch.float64)
         return stack.to(device=self.device, dtype=dtype)
 
