@@ -108,7 +108,7 @@ def main() -> None:
         verified(f"{name}: the exact Gaussian marginal solves its Fokker-Planck equation",
                  sp.cancel(sp.expand(residual)) == 0)
 
-    # --- Step 3: Fokker-Planck = continuity equation of the PF-ODE velocity ------------------------
+    # --- Step 3: Fokker-Planck = continuity equation of the PF-ODE velocity -----------------------
     P = sp.Function("p")(x, t)
     score = sp.diff(P, x) / P
     verified("-(f x p)_x + (g^2/2) p_xx = -((f x - g^2 s / 2) p)_x with s = (log p)_x",

@@ -7,7 +7,6 @@ scalar.  The SDE coefficients and the moment relations are C2's (loaded from C2_
 """
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import mpmath

@@ -111,7 +111,7 @@ class Gaussian:
 
     @staticmethod
     def fit(samples: torch.Tensor) -> Gaussian:
-        """The Gaussian with the sample mean and the unbiased sample covariance of (n, d) samples."""
+        """The Gaussian with the sample mean and unbiased sample covariance of (n, d) samples."""
         return Gaussian(*empirical_moments(samples))
 
     # --- exact transports -----------------------------------------------------------------------
@@ -218,7 +218,8 @@ class GaussianMixture:
         y = torch.einsum("bkd,kde->bke", diff, self.eigvecs)  # eigen-coordinates
         quad = (y**2 / V).sum(-1)
         logdet = torch.log(V).sum(-1)
-        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+        log_norm = self.dim * math.log(2 * math.pi)
+        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + log_norm)
         comp_scores = -torch.einsum("bke,kde->bkd", y / V, self.eigvecs)
         return log_joint, comp_scores
 
@@ -239,6 +240,14 @@ class GaussianMixture:
         log_joint, comp_scores = self._component_terms(x, *self._diffused(sde, t))
         resp = torch.softmax(log_joint, dim=1)
         return (resp.unsqueeze(-1) * comp_scores).sum(1)
+
+    def moment_matched(self) -> Gaussian:
+        """The Gaussian with this mixture's mean and covariance:
+        mean = sum_k w_k mu_k,  cov = sum_k w_k (Sigma_k + mu_k mu_k^T) - mean mean^T."""
+        mean = self.weights @ self.means
+        second = torch.einsum("k,kij->ij", self.weights,
+                              self.covs + self.means.unsqueeze(-1) * self.means.unsqueeze(-2))
+        return Gaussian(mean, second - torch.outer(mean, mean))
 
     @classmethod
     def random(cls, components: int, dim: int, *, radius: float = 2.0,

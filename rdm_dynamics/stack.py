@@ -133,7 +133,10 @@ class GatedResidualStack(nn.Module):
         self.span = (float(span[0]), float(span[1]))
         self.h = abs(self.span[1] - self.span[0]) / self.depth
         self.sign = 1.0 if self.span[1] >= self.span[0] else -1.0
-        self.gain, self.bias, self.noise = gain, bias, noise
+        # The coefficient functions are only read here and by continuous_limit(); they are kept
+        # out of the module tree so that casting or moving the stack never rewrites coefficient
+        # modules shared with other stacks (the gates already hold their values).
+        self._coefficients = (gain, bias, noise)
 
         if callable(residual) and not isinstance(residual, (list, tuple, nn.ModuleList)):
             self.shared_residual = True
@@ -168,6 +171,21 @@ class GatedResidualStack(nn.Module):
             self.gamma = None
 
     @property
+    def gain(self) -> Coefficient | None:
+        """a(t), the gain coefficient the gates were built from (None: a = 1)."""
+        return self._coefficients[0]
+
+    @property
+    def bias(self) -> Coefficient | None:
+        """b(t), the bias coefficient (None: b = 0)."""
+        return self._coefficients[1]
+
+    @property
+    def noise(self) -> Coefficient | None:
+        """c(t), the noise coefficient (None: deterministic units)."""
+        return self._coefficients[2]
+
+    @property
     def stochastic(self) -> bool:
         return self.gamma is not None
 
@@ -189,7 +207,8 @@ class GatedResidualStack(nn.Module):
 
     def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                return_all: bool = False) -> torch.Tensor:
+                return_all: bool = False,
+                perturbations: torch.Tensor | None = None) -> torch.Tensor:
         """Run the stack from z0.
 
         Args:
@@ -197,16 +216,23 @@ class GatedResidualStack(nn.Module):
             xi: standard normal noise of shape (L, B, ...) for stochastic units; drawn from
                 ``generator`` when omitted.  Ignored for deterministic units.
             return_all: return every layer's state, shape (L + 1, B, ...), instead of z_L.
+            perturbations: e_i of shape (L, B, ...) added after each unit,
+                z_{i+1} = unit_i(z_i) + e_i (to study how per-layer errors propagate).
         """
         if self.stochastic and xi is None:
             xi = torch.randn((self.depth, *z0.shape), generator=generator, dtype=z0.dtype,
                              device=z0.device)
         if xi is not None and xi.shape != (self.depth, *z0.shape):
             raise ValueError(f"xi must have shape {(self.depth, *z0.shape)}, got {tuple(xi.shape)}")
+        if perturbations is not None and perturbations.shape != (self.depth, *z0.shape):
+            raise ValueError(f"perturbations must have shape {(self.depth, *z0.shape)}, "
+                             f"got {tuple(perturbations.shape)}")
         z = z0
         states = [z0] if return_all else None
         for i in range(self.depth):
             z = self.unit(i, z, xi[i] if self.stochastic else None)
+            if perturbations is not None:
+                z = z + perturbations[i]
             if return_all:
                 states.append(z)
         return torch.stack(states) if return_all else z

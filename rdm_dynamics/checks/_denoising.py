@@ -15,8 +15,6 @@ controls enter through ``score_scale`` (a wrong sign, or a PF-ODE without its 1/
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -95,19 +93,3 @@ def reference_config(config: CheckConfig) -> CheckConfig:
     and gating of the stack under test (the theory is checked against exact references)."""
     return dataclasses.replace(config, dtype=torch.float64, gating="euler")
 
-
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch's CPU operations on one intra-op thread inside the block, then restore.
-
-    The checks run tens of thousands of operations on tensors of a few hundred numbers, which
-    threads cannot speed up; on a loaded 2-core machine every OpenMP region then costs
-    milliseconds instead of microseconds (a 64 x 4 softmax: 14 ms with 2 threads under load,
-    6 us with 1), which made C2 and C3 run ten times slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -39,7 +39,6 @@ from ._denoising import (
     denoising_stack,
     reference_config,
     sample_prior,
-    single_threaded,
 )
 from .depth_limit import pathwise_error
 
@@ -93,7 +92,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, pf_weight: float = 
     metrics: dict[str, float] = {"eps": EPS}
     expected: dict[str, list] = {}
     series: list[Series] = []
-    with single_threaded(), torch.no_grad():
+    with torch.no_grad():
         for sde_name in sdes:
             sde = make_sde(sde_name)
             for law_name, law in laws.items():

@@ -43,7 +43,7 @@ from scipy.stats import norm
 
 from ..laws import Gaussian, empirical_moments, gaussian_w2_moments, moment_z_scores
 from ..paths import BrownianPath
-from ..report import CheckResult, Series, draw_orders, fit_order, within
+from ..report import CheckResult, Series, fit_order, order_axes, within
 from ..sde import make_sde
 from ..stack import get_gating
 from . import CheckConfig
@@ -55,7 +55,6 @@ from ._denoising import (
     denoising_stack,
     reference_config,
     sample_prior,
-    single_threaded,
 )
 
 CLAIM = "C3"
@@ -184,7 +183,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     expected: dict[str, list] = {}
     strong_series, weak_series, layer_series = [], [], []
     z_max, z_count = 0.0, 0
-    with single_threaded(), torch.no_grad():
+    with torch.no_grad():
         for sde_name in sdes:
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
@@ -273,7 +272,8 @@ def _figure(gating, ladder, strong, weak, layer):
                   (grid[1, 1], "layers: max_i W2(z_i, p_t_i)", layer, "", "depth L"))
         for cell, title, series, ylabel, xlabel in panels:
             ax = fig.add_subplot(cell)
-            draw_orders(ax, title, series, ylabel=ylabel, xlabel=xlabel, legend_size=6)
+            order_axes(ax, title, series, ylabel=ylabel, xlabel=xlabel)
+            ax.legend(fontsize=6)
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.title.set_fontsize(9)
 
