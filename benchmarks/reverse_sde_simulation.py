@@ -1,54 +1,70 @@
 """The stack's reverse-SDE simulation against torchsde.sdeint, same steps and batch.
 
+    python benchmarks/reverse_sde_simulation.py [--batch 256] [--steps 256] [--reps 11]
+                                                [--threads 1]
+
 Both run Euler-Maruyama for the VP reverse SDE of a Gaussian in R^4 with the exact score, from
-exact samples of p_T down to eps, in float64 on the CPU:
+exact samples of p_T down to eps = 1e-3, in float64 on the CPU:
 
-* stack:   ``BrownianPath`` increments (dyadic Levy refinement, one tensor operation per level),
-           then the gated residual stack (C3's units);
-* torchsde: ``torchsde.sdeint(method="euler")`` driven by a ``torchsde.BrownianInterval``
-           (one interval query per step), on the same SDE through ``paths.TorchsdeReverse``.
+* stack:    ``paths.BrownianPath`` increments (dyadic Levy refinement from one step, one tensor
+            operation per level), then the gated residual stack with C3's stochastic units;
+* torchsde: ``torchsde.sdeint(method="euler")`` on the same SDE (``paths.TorchsdeReverse``),
+            driven by a ``torchsde.BrownianInterval`` (one interval query per step).
 
-Prints the best of ``--repeats`` wall times of each and their ratio (torchsde / stack), side by
-side in one run.  Times include making the Brownian noise.  Run:
-``python benchmarks/reverse_sde_simulation.py [--batch 256] [--steps 256] [--repeats 5]``.
+Times include making the Brownian noise.  After one warm-up run of each, the repetitions are
+interleaved (one run of each per repetition, the order alternating), so slow drifts of a shared
+machine hit both alike.  Reported: the median time of each, and the median and interquartile range
+of the paired per-repetition ratios torchsde / stack.  Target (issue 3): the stack must not be
+slower than a per-step Brownian-tree query, i.e. a ratio >= 1.
 """
 
 from __future__ import annotations
 
-import argparse
+import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torchsde
 
-from rdm_dynamics.checks import CheckConfig
-from rdm_dynamics.checks._denoising import EPS, denoising_stack, sample_prior, score_fn
-from rdm_dynamics.laws import Gaussian
-from rdm_dynamics.paths import BrownianPath, TorchsdeReverse
-from rdm_dynamics.sde import make_sde
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Parser, run_main  # noqa: E402
+
+from rdm_dynamics.checks import CheckConfig  # noqa: E402
+from rdm_dynamics.checks._denoising import (  # noqa: E402
+    EPS,
+    denoising_stack,
+    sample_prior,
+    score_fn,
+)
+from rdm_dynamics.laws import Gaussian  # noqa: E402
+from rdm_dynamics.paths import BrownianPath, TorchsdeReverse  # noqa: E402
+from rdm_dynamics.sde import make_sde  # noqa: E402
 
 
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def parse(argv):
+    p = Parser(prog="benchmarks/reverse_sde_simulation.py", description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--reps", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    for name in ("batch", "steps", "reps", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    return args
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
-    if args.batch < 1 or args.steps < 1 or args.repeats < 1:
-        print("reverse_sde_simulation: --batch, --steps and --repeats must be >= 1",
-              file=sys.stderr)
-        return 2
-
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     g = torch.Generator().manual_seed(0)
     config = CheckConfig(gating="euler")
@@ -57,27 +73,37 @@ def main(argv=None) -> int:
     span = sde.T - EPS
     stack = denoising_stack(sde, law, args.steps, config, probability_flow=False)
     reverse = TorchsdeReverse(sde.reverse(score_fn(law, sde), probability_flow=False))
-    times = torch.tensor([0.0, span], dtype=torch.float64)
-    dt = span / args.steps
+    ends = torch.tensor([0.0, span], dtype=torch.float64)
 
     def run_stack():
-        path = BrownianPath(span, x_T.shape, base_steps=1, generator=g)
+        path = BrownianPath(span, x_T.shape, generator=g)
         return stack(x_T, xi=path.normalised_increments(args.steps))
 
     def run_torchsde():
         bm = torchsde.BrownianInterval(t0=0.0, t1=span, size=x_T.shape, dtype=torch.float64,
                                        entropy=0)
-        return torchsde.sdeint(reverse, x_T, times, method="euler", dt=dt, bm=bm)[-1]
+        return torchsde.sdeint(reverse, x_T, ends, method="euler", dt=span / args.steps,
+                               bm=bm)[-1]
 
-    t_stack = best_time(run_stack, args.repeats)
-    t_torchsde = best_time(run_torchsde, args.repeats)
-    print(f"reverse-SDE simulation, VP, Gaussian data in R^4, batch {args.batch}, "
-          f"{args.steps} Euler-Maruyama steps, float64, {torch.get_num_threads()} thread(s)")
-    print(f"  stack + BrownianPath               {t_stack * 1e3:9.1f} ms")
-    print(f"  torchsde.sdeint + BrownianInterval {t_torchsde * 1e3:9.1f} ms")
-    print(f"  ratio torchsde / stack             {t_torchsde / t_stack:9.2f}")
+    run_stack(), run_torchsde()  # warm-up
+    stack_times, torchsde_times = [], []
+    for rep in range(args.reps):
+        pair = (run_stack, run_torchsde) if rep % 2 == 0 else (run_torchsde, run_stack)
+        times = {fn: timed(fn) for fn in pair}
+        stack_times.append(times[run_stack])
+        torchsde_times.append(times[run_torchsde])
+    ratios = sorted(b / a for a, b in zip(stack_times, torchsde_times, strict=True))
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    print(f"reverse-SDE simulation: VP, Gaussian data in R^4, batch {args.batch}, {args.steps} "
+          f"Euler-Maruyama steps, float64, {args.threads} thread(s), {args.reps} repetitions")
+    print(f"  stack + BrownianPath                median "
+          f"{statistics.median(stack_times) * 1e3:8.1f} ms")
+    print(f"  torchsde.sdeint + BrownianInterval  median "
+          f"{statistics.median(torchsde_times) * 1e3:8.1f} ms")
+    print(f"  ratio torchsde / stack (paired)     median {statistics.median(ratios):8.2f}  "
+          f"(IQR {q1:.2f}..{q3:.2f})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
