@@ -1,123 +1,116 @@
-"""Training step time of each residual gate against ``plain`` at the same size, side by side.
+"""Training step time of Neural-RDM gates against plain residual units at the same size.
 
-    python benchmarks/gate_overhead.py                       # RDM-DiT-T/2 and RDM-UNet-T, CPU
-    python benchmarks/gate_overhead.py --models RDM-DiT-S/2 --batch-size 64 --rounds 20
+    python benchmarks/gate_overhead.py [--models RDM-DiT-T/2,RDM-UNet-T] [--gates plain,rdm]
+                                       [--input-size 16] [--batch 32] [--reps 21] [--json PATH]
 
-One training step is what ``rdm_dynamics.train`` does: the diffusion loss on a digits batch,
-backward, gradient clipping, AdamW.  For every model the gates' networks are built with the same
-seed and timed in interleaved rounds (plain, rdm, ..., then the next round in reverse order), so
-slow drifts of a shared machine hit every gate alike; the figure is the median over rounds of
-the per-round ratio t_gate / t_plain, with its quartiles.  Target (issue 6): rdm <= 1.05 x plain.
+For each model, one instance per gate is built with the same seed and trained on the same fixed
+batch (see common.training_step).  After ``--warmup`` steps of each, the repetitions are
+interleaved (one step of every gate per repetition, the order rotating each repetition), so
+slow drifts of a shared machine hit every gate alike.  Reported per gate: the median step time;
+against the first gate (the baseline, ``plain``): the median of the paired per-repetition
+ratios, with its interquartile range, and the ratio of the medians.  Target (issue 6): the rdm
+ratio at most 1.05.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from rdm_dynamics.data import digits
-from rdm_dynamics.diffusion import DiffusionObjective
-from rdm_dynamics.sample import model_builder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Parser, build, csv, run_main, training_step  # noqa: E402
 
-TARGET_RATIO = 1.05
+from rdm_dynamics.models import GATE_KINDS, MODEL_CONFIGS  # noqa: E402
+from rdm_dynamics.report import atomic_write_json  # noqa: E402
+
+TARGET = 1.05
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse(argv):
+    p = Parser(prog="benchmarks/gate_overhead.py", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="RDM-DiT-T/2,RDM-UNet-T")
-    p.add_argument("--gates", default="plain,rdm", help="the first is the reference")
-    p.add_argument("--model-factory", default=None)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--size", type=int, default=8, help="image size (digits are resized)")
-    p.add_argument("--steps", type=int, default=5, help="training steps per timing")
-    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--gates", default="plain,rdm", help="the first is the baseline")
+    p.add_argument("--input-size", type=int, default=16)
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--reps", type=int, default=21)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    p.add_argument("--json", default=None, metavar="PATH")
+    args = p.parse_args(argv)
+    args.models, args.gates = csv(args.models), csv(args.gates)
+    for m in args.models:
+        if m not in MODEL_CONFIGS:
+            raise ValueError(f"unknown model {m!r}")
+    for g in args.gates:
+        if g not in GATE_KINDS:
+            raise ValueError(f"unknown gate {g!r}; choose from {', '.join(GATE_KINDS)}")
+    if len(args.gates) < 2 or min(args.reps, args.batch, args.input_size) < 1:
+        raise ValueError("need two gates or more and positive --reps, --batch, --input-size")
+    return args
 
 
-class Stepper:
-    """One model with its optimizer, stepping on a fixed batch with fixed draws."""
-
-    def __init__(self, net, batch, draws, objective, device):
-        self.net = net.to(device).train()
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-4)
-        self.x, self.y = batch
-        self.draws, self.objective = draws, objective
-        self.device = torch.device(device)
-
-    def run(self, steps: int) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        for _ in range(steps):
-            loss = self.objective.loss(self.net, self.x, self.y, self.draws)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-            self.opt.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - began) / steps
+def quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], q[2]
 
 
-def measure(name: str, args) -> dict:
-    build = model_builder(args.model_factory)
-    data = digits("train", size=args.size)
-    idx = torch.arange(args.batch_size) % len(data)
-    x, y = (t.to(args.device) for t in data.batch(idx))
-    objective = DiffusionObjective(num_classes=10)
-    g = torch.Generator(args.device).manual_seed(0)
-    draws = objective.draw(x.shape, g, args.device)
-    gates = args.gates.split(",")
-    steppers = {}
-    for gate in gates:
-        torch.manual_seed(0)
-        net = build(name, gate=gate, input_size=args.size, in_channels=1, num_classes=10,
-                    class_dropout_prob=0.0)
-        steppers[gate] = Stepper(net, (x, y), draws, objective, args.device)
-        steppers[gate].run(args.warmup)
-    times = {gate: [] for gate in gates}
-    for r in range(args.rounds):
-        for gate in (gates if r % 2 == 0 else gates[::-1]):
-            times[gate].append(steppers[gate].run(args.steps))
-    ref = gates[0]
-    out = {"model": name, "params": {g: sum(p.numel() for p in s.net.parameters())
-                                     for g, s in steppers.items()},
-           "ms_per_step": {g: 1e3 * statistics.median(t) for g, t in times.items()},
-           "ratio": {}}
-    for gate in gates[1:]:
-        ratios = sorted(a / b for a, b in zip(times[gate], times[ref], strict=True))
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        out["ratio"][gate] = {"median": statistics.median(ratios), "q1": q[0], "q3": q[2]}
+def measure(name, args):
+    steps = {g: training_step(build(name, g, input_size=args.input_size,
+                                    in_channels=args.in_channels, num_classes=10,
+                                    device=args.device),
+                              batch=args.batch, device=args.device) for g in args.gates}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times = {g: [] for g in args.gates}
+    for rep in range(args.reps):
+        order = args.gates[rep % len(args.gates):] + args.gates[:rep % len(args.gates)]
+        for g in order:
+            sync()
+            start = time.perf_counter()
+            steps[g]()
+            sync()
+            times[g].append(time.perf_counter() - start)
+    base = args.gates[0]
+    out = {"model": name, "baseline": base, "gates": {}}
+    for g in args.gates:
+        paired = [a / b for a, b in zip(times[g], times[base], strict=True)]
+        lo, hi = quartiles(paired)
+        out["gates"][g] = {"median_step_s": statistics.median(times[g]),
+                           "paired_ratio": statistics.median(paired),
+                           "paired_ratio_iqr": [lo, hi],
+                           "ratio_of_medians": statistics.median(times[g])
+                           / statistics.median(times[base])}
     return out
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"batch {args.batch_size} of {args.size}x{args.size} digits, {args.steps} steps per "
-          f"timing, {args.rounds} interleaved rounds, {torch.get_num_threads()} threads, "
-          f"device {args.device}")
-    gates = args.gates.split(",")
-    for name in args.models.split(","):
-        res = measure(name, args)
-        times = ", ".join(f"{g} {res['ms_per_step'][g]:.1f} ms ({res['params'][g]} params)"
-                          for g in gates)
-        print(f"{name}: {times}")
-        for gate, r in res["ratio"].items():
-            verdict = "" if gate != "rdm" else (
-                "  PASS" if r["median"] <= TARGET_RATIO else "  miss")
-            print(f"  {gate}/{gates[0]} step time: {r['median']:.3f} "
-                  f"(quartiles {r['q1']:.3f}..{r['q3']:.3f}){verdict}")
+    results = {"input_size": args.input_size, "batch": args.batch, "reps": args.reps,
+               "device": args.device, "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "target_ratio": TARGET,
+               "models": [measure(name, args) for name in args.models]}
+    print(f"{'model':<14} {'gate':<11} {'median step':>12} {'paired ratio (IQR)':>26} "
+          f"{'ratio of medians':>17}")
+    for res in results["models"]:
+        for g, r in res["gates"].items():
+            lo, hi = r["paired_ratio_iqr"]
+            print(f"{res['model']:<14} {g:<11} {1e3 * r['median_step_s']:>9.1f} ms "
+                  f"{r['paired_ratio']:>11.3f} ({lo:.3f}..{hi:.3f}) "
+                  f"{r['ratio_of_medians']:>17.3f}")
+    if args.json:
+        atomic_write_json(args.json, results)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -27,7 +27,8 @@ import torch
 
 from .sde import SDE, Time
 
-__all__ = ["Gaussian", "GaussianMixture", "AffineMap", "gaussian_w2"]
+__all__ = ["Gaussian", "GaussianMixture", "AffineMap", "gaussian_w2", "gaussian_w2_moments",
+           "empirical_moments", "moment_z_scores", "random_rotation"]
 
 
 def _time(t: Time, like: torch.Tensor) -> torch.Tensor:
@@ -110,8 +111,8 @@ class Gaussian:
 
     @staticmethod
     def fit(samples: torch.Tensor) -> Gaussian:
-        """The Gaussian with the sample mean and the unbiased sample covariance of (n, d) samples."""
-        return Gaussian(samples.mean(0), torch.cov(samples.T).reshape(samples.shape[1], -1))
+        """The Gaussian with the sample mean and unbiased sample covariance of (n, d) samples."""
+        return Gaussian(*empirical_moments(samples))
 
     # --- exact transports -----------------------------------------------------------------------
     def pf_ode_map(self, sde: SDE, a: Time, b: Time) -> AffineMap:
@@ -133,6 +134,41 @@ class Gaussian:
         c = ms * self.mean - A @ (mt * self.mean)
         cov = (self.eigvecs * (Vs * k**2 / Vt)) @ self.eigvecs.T
         return AffineMap(A, c, cov)
+
+    def marginal_moments(self, sde: SDE, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and covariance of p_t at every time of a 1-d ``times``: shapes (n, d), (n, d, d).
+
+        The batched form of ``marginal``: m(t) mu and U diag(m(t)^2 lam + v(t)) U^T.
+        """
+        times = times.to(dtype=self.mean.dtype, device=self.mean.device)
+        m = sde.mean_coef(times).unsqueeze(-1)  # (n, 1)
+        V = m**2 * self.eigvals + sde.marginal_var(times).unsqueeze(-1)  # (n, d)
+        return m * self.mean, torch.einsum("de,ne,fe->ndf", self.eigvecs, V, self.eigvecs)
+
+    def reverse_chain(self, sde: SDE, times: torch.Tensor, x: torch.Tensor,
+                      noise: torch.Tensor) -> torch.Tensor:
+        """Exact samples of the forward process at decreasing ``times`` t_0 > t_1 > ... given
+        x = x_{t_0}: each step draws x_{t_{i+1}} from ``reverse_kernel`` (t_{i+1} given t_i) with
+        the standard normal ``noise[i]`` (shape (len(times) - 1, B, d)).  If x ~ p_{t_0}, every
+        state is an exact sample of p_{t_i}; with the noise of a stochastic stack it is that
+        stack's exact counterpart on the same noise.  Returns all states, (len(times), B, d)."""
+        states = [x]
+        for i in range(len(times) - 1):
+            kernel = self.reverse_kernel(sde, times[i + 1], times[i])
+            states.append(kernel(states[-1]) + noise[i] @ _psd_sqrt(kernel.cov))
+        return torch.stack(states)
+
+    @classmethod
+    def random(cls, dim: int, *, eigen_range: tuple[float, float] = (0.25, 2.0),
+               mean_scale: float = 1.0, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float64) -> Gaussian:
+        """N(mu, Q diag(lam) Q^T) with mu ~ N(0, mean_scale^2 I), lam uniform on ``eigen_range``
+        and Q a uniformly random rotation: a test law with a non-diagonal covariance."""
+        lo, hi = eigen_range
+        mean = mean_scale * torch.randn(dim, generator=generator, dtype=dtype)
+        lam = lo + (hi - lo) * torch.rand(dim, generator=generator, dtype=dtype)
+        Q = random_rotation(dim, generator=generator, dtype=dtype)
+        return cls(mean, (Q * lam) @ Q.T)
 
 
 class GaussianMixture:
@@ -182,7 +218,8 @@ class GaussianMixture:
         y = torch.einsum("bkd,kde->bke", diff, self.eigvecs)  # eigen-coordinates
         quad = (y**2 / V).sum(-1)
         logdet = torch.log(V).sum(-1)
-        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
+        log_norm = self.dim * math.log(2 * math.pi)
+        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + log_norm)
         comp_scores = -torch.einsum("bke,kde->bkd", y / V, self.eigvecs)
         return log_joint, comp_scores
 
@@ -204,10 +241,47 @@ class GaussianMixture:
         resp = torch.softmax(log_joint, dim=1)
         return (resp.unsqueeze(-1) * comp_scores).sum(1)
 
+    def moment_matched(self) -> Gaussian:
+        """The Gaussian with this mixture's mean and covariance:
+        mean = sum_k w_k mu_k,  cov = sum_k w_k (Sigma_k + mu_k mu_k^T) - mean mean^T."""
+        mean = self.weights @ self.means
+        second = torch.einsum("k,kij->ij", self.weights,
+                              self.covs + self.means.unsqueeze(-1) * self.means.unsqueeze(-2))
+        return Gaussian(mean, second - torch.outer(mean, mean))
+
+    @classmethod
+    def random(cls, components: int, dim: int, *, radius: float = 2.0,
+               eigen_range: tuple[float, float] = (0.1, 0.5),
+               generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float64) -> GaussianMixture:
+        """A test mixture: ``components`` means evenly spaced on a circle of ``radius`` in a
+        random plane, weights uniform on [0.5, 1.5] (normalised), and each covariance a random
+        rotation of a diagonal with entries uniform on ``eigen_range``."""
+        if dim < 2:
+            raise ValueError("a ring mixture needs dim >= 2")
+        angles = 2 * math.pi * torch.arange(components, dtype=dtype) / components
+        ring = torch.zeros(components, dim, dtype=dtype)
+        ring[:, 0], ring[:, 1] = radius * torch.cos(angles), radius * torch.sin(angles)
+        means = ring @ random_rotation(dim, generator=generator, dtype=dtype).T
+        weights = 0.5 + torch.rand(components, generator=generator, dtype=dtype)
+        covs = torch.stack([Gaussian.random(dim, eigen_range=eigen_range, mean_scale=0.0,
+                                            generator=generator, dtype=dtype).cov
+                            for _ in range(components)])
+        return cls(weights, means, covs)
+
 
 def _psd_sqrt(S: torch.Tensor) -> torch.Tensor:
-    lam, U = torch.linalg.eigh(0.5 * (S + S.T))
-    return (U * lam.clamp(min=0).sqrt()) @ U.T
+    """Symmetric PSD square root of (a batch of) symmetric matrices (..., d, d).
+
+    Each matrix is scaled by its largest entry before the eigendecomposition (and the square
+    root scaled back), so that finite matrices with huge entries, such as the moments of a
+    diverging stack, do not overflow inside the solver.
+    """
+    S = 0.5 * S + 0.5 * S.mT  # not 0.5 (S + S^T): that overflows near the largest float
+    scale = S.abs().amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    lam, U = torch.linalg.eigh(S / scale)
+    return (U * (lam.clamp(min=0) * scale[..., 0]).sqrt().unsqueeze(-2)) @ U.mT
 
 
 def gaussian_w2(p: Gaussian, q: Gaussian) -> torch.Tensor:
@@ -215,7 +289,63 @@ def gaussian_w2(p: Gaussian, q: Gaussian) -> torch.Tensor:
 
     W2^2 = |mu_p - mu_q|^2 + tr(S_p + S_q - 2 (S_p^{1/2} S_q S_p^{1/2})^{1/2}).
     """
-    root_p = _psd_sqrt(p.cov)
-    cross = _psd_sqrt(root_p @ q.cov @ root_p)
-    w2sq = ((p.mean - q.mean) ** 2).sum() + torch.trace(p.cov + q.cov - 2 * cross)
-    return torch.sqrt(torch.clamp(w2sq, min=0.0))
+    return gaussian_w2_moments(p.mean, p.cov, q.mean, q.cov)
+
+
+def gaussian_w2_moments(mean_p: torch.Tensor, cov_p: torch.Tensor, mean_q: torch.Tensor,
+                        cov_q: torch.Tensor) -> torch.Tensor:
+    """``gaussian_w2`` from raw moments, batched: means (..., d), covariances (..., d, d).
+
+    Needs no positive definiteness (a degenerate covariance is fine) and returns NaN where a
+    moment is not finite, so a diverged stack gives a NaN distance instead of an exception.
+    """
+    finite = (torch.isfinite(mean_p).all(-1) & torch.isfinite(mean_q).all(-1)
+              & torch.isfinite(cov_p).all((-2, -1)) & torch.isfinite(cov_q).all((-2, -1)))
+    safe = finite.unsqueeze(-1)
+    mean_p, mean_q = torch.where(safe, mean_p, 0.0), torch.where(safe, mean_q, 0.0)
+    cov_p = torch.where(safe.unsqueeze(-1), cov_p, 0.0)
+    cov_q = torch.where(safe.unsqueeze(-1), cov_q, 0.0)
+    root_p = _psd_sqrt(cov_p)
+    inner = root_p @ cov_q @ root_p
+    finite = finite & torch.isfinite(inner).all((-2, -1))
+    cross = _psd_sqrt(torch.where(finite[..., None, None], inner, 0.0))
+    trace = torch.diagonal(cov_p + cov_q - 2 * cross, dim1=-2, dim2=-1).sum(-1)
+    w2sq = ((mean_p - mean_q) ** 2).sum(-1) + trace
+    w2 = torch.sqrt(torch.clamp(w2sq, min=0.0))
+    return torch.where(finite & torch.isfinite(w2), w2, torch.nan)
+
+
+def empirical_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample mean and unbiased sample covariance over the sample axis of (..., n, d) samples:
+    shapes (..., d) and (..., d, d).  The batched form of ``Gaussian.fit``'s moments."""
+    n = samples.shape[-2]
+    if n < 2:
+        raise ValueError("need at least two samples for a covariance")
+    mean = samples.mean(-2)
+    centred = samples - mean.unsqueeze(-2)
+    return mean, centred.mT @ centred / (n - 1)
+
+
+def moment_z_scores(sample_mean: torch.Tensor, sample_cov: torch.Tensor, n: int,
+                    mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """z-scores of the sample moments of n i.i.d. draws from N(mean, cov) against those moments.
+
+    Mean entries: (m_j - mean_j) / sqrt(cov_jj / n).  Covariance entries j <= k of the unbiased
+    sample covariance S, whose variance for Gaussian draws is (cov_jk^2 + cov_jj cov_kk) / (n - 1)
+    (Wishart): (S_jk - cov_jk) / sqrt((cov_jk^2 + cov_jj cov_kk) / (n - 1)).  Batched over leading
+    dimensions; returns (..., d + d (d + 1) / 2), each approximately N(0, 1) for large n.
+    """
+    d = mean.shape[-1]
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    z_mean = (sample_mean - mean) / torch.sqrt(var / n)
+    j, k = torch.triu_indices(d, d, device=cov.device)
+    cov_var = (cov[..., j, k] ** 2 + var[..., j] * var[..., k]) / (n - 1)
+    z_cov = (sample_cov[..., j, k] - cov[..., j, k]) / torch.sqrt(cov_var)
+    return torch.cat([z_mean, z_cov], dim=-1)
+
+
+def random_rotation(dim: int, *, generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A Haar-random orthogonal (dim, dim) matrix: QR of a Gaussian matrix, signs fixed by R."""
+    Q, R = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=dtype))
+    return Q * torch.sign(torch.diagonal(R))

@@ -1,4 +1,4 @@
-"""Brownian paths shared across depths, and thin wrappers over torchdiffeq.
+"""Brownian paths shared across depths, and thin wrappers over torchdiffeq and torchsde.
 
 ``BrownianPath`` holds one Brownian path per sample on an interval of length ``span`` and hands
 out its increments on uniform grids of ``base_steps * 2^k`` steps.  Finer grids are made from
@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torchdiffeq import odeint
+from torchdiffeq import odeint, odeint_adjoint
 
-__all__ = ["BrownianPath", "solve_ode", "REFERENCE_RTOL", "REFERENCE_ATOL"]
+__all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
+           "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -61,7 +62,7 @@ class BrownianPath:
         return torch.stack([left, right], dim=1).reshape(2 * n, *self.shape)
 
     def increments(self, steps: int) -> torch.Tensor:
-        """Increments W(t_{i+1}) - W(t_i) on the uniform grid of ``steps`` steps: (steps, *shape)."""
+        """Increments W(t_{i+1}) - W(t_i) on the grid of ``steps`` steps; (steps, *shape)."""
         ratio = steps // self.base_steps
         if steps < self.base_steps or ratio * self.base_steps != steps or ratio & (ratio - 1):
             raise ValueError(f"steps must be base_steps * 2^k (base_steps={self.base_steps}), "
@@ -87,3 +88,41 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
     """
     options = {"step_t": times} if method in ADAPTIVE_METHODS else None
     return odeint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options)
+
+
+def solve_ode_adjoint(field, z0: torch.Tensor, times: torch.Tensor, *, params=None,
+                      method: str = "dopri5", rtol: float = REFERENCE_RTOL,
+                      atol: float = REFERENCE_ATOL, options: dict | None = None) -> torch.Tensor:
+    """Solve dz/dt = field(t, z) with torchdiffeq.odeint_adjoint: gradients flow back by solving
+    the adjoint ODE backwards (same method, tolerances and options), storing no forward graph,
+    so memory does not grow with the number of steps.  ``field`` is an nn.Module; ``params`` are
+    the tensors to differentiate (default: its parameters)."""
+    return odeint_adjoint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options,
+                          adjoint_rtol=rtol, adjoint_atol=atol,
+                          adjoint_params=None if params is None else tuple(params))
+
+
+class TorchsdeReverse(torch.nn.Module):
+    """A reverse SDE in the form ``torchsde.sdeint`` takes, an independent reference solver.
+
+    torchsde integrates forward in time, so the denoising direction runs on s = T - t, s from 0
+    to T - eps:  dX = v(X, T - s) ds + g(T - s) dB_s,  v = ``ReverseSDE.denoising_field``.  The
+    noise is additive (g depends on time only), declared as such so ``method="srk"`` has strong
+    order 1.5; ``method="euler"`` is Euler-Maruyama, the scheme a stochastic gated stack runs.
+    """
+
+    sde_type = "ito"
+    noise_type = "additive"
+
+    def __init__(self, reverse):
+        super().__init__()
+        self.reverse, self.T = reverse, reverse.T
+
+    def f(self, s, y):
+        return self.reverse.denoising_field(y, self.T - s)
+
+    def g(self, s, y):
+        g = self.reverse.forward.diffusion_coef(torch.as_tensor(self.T - s, dtype=y.dtype,
+                                                                device=y.device))
+        eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+        return (g * eye).expand(y.shape[0], -1, -1)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure", "format_table",
-           "atomic_write_bytes", "atomic_write_json", "save_figure"]
+__all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure",
+           "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure", "RateFit",
+           "fit_growth_rate", "within_se", "mean_se", "order_axes", "depth_axes",
+           "per_sample_growth_rates", "depth_trend_metrics", "error_trend"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -69,6 +71,85 @@ def within(value: float, interval: Sequence[float | None]) -> bool:
     if value is None or not math.isfinite(value):
         return False
     return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
+@dataclass(frozen=True)
+class RateFit:
+    """Least-squares fit log(value) = intercept + rate * depth: geometric growth per layer."""
+
+    rate: float
+    intercept: float
+    stderr: float
+
+    def predict(self, depths) -> np.ndarray:
+        return np.exp(self.intercept + self.rate * np.asarray(depths, dtype=float))
+
+
+def fit_growth_rate(depths: Sequence[float], values: Sequence[float]) -> RateFit:
+    """Fit the growth rate per layer: the slope of log(value) against depth.
+
+    Uses the points with a finite, positive value (a deep run that overflowed is left out);
+    NaNs when fewer than two remain.
+    """
+    x = np.asarray(depths, dtype=float)
+    y = np.asarray(values, dtype=float)
+    ok = np.isfinite(y) & (y > 0)
+    if ok.sum() < 2:
+        return RateFit(math.nan, math.nan, math.nan)
+    x, y = x[ok], np.log(y[ok])
+    A = np.stack([np.ones_like(x), x], axis=1)
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    n = len(x)
+    stderr = 0.0
+    if n > 2:
+        resid = y - A @ coef
+        stderr = math.sqrt(float(resid @ resid) / (n - 2) / float(((x - x.mean()) ** 2).sum()))
+    return RateFit(rate=float(coef[1]), intercept=float(coef[0]), stderr=stderr)
+
+
+def mean_se(samples) -> tuple[float, float]:
+    """Sample mean and its standard error (std / sqrt(n)); NaNs if any sample is not finite."""
+    x = np.asarray(samples, dtype=float).ravel()
+    if x.size == 0 or not np.isfinite(x).all():
+        return math.nan, math.nan
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+    return float(x.mean()), se
+
+
+def per_sample_growth_rates(depths: Sequence[float], values) -> np.ndarray:
+    """The fitted growth rate per layer (:func:`fit_growth_rate`) of each column of ``values``
+    (rows: depths, columns: samples)."""
+    values = np.asarray(values, dtype=float)
+    return np.array([fit_growth_rate(depths, values[:, s]).rate for s in range(values.shape[1])])
+
+
+def depth_trend_metrics(depths: Sequence[float], values, *, value: str, ratio: str,
+                        rate: str) -> dict[str, float]:
+    """Summaries of a per-sample quantity measured at increasing depths (rows: depths, columns:
+    samples), each a sample mean with its standard error ``<name>_se``: ``value`` its mean at the
+    last depth, ``ratio`` the mean per-sample ratio of the last depth to the first, ``rate`` the
+    mean per-sample growth rate per layer."""
+    values = np.asarray(values, dtype=float)
+    out = {}
+    for name, samples in ((value, values[-1]), (ratio, values[-1] / values[0]),
+                          (rate, per_sample_growth_rates(depths, values))):
+        out[name], out[f"{name}_se"] = mean_se(samples)
+    return out
+
+
+def error_trend(order: float) -> str:
+    """How an error with this fitted convergence order behaves as depth grows, in words."""
+    if order > 0.5:
+        return "falls"
+    return "does not vanish" if order > -0.1 else "grows with depth"
+
+
+def within_se(value: float, se: float, interval: Sequence[float | None], k: float = 3.0) -> bool:
+    """The whole band value +/- k se lies in the closed interval [lo, hi] (None = unbounded):
+    a sample estimate passes only if the interval holds with its sampling error accounted for."""
+    if value is None or se is None or not (math.isfinite(value) and math.isfinite(se)):
+        return False
+    return within(value - k * se, interval) and within(value + k * se, interval)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,7 +202,8 @@ def format_table(results: Sequence[CheckResult]) -> str:
     for r in results:
         rows.append((r.id, r.claim, r.measured_text, r.theory_text, "PASS" if r.passed else "FAIL"))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -178,32 +260,63 @@ def order_figure(title: str, series: Sequence[Series], *, reference_order: float
     reference slope ``-reference_order`` through the first series' last point."""
 
     def draw(fig):
-        ax = fig.add_subplot()
-        for s in series:
-            d = np.asarray(s.depths, dtype=float)
-            e = np.asarray(s.errors, dtype=float)
-            label = s.label
-            if s.fit is not None and math.isfinite(s.fit.order):
-                label += f" (order {s.fit.order:.3f})"
-            (line,) = ax.loglog(d, e, "o", label=label)
-            if s.fit is not None and math.isfinite(s.fit.order):
-                ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
-        if series:
-            d = np.asarray(series[0].depths, dtype=float)
-            e_end = float(series[0].errors[-1])
-            if math.isfinite(e_end) and e_end > 0:
-                ref = e_end * (d / d[-1]) ** (-reference_order)
-                ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
-        if series:
-            from matplotlib.ticker import NullFormatter
-
-            ticks = sorted({float(x) for s in series for x in s.depths})
-            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        order_axes(fig.add_subplot(), title, series, reference_order=reference_order,
+                   ylabel=ylabel, xlabel=xlabel)
 
     return draw
+
+
+def order_axes(ax, title: str, series: Sequence[Series], *, reference_order: float = 1.0,
+               ylabel: str = "error", xlabel: str = "depth L") -> None:
+    """Draw :func:`order_figure`'s content on one matplotlib axes (for multi-panel figures)."""
+    for s in series:
+        d = np.asarray(s.depths, dtype=float)
+        e = np.asarray(s.errors, dtype=float)
+        label = s.label
+        if s.fit is not None and math.isfinite(s.fit.order):
+            label += f" (order {s.fit.order:.3f})"
+        (line,) = ax.loglog(d, e, "o", label=label)
+        if s.fit is not None and math.isfinite(s.fit.order):
+            ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
+    if series:
+        d = np.asarray(series[0].depths, dtype=float)
+        e_end = float(series[0].errors[-1])
+        if math.isfinite(e_end) and e_end > 0:
+            ref = e_end * (d / d[-1]) ** (-reference_order)
+            ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
+    if series:
+        from matplotlib.ticker import NullFormatter
+
+        ticks = sorted({float(x) for s in series for x in s.depths})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def depth_axes(ax, title: str, depths: Sequence[float], curves: dict, *, ylabel: str,
+               bounds: dict | None = None, ylim_top: float | None = None) -> None:
+    """Quantities against depth on a log-log2 axes: ``curves`` maps a label to values per depth
+    (markers and lines), ``bounds`` a label to values drawn dashed in the same colour.  Values
+    that overflowed (inf, or beyond 1e150) are not drawn."""
+    def finite(values):  # overflowed values (inf, or beyond 1e150) are left out of the plot
+        values = np.asarray(values, dtype=float)
+        return np.where(np.isfinite(values) & (np.abs(values) < 1e150), values, np.nan)
+
+    for label, values in curves.items():
+        (line,) = ax.plot(depths, finite(values), "o-", label=label)
+        if bounds and label in bounds:
+            ax.plot(depths, finite(bounds[label]), "--", color=line.get_color(), lw=1,
+                    label=f"{label}: bound")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    if ylim_top is not None:
+        ax.set_ylim(top=ylim_top)
+    ax.set_xlabel("depth L")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)

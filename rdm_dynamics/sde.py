@@ -36,7 +36,7 @@ __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "SDES", "make_sde"
 
 
 def expand_as_batch(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a scalar or ``(B,)`` coefficient so it broadcasts against ``x`` of shape ``(B, ...)``."""
+    """Reshape a scalar or ``(B,)`` coefficient to broadcast against ``x`` of shape ``(B, ...)``."""
     if coef.ndim == 0:
         return coef
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
@@ -84,7 +84,7 @@ class SDE:
         return torch.sqrt(self.marginal_var(t))
 
     def transition_coefs(self, s: Time, t: Time, like: torch.Tensor | None = None):
-        """(r, k) with x_t | x_s ~ N(r x_s, k^2 I) for s <= t: r = m(t)/m(s), k^2 = v(t) - r^2 v(s)."""
+        """(r, k) with x_t | x_s ~ N(r x_s, k^2 I), s <= t: r = m(t)/m(s), k^2 = v(t) - r^2 v(s)."""
         like = torch.zeros((), dtype=torch.float64) if like is None else like
         s, t = _as_time(s, like), _as_time(t, like)
         r = torch.exp(self.log_mean_coef(t) - self.log_mean_coef(s))
@@ -95,7 +95,8 @@ class SDE:
     def sde(self, x: torch.Tensor, t: Time) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift f(t) x and diffusion g(t) (the latter broadcastable against x)."""
         t = _as_time(t, x)
-        return expand_as_batch(self.drift_coef(t), x) * x, expand_as_batch(self.diffusion_coef(t), x)
+        drift = expand_as_batch(self.drift_coef(t), x) * x
+        return drift, expand_as_batch(self.diffusion_coef(t), x)
 
     def marginal_prob(self, x: torch.Tensor, t: Time) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean m(t) x_0 and std sqrt(v(t)) of x_t given x_0 = x."""
@@ -116,7 +117,7 @@ class SDE:
         return -0.5 * n * math.log(2 * math.pi * sigma**2) - sq / (2 * sigma**2)
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
-        """The reverse-time SDE (or, with ``probability_flow``, the PF-ODE) driven by ``score_fn``."""
+        """The reverse-time SDE (with ``probability_flow``: the PF-ODE) driven by ``score_fn``."""
         return ReverseSDE(self, score_fn, probability_flow)
 
 

@@ -133,7 +133,10 @@ class GatedResidualStack(nn.Module):
         self.span = (float(span[0]), float(span[1]))
         self.h = abs(self.span[1] - self.span[0]) / self.depth
         self.sign = 1.0 if self.span[1] >= self.span[0] else -1.0
-        self.gain, self.bias, self.noise = gain, bias, noise
+        # The coefficient functions are only read here and by continuous_limit(); they are kept
+        # out of the module tree so that casting or moving the stack never rewrites coefficient
+        # modules shared with other stacks (the gates already hold their values).
+        self._coefficients = (gain, bias, noise)
 
         if callable(residual) and not isinstance(residual, (list, tuple, nn.ModuleList)):
             self.shared_residual = True
@@ -168,6 +171,21 @@ class GatedResidualStack(nn.Module):
             self.gamma = None
 
     @property
+    def gain(self) -> Coefficient | None:
+        """a(t), the gain coefficient the gates were built from (None: a = 1)."""
+        return self._coefficients[0]
+
+    @property
+    def bias(self) -> Coefficient | None:
+        """b(t), the bias coefficient (None: b = 0)."""
+        return self._coefficients[1]
+
+    @property
+    def noise(self) -> Coefficient | None:
+        """c(t), the noise coefficient (None: deterministic units)."""
+        return self._coefficients[2]
+
+    @property
     def stochastic(self) -> bool:
         return self.gamma is not None
 
@@ -189,7 +207,8 @@ class GatedResidualStack(nn.Module):
 
     def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
-                return_all: bool = False) -> torch.Tensor:
+                return_all: bool = False,
+                perturbations: torch.Tensor | None = None) -> torch.Tensor:
         """Run the stack from z0.
 
         Args:
@@ -197,19 +216,64 @@ class GatedResidualStack(nn.Module):
             xi: standard normal noise of shape (L, B, ...) for stochastic units; drawn from
                 ``generator`` when omitted.  Ignored for deterministic units.
             return_all: return every layer's state, shape (L + 1, B, ...), instead of z_L.
+            perturbations: e_i of shape (L, B, ...) added after each unit,
+                z_{i+1} = unit_i(z_i) + e_i (to study how per-layer errors propagate).
         """
         if self.stochastic and xi is None:
             xi = torch.randn((self.depth, *z0.shape), generator=generator, dtype=z0.dtype,
                              device=z0.device)
         if xi is not None and xi.shape != (self.depth, *z0.shape):
             raise ValueError(f"xi must have shape {(self.depth, *z0.shape)}, got {tuple(xi.shape)}")
+        if perturbations is not None and perturbations.shape != (self.depth, *z0.shape):
+            raise ValueError(f"perturbations must have shape {(self.depth, *z0.shape)}, "
+                             f"got {tuple(perturbations.shape)}")
         z = z0
         states = [z0] if return_all else None
         for i in range(self.depth):
             z = self.unit(i, z, xi[i] if self.stochastic else None)
+            if perturbations is not None:
+                z = z + perturbations[i]
             if return_all:
                 states.append(z)
         return torch.stack(states) if return_all else z
+
+    def affine_units(self, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every unit as z -> A_i z + c_i + gamma_i xi, for vector states z in R^dim.
+
+        Found by probing unit i (noise off) at 0 and at the basis vectors: c_i = unit(0),
+        A_i e_j = unit(e_j) - c_i.  Exact up to rounding when every F_i is affine in z (the PF-ODE
+        or reverse drift of Gaussian data with the exact score); meaningless otherwise.  Returns
+        A (L, dim, dim), c (L, dim) and the noise covariances diag(gamma_i^2) (L, dim, dim), zero
+        for deterministic units.
+        """
+        probes = torch.cat([torch.zeros(1, dim, dtype=self.times.dtype, device=self.times.device),
+                            torch.eye(dim, dtype=self.times.dtype, device=self.times.device)])
+        A, c, noise = [], [], []
+        for i in range(self.depth):
+            out = self.unit(i, probes, torch.zeros_like(probes) if self.stochastic else None)
+            c.append(out[0])
+            A.append((out[1:] - out[0]).T)
+            gamma = self.gamma[i] if self.stochastic else torch.zeros((), dtype=probes.dtype,
+                                                                      device=probes.device)
+            noise.append(torch.diag_embed(torch.broadcast_to(gamma**2, (dim,))))
+        return torch.stack(A), torch.stack(c), torch.stack(noise)
+
+    def propagate_moments(self, mean: torch.Tensor,
+                          cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact mean and covariance of every layer z_0..z_L for z_0 ~ N(mean, cov) when every
+        unit is affine (see ``affine_units``): each layer is Gaussian with
+
+            m_{i+1} = A_i m_i + c_i,    S_{i+1} = A_i S_i A_i^T + diag(gamma_i^2).
+
+        Returns means (L + 1, d) and covariances (L + 1, d, d); a diverging stack gives inf/NaN
+        entries rather than an exception.
+        """
+        A, c, noise = self.affine_units(mean.shape[-1])
+        means, covs = [mean], [cov]
+        for i in range(self.depth):
+            means.append(A[i] @ means[-1] + c[i])
+            covs.append(A[i] @ covs[-1] @ A[i].T + noise[i])
+        return torch.stack(means), torch.stack(covs)
 
     def continuous_limit(self) -> ContinuousLimit:
         """The limit ODE's vector field (t, z) -> sign (a(t) F(z, t) + b(t)), for odeint."""

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--depth", default="256",
-                   help="depth L of the deepest stack; the ladder is L/16, L/8, ..., L (default 256)")
+                   help="depth L of the deepest stack; the ladder is L/16, ..., L (default 256)")
     p.add_argument("--only", default=None, metavar="ID[,ID]",
                    help="run only these checks (ids such as depth-limit, or claims such as C1)")
     p.add_argument("--gating", default="rdm",
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="rdm-verify-report",
                    help="folder for report.json and the figures (default rdm-verify-report/)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    p.add_argument("--threads", default="1",
+                   help="CPU threads for torch (default 1: the checks run many small tensor "
+                        "operations, which extra threads slow down)")
     p.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
@@ -82,6 +85,7 @@ def parse_args(argv):
         raise UsageError(f"--depth {depth} has no depth ladder: it must be even "
                          "(best divisible by 16, for a ladder of 5 depths)")
     seed = _parse_int(args.seed, "seed", 0)
+    threads = _parse_int(args.threads, "threads", 1)
     if args.gating not in GATINGS:
         raise UsageError(f"unknown --gating {args.gating!r}; choose one of {', '.join(GATINGS)}")
     if args.dtype not in DTYPES:
@@ -122,6 +126,7 @@ def parse_args(argv):
 
     config = CheckConfig(depth=depth, gating=args.gating, seed=seed,
                          dtype=getattr(torch, args.dtype), device=str(device), quick=args.quick)
+    torch.set_num_threads(threads)
     return args, config, {cid: checks[cid] for cid in ids}, out, json_path
 
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import strategies as st
 
 from rdm_dynamics.laws import Gaussian, GaussianMixture
-from rdm_dynamics.sde import SubVPSDE, VESDE, VPSDE
+from rdm_dynamics.sde import VESDE, VPSDE, SubVPSDE
 
 sdes = st.sampled_from([VPSDE(), SubVPSDE(), VESDE()])
 times = st.floats(min_value=1e-3, max_value=1.0)

@@ -2,8 +2,7 @@
 
 import pytest
 
-from rdm_dynamics.checks import CheckConfig
-from rdm_dynamics.checks import depth_limit
+from rdm_dynamics.checks import CheckConfig, depth_limit
 
 
 @pytest.mark.parametrize("gating", ["rdm", "euler"])

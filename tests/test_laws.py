@@ -9,7 +9,7 @@ from strategies import gaussians, mixtures, sdes, seeds, times
 
 from rdm_dynamics.laws import Gaussian, GaussianMixture, gaussian_w2
 from rdm_dynamics.paths import solve_ode
-from rdm_dynamics.sde import SubVPSDE, VESDE, VPSDE
+from rdm_dynamics.sde import VESDE, VPSDE, SubVPSDE
 
 
 def autograd_score(log_prob, x):

@@ -3,7 +3,6 @@
 Notebooks read ``RDM_NOTEBOOK_QUICK=1`` (set here) and then use small depths and samples.
 """
 
-import os
 from pathlib import Path
 
 import nbformat

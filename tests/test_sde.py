@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import sdes, times
 
-from rdm_dynamics.sde import SDES, SubVPSDE, VESDE, VPSDE, make_sde
+from rdm_dynamics.sde import SDES, VESDE, VPSDE, SubVPSDE, make_sde
 
 ALL = [VPSDE(), SubVPSDE(), VESDE()]
 IDS = [s.name for s in ALL]
@@ -31,7 +31,7 @@ def test_closed_forms_solve_the_moment_odes(sde):
         assert math.isclose(float(sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))),
                             log_m, rel_tol=1e-9, abs_tol=1e-12)
         lm_t = float(sde.log_mean_coef(torch.tensor(t, dtype=torch.float64)))
-        v = integrate(lambda u: torch.exp(2 * (lm_t - sde.log_mean_coef(u)))
+        v = integrate(lambda u, lm_t=lm_t: torch.exp(2 * (lm_t - sde.log_mean_coef(u)))
                       * sde.diffusion_coef(u) ** 2, 0.0, t)
         v_closed = float(sde.marginal_var(torch.tensor(t, dtype=torch.float64)))
         assert math.isclose(v_closed, v, rel_tol=1e-7), (t, v_closed, v)
@@ -44,7 +44,8 @@ def test_known_values(sde):
     if isinstance(sde, VESDE):
         t = torch.tensor(0.4, dtype=torch.float64)
         sigma = 0.01 * (50 / 0.01) ** 0.4
-        assert math.isclose(float(sde.marginal_std(t)), math.sqrt(sigma**2 - 0.01**2), rel_tol=1e-12)
+        exact = math.sqrt(sigma**2 - 0.01**2)
+        assert math.isclose(float(sde.marginal_std(t)), exact, rel_tol=1e-12)
     else:
         m1 = math.exp(-0.25 * 19.9 - 0.05)
         assert math.isclose(float(sde.mean_coef(torch.tensor(1.0, dtype=torch.float64))), m1,
@@ -129,8 +130,9 @@ def test_broadcasting_dtype_and_time_forms(sde, shape, dtype):
 def test_prior_logp_is_the_gaussian_density(sde, d):
     z = torch.randn(3, d, dtype=torch.float64)
     sigma = sde.prior_std()
-    expected = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64),
-                                          torch.tensor(sigma, dtype=torch.float64)).log_prob(z).sum(1)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64),
+                                        torch.tensor(sigma, dtype=torch.float64))
+    expected = normal.log_prob(z).sum(1)
     assert torch.allclose(sde.prior_logp(z), expected, rtol=1e-12)
 
 

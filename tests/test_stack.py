@@ -125,3 +125,14 @@ def test_dtype_and_module_movement():
     assert stack.times.dtype == torch.float32 and stack.alpha.dtype == torch.float32
     stack = stack.to(F64)
     assert stack.alpha.dtype == F64 and stack.times.dtype == F64
+
+
+def test_casting_a_stack_leaves_shared_coefficients_alone():
+    """Two stacks share a gain module; casting one must not round the other's coefficients."""
+    field, g = tanh_field()
+    gain = SmoothCoefficient(4, mean=1.0, amplitude=0.5, generator=g)
+    phase = gain.phase.clone()
+    stack = GatedResidualStack(field, 8, gain=gain)
+    stack.to(torch.float16)
+    assert gain.phase.dtype == F64 and torch.equal(gain.phase, phase)
+    assert not any(m is gain for m in stack.modules())

@@ -65,6 +65,7 @@ def test_only_selects_checks(tmp_path):
     (["--gating", "wild"], "unknown --gating"),
     (["--dtype", "float16"], "unknown --dtype"),
     (["--seed", "x"], "--seed must be an integer"),
+    (["--threads", "0"], "--threads must be at least 1"),
     (["--device", "cuda"], "CUDA is not available"),
     (["--device", "banana"], "--device"),
     (["--frobnicate"], "unrecognized arguments"),

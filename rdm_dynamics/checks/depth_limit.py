@@ -17,7 +17,7 @@ import torch
 
 from ..fields import SmoothCoefficient, SmoothTanhField, iid_tanh_layers
 from ..paths import solve_ode
-from ..report import CheckResult, Series, fit_order, order_figure, within
+from ..report import CheckResult, Series, error_trend, fit_order, order_figure, within
 from ..stack import GatedResidualStack, get_gating
 from . import CheckConfig
 
@@ -43,12 +43,6 @@ def build_problem(config: CheckConfig):
 def pathwise_error(states: torch.Tensor, reference: torch.Tensor) -> float:
     """max over layers and samples of the Euclidean distance between two trajectories."""
     return float((states - reference).norm(dim=-1).amax())
-
-
-def _trend(order: float) -> str:
-    if order > 0.5:
-        return "falls"
-    return "does not vanish" if order > -0.1 else "grows with depth"
 
 
 def run(config: CheckConfig) -> CheckResult:
@@ -78,9 +72,10 @@ def run(config: CheckConfig) -> CheckResult:
     ladder = f"L = {config.ladder[0]}..{depth}"
     gating = get_gating(config.gating).name
     summary = (f"With {gating} gates the error against the dopri5 solution of the ODE "
-               f"{_trend(fit.order)}: order {fit.order:.3f} over {ladder}, {errors[-1]:.2e} at "
-               f"L = {depth}. With i.i.d. weights per layer it {_trend(iid_fit.order)}: order "
-               f"{iid_fit.order:.3f}, {iid_errors[-1]:.2e} at L = {depth}.")
+               f"{error_trend(fit.order)}: order {fit.order:.3f} over {ladder}, "
+               f"{errors[-1]:.2e} at L = {depth}. With i.i.d. weights per layer it "
+               f"{error_trend(iid_fit.order)}: order {iid_fit.order:.3f}, {iid_errors[-1]:.2e} "
+               f"at L = {depth}.")
     metrics = {"order": fit.order, "order_fit_se": fit.stderr, "error": errors[-1],
                "iid_order": iid_fit.order, "iid_error": iid_errors[-1]}
     figure = order_figure(

@@ -1,0 +1,112 @@
+"""What C2 (`pf-ode`) and C3 (`reverse-sde`) share: the test laws and the denoising stack.
+
+A denoising stack runs on the diffusion times t_i = T - i h, h = (T - eps) / L, with the
+residual function F = ``sde.reverse(score, probability_flow).denoising_field`` (minus the reverse
+drift, the velocity in the direction of travel), so its gates are positive:
+
+    PF-ODE units:      z_{i+1} = z_i + alpha_i [-(f z_i - g^2 s(z_i, t_i) / 2)]
+    reverse-SDE units: z_{i+1} = z_i + alpha_i [-(f z_i - g^2 s(z_i, t_i))] + gamma_i xi_i
+
+with alpha_i = h and gamma_i = g(t_i) sqrt(h) under Euler (and initial rdm) gates.  The negative
+controls enter through ``score_scale`` (a wrong sign, or a PF-ODE without its 1/2) and
+``noise_power`` (gamma_i = g(t_i) h^noise_power instead of h^(1/2)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..laws import Gaussian, GaussianMixture
+from ..report import error_trend
+from ..sde import SDE
+from ..stack import GatedResidualStack
+from . import CheckConfig
+
+#: Where the denoising stacks stop: the score of p_t is not bounded as t -> 0 (the data law may
+#: be singular), so every stack runs on [eps, T].
+EPS = 1e-3
+#: The SDE families of both checks, and how the summaries name them.
+SDE_NAMES = ("vp", "subvp", "ve")
+NAMES = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
+
+
+def data_laws(config: CheckConfig, generator) -> dict[str, Gaussian | GaussianMixture]:
+    """The data laws of the checks, drawn in float64 on the CPU from ``generator``.
+
+    ``gaussian``: N(mu, Sigma) in R^4 (R^3 when quick), eigenvalues of Sigma in [0.25, 2];
+    ``mixture``: 4 components on a ring of radius 2 in R^2 (neighbours 2.8 apart), component
+    covariance eigenvalues in [0.3, 0.8] (standard deviations 0.55..0.9): clearly multimodal,
+    yet no sample of p_T starts so close to a separatrix between modes that its Euler error is
+    still pre-asymptotic at L = 16.  (With eigenvalues in [0.1, 0.5] some samples need
+    L >~ 256 before their error falls at order 1: the constant of the O(h) bound grows with the
+    flow's Lipschitz constant, which is large near separatrices.)
+    """
+    dim = 3 if config.quick else 4
+    return {"gaussian": Gaussian.random(dim, eigen_range=(0.25, 2.0), generator=generator),
+            "mixture": GaussianMixture.random(4, 2, radius=2.0, eigen_range=(0.3, 0.8),
+                                              generator=generator)}
+
+
+def score_fn(law, sde: SDE, scale: float = 1.0):
+    """(x, t) -> scale * grad log p_t(x), the exact score of the diffused law (scale 1)."""
+    if scale == 1.0:
+        return lambda x, t: law.score(x, t, sde)
+    return lambda x, t: scale * law.score(x, t, sde)
+
+
+def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, gating: str | None = None,
+                    probability_flow: bool, score_scale: float = 1.0,
+                    noise_power: float = 0.5) -> GatedResidualStack:
+    """The depth-L stack on [eps, T] whose units are Euler(-Maruyama) steps of the PF-ODE
+    (``probability_flow``) or of the reverse SDE of ``sde`` for data ``law``.
+
+    ``gating`` defaults to the config's; reverse-SDE units get the noise coefficient
+    c(t) = g(t) h^(noise_power - 1/2), so that gamma_i = sqrt(h) c(t_i) = g(t_i) h^noise_power
+    under Euler gates (noise_power 1/2 is Euler-Maruyama).
+    """
+    reverse = sde.reverse(score_fn(law, sde, score_scale), probability_flow=probability_flow)
+    noise = None
+    if not probability_flow:
+        h = (sde.T - EPS) / depth
+        factor = h ** (noise_power - 0.5)
+
+        def noise(t):
+            return factor * sde.diffusion_coef(t)
+
+    return GatedResidualStack(reverse.denoising_field, depth,
+                              gating=config.gating if gating is None else gating,
+                              span=(sde.T, EPS), noise=noise, dtype=config.dtype,
+                              device=config.device)
+
+
+def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig) -> torch.Tensor:
+    """n exact samples of p_T (the diffused data law at t = T, not the N(0, s^2 I) prior that
+    stands in for it), drawn on the CPU and moved to the config's device, in float64: the
+    references start from them as they are, the stack under test from a copy in config.dtype."""
+    x = law.marginal(sde, sde.T).sample(n, generator=generator)
+    return x.to(dtype=torch.float64, device=config.device)
+
+
+def reference_config(config: CheckConfig) -> CheckConfig:
+    """The configuration the references run with: float64 and Euler gates, whatever the dtype
+    and gating of the stack under test (the theory is checked against exact references)."""
+    return dataclasses.replace(config, dtype=torch.float64, gating="euler")
+
+
+
+def extremes(values) -> tuple[float, float]:
+    """(min, max) of fitted orders; NaN for both when any is NaN (an order that cannot be
+    measured, e.g. of a diverged stack), so a summary never hides it."""
+    values = list(values)
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return min(values), max(values)
+
+
+def trend(orders) -> str:
+    """How the worst of these errors behaves as depth grows, in words."""
+    worst = extremes(orders)[0]
+    return "overflows" if math.isnan(worst) else error_trend(worst)

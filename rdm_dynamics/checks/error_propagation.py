@@ -1,0 +1,242 @@
+"""C5 `error-propagation`: perturbations obey the discrete Gronwall bound across depth.
+
+Setting: an expansive residual F(z, tau) = 0.5 z + tanh(W(tau) z + c(tau)) with weights smooth in
+depth, stored per layer (fields.frozen_layers, so each layer can be cast to low precision), gate
+coefficients a(tau) = 1 + 0.5 sin(2 pi tau + phase), b(tau) = 0.5 sin(2 pi tau + phase') per
+channel, on depths 16, 32, ..., --depth.  Lipschitz constants are certified upper bounds
+(|slope| + SVD spectral norm, lipschitz.py); every bound also covers the rounding of the computed
+runs (rounding.py), so it holds for the numbers the computer produced.
+
+Experiments, each a reference run from z0 against a perturbed run (propagation.propagation_run):
+  amplification  |delta_0| = 1e-6 (1e-2 below float64), no per-layer error: |delta_L| / |delta_0|;
+  injection      |delta_0| = 1e-2 and |e_i| = 1e-3 (random directions) after every unit;
+  low precision  the whole forward in bfloat16 and in float16 against float64 (delta_0 = the
+                 rounding of z0, e_i = rounding errors, bounded a priori by the rounding model).
+
+Metrics: ``bound_violations`` (samples whose measured |delta_i| exceeds the bound at some layer,
+over every experiment, depth and gating: must be 0); ``rounding_model_violations`` (bfloat16 and
+float16 inputs where tanh breaks the assumed accuracy, exhaustive, plus local rounding errors above
+their a priori bound: must be 0); ``amplification_ratio_gated`` (mean over samples of the
+amplification at --depth over that at depth 16; must lie in [1/2, 2] with its 3-SE band);
+``growth_rate_plain`` (per-layer slope of log amplification against depth with alpha_i = a(tau_i);
+its 3-SE band must be > 0); ``lowp_bound_ratio`` (largest measured / bound of the low-precision
+runs at --depth: must be <= 1).  inv-sqrt gates are reported for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from ..fields import SmoothCoefficient, SmoothTanhField, frozen_layers
+from ..propagation import propagation_run
+from ..report import CheckResult, depth_axes, depth_trend_metrics, mean_se, within, within_se
+from ..rounding import RoundingModel, elementary_violations, local_errors
+from ..stack import GatedResidualStack, get_gating
+from . import CheckConfig
+
+CLAIM = "C5"
+ID = "error-propagation"
+TITLE = "Error propagation: the discrete Gronwall bound holds; gated amplification stays bounded"
+
+RATIO_RANGE = (0.5, 2.0)
+GROWTH_RANGE = (0.0, None)
+LOWP_RATIO_RANGE = (0.0, 1.0)
+SE_BAND = 3.0
+SLOPE = 0.5  # F = SLOPE z + tanh(W z + c): expansive, so plain stacks amplify geometrically
+FINITE_DELTA, INJECTED = 1e-2, 1e-3
+LOW_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def propagation_depths(depth: int, base: int = 16) -> list[int]:
+    """base, 2 base, 4 base, ... below ``depth``, then ``depth`` (just ``depth`` if < 2 base)."""
+    depths, L = [], base
+    while L < depth:
+        depths.append(L)
+        L *= 2
+    return depths + [depth] if depths else [depth]
+
+
+class Problem:
+    """The residual function, gates and initial points of the check, and stacks built on them."""
+
+    def __init__(self, config: CheckConfig):
+        g = config.generator(stream=5)
+        self.dim, self.batch = (8, 8) if config.quick else (16, 32)
+        self.field = SmoothTanhField(self.dim, modes=3, scale=1.0, slope=SLOPE, generator=g)
+        self.gain = SmoothCoefficient(self.dim, mean=1.0, amplitude=0.5, generator=g)
+        self.bias = SmoothCoefficient(self.dim, mean=0.0, amplitude=0.5, generator=g)
+        self.device, self.dtype, self.generator = config.device, config.dtype, g
+        self.z0 = torch.randn(self.batch, self.dim, generator=g, dtype=torch.float64)
+        self.direction = self.unit_vectors(self.batch)
+        self.z0 = self.z0.to(self.device)
+
+    def unit_vectors(self, *shape) -> torch.Tensor:
+        v = torch.randn(*shape, self.dim, generator=self.generator, dtype=torch.float64)
+        return (v / v.norm(dim=-1, keepdim=True)).to(self.device)
+
+    def stack(self, depth: int, gating: str, dtype: torch.dtype = torch.float64):
+        """The exact (float64) depth-L stack, or its cast to ``dtype``."""
+        times = torch.arange(depth, dtype=torch.float64) / depth
+        stack = GatedResidualStack(frozen_layers(self.field, times), depth, gating=gating,
+                                   gain=self.gain, bias=self.bias,
+                                   dtype=torch.float64)
+        return stack.to(device=self.device, dtype=dtype)
+
+
+def amplification_experiment(problem: Problem, gating: str, depths: list[int]) -> dict:
+    """Amplification |delta_L| / |delta_0| per depth and sample, and Gronwall-bound violations."""
+    delta = 1e-6 if problem.dtype == torch.float64 else 1e-2
+    amps, bounds, violations = [], [], 0
+    for L in depths:
+        stack = problem.stack(L, gating)
+        work = problem.stack(L, gating, problem.dtype) if problem.dtype != torch.float64 else None
+        small = propagation_run(stack, problem.z0, delta0=delta * problem.direction,
+                                perturbed_stack=work, reference_stack=work)
+        errors = INJECTED * problem.unit_vectors(L, problem.batch)
+        injected = propagation_run(stack, problem.z0, delta0=FINITE_DELTA * problem.direction,
+                                   errors=errors, perturbed_stack=work, reference_stack=work)
+        amp = small.amplification
+        amps.append(torch.where(small.finite, amp, torch.inf).cpu().numpy())
+        bounds.append(float((small.bound[-1] / small.delta0).amax()))
+        violations += small.violations + injected.violations
+    return {"amp": np.array(amps), "bound": np.array(bounds), "violations": violations}
+
+
+def lowp_experiment(problem: Problem, gating: str, depths: list[int], dtype) -> dict:
+    """Final error of a forward pass in ``dtype`` against the float64 run, with its bound."""
+    errors, bounds, violations, local_violations, overflow = [], [], 0, 0, None
+    for L in depths:
+        stack = problem.stack(L, gating)
+        run = propagation_run(stack, problem.z0, perturbed_stack=problem.stack(L, gating, dtype),
+                              reference_stack=stack)
+        violations += run.violations
+        if not bool(run.finite.all()) and overflow is None:
+            overflow = L
+        errors.append(torch.where(run.finite, run.measured[-1], torch.nan).cpu().numpy())
+        bounds.append(torch.where(run.finite, run.bound[-1], torch.nan).cpu().numpy())
+        if L == depths[-1]:  # the rounding model itself, unit by unit, on the deepest run
+            measured = local_errors(stack, run.perturbed_states)
+            local_violations += int(((measured > run.local_bounds).any(dim=0)
+                                     & run.finite).sum())
+    return {"error": np.array(errors), "bound": np.array(bounds), "violations": violations,
+            "local_violations": local_violations, "overflow": overflow}
+
+
+def run(config: CheckConfig) -> CheckResult:
+    problem = Problem(config)
+    depths = propagation_depths(config.ladder[-1])
+    gating = get_gating(config.gating).name
+    with torch.no_grad():
+        tanh_violations = sum(elementary_violations(torch.tanh, RoundingModel.of(dt),
+                                                    config.device)
+                              for dt in LOW_PRECISIONS.values())
+        amp = {g: amplification_experiment(problem, g, depths)
+               for g in dict.fromkeys([gating, "inv-sqrt", "plain"])}
+        lowp = {(g, name): lowp_experiment(problem, g, depths, dt)
+                for g in dict.fromkeys([gating, "plain"]) for name, dt in LOW_PRECISIONS.items()}
+
+    violations = sum(a["violations"] for a in amp.values()) + sum(
+        v["violations"] for v in lowp.values())
+    rounding_violations = tanh_violations + sum(v["local_violations"] for v in lowp.values())
+    metrics = {"bound_violations": violations, "rounding_model_violations": rounding_violations}
+    for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
+        metrics.update(depth_trend_metrics(depths, amp[g]["amp"], value=f"amplification_{key}",
+                                           ratio=f"amplification_ratio_{key}",
+                                           rate=f"growth_rate_{key}"))
+        metrics[f"amplification_bound_{key}"] = amp[g]["bound"][-1]
+    ratios = []  # measured / bound at --depth; NaN (a FAIL) where a run overflowed
+    for (g, name), v in lowp.items():
+        key = f"{name}" if g == gating else f"{name}_plain"
+        err, se = mean_se(v["error"][-1])
+        metrics[f"lowp_error_{key}"], metrics[f"lowp_error_{key}_se"] = err, se
+        metrics[f"lowp_bound_{key}"] = float(_nanmean(v["bound"][-1]))
+        metrics[f"lowp_overflow_depth_{key}"] = v["overflow"] or math.nan
+        if g == gating:
+            ratios.append(float(np.max(v["error"][-1] / v["bound"][-1])))
+    lowp_ratio = float(np.max(ratios))
+    metrics["lowp_bound_ratio"] = lowp_ratio
+
+    expected = {"bound_violations": [0, 0], "rounding_model_violations": [0, 0],
+                "amplification_ratio_gated": list(RATIO_RANGE),
+                "growth_rate_plain": list(GROWTH_RANGE), "lowp_bound_ratio": list(LOWP_RATIO_RANGE)}
+    passed = (within(violations, expected["bound_violations"])
+              and within(rounding_violations, expected["rounding_model_violations"])
+              and within_se(metrics["amplification_ratio_gated"],
+                            metrics["amplification_ratio_gated_se"], RATIO_RANGE, SE_BAND)
+              and within_se(metrics["growth_rate_plain"], metrics["growth_rate_plain_se"],
+                            GROWTH_RANGE, SE_BAND)
+              and within(lowp_ratio, LOWP_RATIO_RANGE))
+    m = metrics
+    summary = (
+        f"Over depths {depths[0]}..{depths[-1]} the measured deviations "
+        f"{'never exceed' if violations == 0 else f'exceed {violations} times'} the certified "
+        f"Gronwall bound; with {gating} gates the amplification {amplification_words(m, depths)}"
+        f"; plain residuals grow at "
+        f"{m['growth_rate_plain']:.3f} per layer (inv-sqrt: ratio "
+        f"{m['amplification_ratio_inv_sqrt']:.3g}); {lowp_sentence(m, '')}")
+    return CheckResult(
+        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
+        figure=propagation_figure(gating, depths, amp, lowp),
+        measured_text=(f"violations {violations}, ratio {m['amplification_ratio_gated']:.3g}, "
+                       f"plain rate {m['growth_rate_plain']:.2f}/layer, low-precision "
+                       f"err/bound <= {lowp_ratio:.1e}"),
+        theory_text="0 violations, ratio in [1/2, 2], plain rate > 0")
+
+
+def amplification_words(m: dict, depths) -> str:
+    """The gated amplification at --depth and its ratio to the first depth, or its overflow."""
+    if not math.isfinite(m["amplification_gated"]):
+        return f"overflows float64 before L = {depths[-1]}"
+    return (f"is {m['amplification_gated']:.3g} at L = {depths[-1]}, "
+            f"{m['amplification_ratio_gated']:.3g} x its value at L = {depths[0]}")
+
+
+def lowp_sentence(m: dict, suffix: str) -> str:
+    """What the bfloat16 and float16 forward passes did at --depth, in words."""
+    parts = []
+    for name, label in (("bf16", "bfloat16"), ("fp16", "float16")):
+        key = name + suffix
+        if math.isnan(m[f"lowp_overflow_depth_{key}"]):
+            parts.append(f"{label} error {m[f'lowp_error_{key}']:.2g} (bound "
+                         f"{m[f'lowp_bound_{key}']:.2g})")
+        else:
+            parts.append(f"{label} overflowed from L = {m[f'lowp_overflow_depth_{key}']:.0f}")
+    return "forward in " + ", ".join(parts) + "."
+
+
+def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
+    """Left: mean amplification against depth with its certified bound; right: mean
+    low-precision forward error against depth with its bound (plain runs stop at overflow)."""
+
+    def draw(fig):
+        left, right = fig.subplots(1, 2)
+        curves = {g: [float(np.mean(row)) for row in a["amp"]] for g, a in amp.items()}
+        bounds = {g: a["bound"] for g, a in amp.items()}
+        top = _top(list(bounds[gating]) + curves.get("inv-sqrt", []))
+        depth_axes(left, "amplification |delta_L| / |delta_0|", depths, curves,
+                   ylabel="amplification (mean over samples)", bounds=bounds, ylim_top=top)
+        curves = {f"{name} {g}": _nanmean(v["error"], axis=1) for (g, name), v in lowp.items()}
+        bounds = {f"{name} {g}": _nanmean(v["bound"], axis=1) for (g, name), v in lowp.items()}
+        top = _top([v for (g, name) in lowp if g == gating for v in bounds[f"{name} {g}"]])
+        depth_axes(right, "low precision vs float64", depths, curves,
+                   ylabel="|z_L - z_L(float64)| (mean)", bounds=bounds, ylim_top=top)
+        fig.suptitle(f"C5 error-propagation ({gating} gates)")
+
+    return draw
+
+
+def _top(values) -> float | None:
+    """Upper y limit: 10 x the largest finite value, at most 1e30 (None if there is none)."""
+    finite = [float(v) for v in values if np.isfinite(v) and v > 0]
+    return min(10 * max(finite), 1e30) if finite else None
+
+
+def _nanmean(values, axis=None):
+    """Mean over the finite entries; NaN, without a warning, where there are none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)

@@ -1,0 +1,242 @@
+"""C6 `residual-sensitivity`: backpropagation through the stack is the Euler adjoint ODE.
+
+Setting: the residual F(z, tau) = 0.5 z + tanh(W(tau) z + c(tau)) with weights smooth in depth
+(the Fourier coefficients W_k, c_k are the parameters theta), per-channel gate coefficients
+a(tau) = 1 + 0.5 sin(2 pi tau + phase), b(tau) = 0.5 sin(2 pi tau + phase'), and the linear loss
+l = sum_s <w_s, z_L,s> with unit vectors w_s (so p_L = w at every depth).
+
+Reference: dl/dz0 and dl/dtheta of the ODE dz/dtau = a F + b by the continuous adjoint method,
+torchdiffeq.odeint_adjoint with dopri5 at rtol 1e-10, atol 1e-12, float64 (forward and adjoint;
+rtol 1e-8, atol 1e-10 for --quick smoke runs).
+Measured: the same gradients by backpropagation through the depth-L stack on the depth ladder.
+
+Metrics: ``grad_error`` (max of the relative errors of dl/dz0 and dl/dtheta) at --depth and its
+fitted ``order`` (pass: 1 +/- 0.15); ``sensitivity_ratio_gated`` (mean over samples of
+|p_0| / |p_L| at --depth over its value at depth 16; pass: in [1/2, 2] with its 3-SE band);
+plain and inv-sqrt sensitivities with their fitted growth rates per layer (reported);
+memory: peak bytes saved for backward (CUDA: peak allocation) by backpropagation through the
+stack and by odeint_adjoint with L Euler steps, at the first depth of the ladder and at --depth,
+with their growth exponents (pass: backprop 1 +/- 0.1, adjoint 0 +/- 0.1).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from ..adjoint import adjoint_gradients, backprop_adjoints, linear_loss
+from ..fields import SmoothCoefficient, SmoothTanhField
+from ..memory import peak_memory
+from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
+from ..report import (
+    CheckResult,
+    Series,
+    depth_axes,
+    depth_trend_metrics,
+    error_trend,
+    fit_order,
+    mean_se,
+    order_axes,
+    within,
+    within_se,
+)
+from ..stack import GatedResidualStack, get_gating
+from . import CheckConfig
+from .error_propagation import SLOPE, propagation_depths
+
+CLAIM = "C6"
+ID = "residual-sensitivity"
+TITLE = "Residual-Sensitivity ODE: backprop through the stack converges to the adjoint at order 1"
+
+ORDER_RANGE = (0.85, 1.15)
+RATIO_RANGE = (0.5, 2.0)
+MEMORY_BACKPROP_RANGE = (0.9, 1.1)
+MEMORY_ADJOINT_RANGE = (-0.1, 0.1)
+SE_BAND = 3.0
+#: odeint_adjoint tolerances of --quick runs: reference errors near 1e-8, far below the Euler
+#: errors (> 1e-3) of the depths a quick run uses.
+QUICK_TOLERANCES = (1e-8, 1e-10)
+
+
+class Problem:
+    """The residual function, gates, initial points and loss of the check.
+
+    The reference is always float64; the stacks run in ``config.dtype`` on ``config.device``."""
+
+    def __init__(self, config: CheckConfig):
+        g = config.generator(stream=6)
+        dim, batch = (8, 8) if config.quick else (16, 32)
+        field = SmoothTanhField(dim, modes=3, scale=1.0, slope=SLOPE, generator=g)
+        gain = SmoothCoefficient(dim, mean=1.0, amplitude=0.5, generator=g)
+        bias = SmoothCoefficient(dim, mean=0.0, amplitude=0.5, generator=g)
+        z0 = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+        w = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+        w = w / w.norm(dim=-1, keepdim=True)  # p_L = w, a unit vector per sample
+        self.config = config
+        self.exact = self._parts(field, gain, bias, z0, w, torch.float64)
+        self.work = self._parts(field, gain, bias, z0, w, config.dtype)
+
+    def _parts(self, field, gain, bias, z0, w, dtype) -> dict:
+        to = {"dtype": dtype, "device": self.config.device}
+        field = copy.deepcopy(field).to(**to)
+        return {"field": field, "gain": copy.deepcopy(gain).to(**to),
+                "bias": copy.deepcopy(bias).to(**to), "z0": z0.to(**to), "weights": w.to(**to),
+                "loss": linear_loss(w.to(**to)), "params": [field.W, field.c]}
+
+    def stack(self, depth: int, gating: str, exact: bool = False) -> GatedResidualStack:
+        p = self.exact if exact else self.work
+        return GatedResidualStack(p["field"], depth, gating=gating, gain=p["gain"],
+                                  bias=p["bias"], dtype=p["z0"].dtype, device=self.config.device)
+
+    def backprop(self, depth: int, gating: str, params: bool = True):
+        p = self.work
+        return backprop_adjoints(self.stack(depth, gating), p["z0"], p["loss"],
+                                 p["params"] if params else ())
+
+    def reference(self):
+        """(dl/dz0, [dl/dtheta]) of the limit ODE by odeint_adjoint (dopri5, float64, at the
+        reference tolerances; ``--quick`` smoke runs use rtol 1e-8, atol 1e-10)."""
+        p = self.exact
+        rtol, atol = QUICK_TOLERANCES if self.config.quick else (REFERENCE_RTOL, REFERENCE_ATOL)
+        return adjoint_gradients(self.stack(1, "euler", exact=True).continuous_limit(), p["z0"],
+                                 (0.0, 1.0), p["loss"], p["params"], rtol=rtol, atol=atol)
+
+    def euler_adjoint(self, depth: int):
+        """odeint_adjoint with ``depth`` Euler steps (in the working dtype): the O(1)-memory way
+        to the gradients."""
+        p = self.work
+        return adjoint_gradients(self.stack(1, "euler").continuous_limit(), p["z0"], (0.0, 1.0),
+                                 p["loss"], p["params"], method="euler",
+                                 options={"step_size": 1.0 / depth})
+
+
+def relative_error(grads, reference) -> float:
+    """|g - g_ref| / |g_ref| over all entries of a list of tensors."""
+    g = torch.cat([x.detach().flatten().to(torch.float64) for x in grads])
+    r = torch.cat([x.detach().flatten().to(g.device, torch.float64) for x in reference])
+    return float((g - r).norm() / r.norm())
+
+
+def sensitivities(problem: Problem, gating: str, depths) -> np.ndarray:
+    """|p_0| / |p_L| per depth (rows) and sample (columns); inf where the stack overflowed."""
+    rows = []
+    for L in depths:
+        s = problem.backprop(L, gating, params=False).sensitivity
+        rows.append(torch.where(torch.isfinite(s), s, torch.inf).detach().cpu().numpy())
+    return np.array(rows)
+
+
+def memory_exponent(depths, values) -> float:
+    """Exponent k of memory ~ L^k between two depths (NaN if a value is not positive)."""
+    (L0, L1), (m0, m1) = depths, values
+    return math.log(m1 / m0) / math.log(L1 / L0) if m0 > 0 and m1 > 0 else math.nan
+
+
+def run(config: CheckConfig) -> CheckResult:
+    problem = Problem(config)
+    gating = get_gating(config.gating).name
+    depth = config.ladder[-1]
+    ref_z0, ref_theta = problem.reference()
+
+    errors, z0_errors, theta_errors = [], [], []
+    for L in config.ladder:
+        bp = problem.backprop(L, gating)
+        z0_errors.append(relative_error([bp.adjoints[0]], [ref_z0]))
+        theta_errors.append(relative_error(bp.param_grads, ref_theta))
+        errors.append(max(z0_errors[-1], theta_errors[-1]))
+    fit = fit_order(config.ladder, errors)
+
+    depths = propagation_depths(depth)
+    sens = {g: sensitivities(problem, g, depths) for g in dict.fromkeys([gating, "inv-sqrt",
+                                                                           "plain"])}
+    continuous, continuous_se = mean_se(
+        (ref_z0.norm(dim=-1) / problem.exact["weights"].norm(dim=-1)).detach().cpu().numpy())
+
+    memory_depths = (config.ladder[0], depth)
+    memory = {"backprop": [], "adjoint": []}
+    method = ""
+    for L in memory_depths:
+        bytes_bp, method = peak_memory(lambda L=L: problem.backprop(L, gating), config.device)
+        bytes_adj, _ = peak_memory(lambda L=L: problem.euler_adjoint(L), config.device)
+        memory["backprop"].append(bytes_bp)
+        memory["adjoint"].append(bytes_adj)
+    euler_adjoint_error = relative_error(list(problem.euler_adjoint(depth)[1]), ref_theta)
+
+    metrics = {"order": fit.order, "order_fit_se": fit.stderr, "grad_error": errors[-1],
+               "grad_error_z0": z0_errors[-1], "grad_error_theta": theta_errors[-1],
+               "euler_adjoint_grad_error_theta": euler_adjoint_error,
+               "sensitivity_continuous": continuous,
+               "sensitivity_continuous_se": continuous_se}
+    for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
+        metrics.update(depth_trend_metrics(depths, sens[g], value=f"sensitivity_{key}",
+                                           ratio=f"sensitivity_ratio_{key}",
+                                           rate=f"sensitivity_rate_{key}"))
+    for kind, values in memory.items():
+        metrics[f"memory_{kind}_bytes_L{memory_depths[0]}"] = values[0]
+        metrics[f"memory_{kind}_bytes"] = values[1]
+        metrics[f"memory_exponent_{kind}"] = memory_exponent(memory_depths, values)
+
+    expected = {"order": list(ORDER_RANGE), "sensitivity_ratio_gated": list(RATIO_RANGE),
+                "memory_exponent_backprop": list(MEMORY_BACKPROP_RANGE),
+                "memory_exponent_adjoint": list(MEMORY_ADJOINT_RANGE)}
+    m = metrics
+    passed = (within(fit.order, ORDER_RANGE)
+              and within_se(m["sensitivity_ratio_gated"], m["sensitivity_ratio_gated_se"],
+                            RATIO_RANGE, SE_BAND)
+              and within(m["memory_exponent_backprop"], MEMORY_BACKPROP_RANGE)
+              and within(m["memory_exponent_adjoint"], MEMORY_ADJOINT_RANGE))
+    summary = (
+        f"With {gating} gates the error of backpropagation through the stack against the "
+        f"odeint_adjoint gradients {error_trend(fit.order)} (order {fit.order:.3f}) over L = "
+        f"{config.ladder[0]}..{depth} (error {errors[-1]:.2e} at L = {depth}); the sensitivity "
+        f"|p_0|/|p_L| {sensitivity_words(m, depths)} (adjoint ODE {continuous:.3g}), while "
+        f"with plain residuals log |p_0|/|p_L| grows by "
+        f"{m['sensitivity_rate_plain']:.3f} per layer; memory ({method}) "
+        f"{m['memory_backprop_bytes'] / 2**20:.2f} MiB for backprop vs "
+        f"{m['memory_adjoint_bytes'] / 2**20:.3f} MiB for the Euler adjoint at L = {depth} "
+        f"(growth exponents {m['memory_exponent_backprop']:.2f} and "
+        f"{m['memory_exponent_adjoint']:.2f}).")
+    return CheckResult(
+        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
+        figure=sensitivity_figure(gating, config.ladder, z0_errors, theta_errors, fit, depths,
+                                  sens, continuous),
+        measured_text=(f"order {fit.order:.3f}, error {errors[-1]:.1e}; sensitivity ratio "
+                       f"{m['sensitivity_ratio_gated']:.3g}; memory exp "
+                       f"{m['memory_exponent_backprop']:.2f} vs "
+                       f"{m['memory_exponent_adjoint']:.2f}"),
+        theory_text="order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)")
+
+
+def sensitivity_words(m: dict, depths) -> str:
+    """The gated sensitivity at --depth and its ratio to the first depth, or its overflow."""
+    if not math.isfinite(m["sensitivity_gated"]):
+        return f"overflows float64 before L = {depths[-1]}"
+    return (f"is {m['sensitivity_gated']:.3g} at L = {depths[-1]}, "
+            f"{m['sensitivity_ratio_gated']:.3g} x its value at L = {depths[0]}")
+
+
+def sensitivity_figure(gating, ladder, z0_errors, theta_errors, fit, depths, sens, continuous):
+    """Left: gradient error against depth (log-log, fitted order); right: sensitivity
+    |p_0| / |p_L| against depth for each gating, with the adjoint ODE's value."""
+
+    def draw(fig):
+        left, right = fig.subplots(1, 2)
+        order_axes(left, "gradient error vs odeint_adjoint",
+                   [Series("dl/dtheta", ladder, theta_errors, fit_order(ladder, theta_errors)),
+                    Series("dl/dz0", ladder, z0_errors, fit_order(ladder, z0_errors))],
+                   ylabel="relative error")
+        curves = {g: [float(np.mean(row)) for row in s] for g, s in sens.items()}
+        finite = [v for c in curves.values() for v in c if np.isfinite(v)]
+        depth_axes(right, "sensitivity |p_0| / |p_L|", depths, curves,
+                   ylabel="mean over samples",
+                   ylim_top=min(max(finite) * 10, 1e12) if finite else None)
+        if finite:
+            right.set_ylim(bottom=0.5 * min(finite))
+        right.axhline(continuous, color="k", ls=":", lw=1, label="adjoint ODE")
+        right.legend(fontsize=7)
+        fig.suptitle(f"C6 residual-sensitivity ({gating} gates)")
+
+    return draw

@@ -1,0 +1,66 @@
+"""Trainable Neural-RDM backbones: gated residual transformers (flow-shaped) and U-Nets
+(U-shaped), for images (B, C, H, W) and videos (B, T, C, H, W).
+
+    model = build_model("RDM-DiT-T/2", gate="rdm", input_size=8, in_channels=1, num_classes=10)
+    out = model(x, t, y)          # same shape as x; t (B,) in [0, 1]; y (B,) or None (null label)
+    model.residual_units()        # the gated residual units, in forward order
+    model.gate_values()           # {"<unit>.alpha": tensor, ...}
+    build_model(**model.config)   # the same architecture again
+
+Gates (``GATE_KINDS``): plain, post-ln, rezero, adaln-zero, rdm (see :mod:`.gates`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from .backbone import GatedBackbone
+from .dit import DIT_CONFIGS, RDMDiT
+from .gates import GATE_KINDS, ResidualUnit
+from .unet import UNET_CONFIGS, RDMUNet
+
+__all__ = ["build_model", "MODEL_CONFIGS", "GATE_KINDS", "BACKBONES", "GatedBackbone",
+           "ResidualUnit", "RDMDiT", "RDMUNet"]
+
+BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet}
+
+MODEL_CONFIGS: dict[str, dict] = {**DIT_CONFIGS, **UNET_CONFIGS}
+
+
+def _plain(value):
+    """Tuples to lists, so a config equals its JSON round trip."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def build_model(name: str, *, gate: str = "rdm", input_size: int = 8, in_channels: int = 1,
+                num_classes: int = 10, frames: int | None = None,
+                class_dropout_prob: float = 0.1, **overrides) -> GatedBackbone:
+    """Build a named configuration (``MODEL_CONFIGS``) with any gate of ``GATE_KINDS``.
+
+    ``overrides`` replace the configuration's architecture options (depth, width, heads, ...;
+    the keyword arguments of the backbone class).  The returned model's ``config`` holds every
+    option, resolved, as plain JSON values; ``build_model(**model.config)`` rebuilds it.
+    Raises ValueError for an unknown name, gate or option.
+    """
+    if name not in MODEL_CONFIGS:
+        close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (known: {', '.join(MODEL_CONFIGS)})")
+    if gate not in GATE_KINDS:
+        raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATE_KINDS)}")
+    arch = dict(MODEL_CONFIGS[name])
+    backbone = BACKBONES[arch.pop("backbone")]
+    options = {k: p.default for k, p in inspect.signature(backbone).parameters.items()}
+    common = {"gate": gate, "input_size": input_size, "in_channels": in_channels,
+              "num_classes": num_classes, "frames": frames,
+              "class_dropout_prob": class_dropout_prob}
+    unknown = sorted(set(overrides) - set(options) | set(overrides) & set(common))
+    if unknown:
+        allowed = sorted(set(options) - set(common))
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; "
+                         f"allowed: {', '.join(allowed)}")
+    options.update(arch, **overrides, **common)
+    model = backbone(**options)
+    model.config = {"name": name, **{k: _plain(v) for k, v in options.items()}}
+    return model
