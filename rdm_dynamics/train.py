@@ -534,8 +534,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
             load_optimizer_state(optimizer, ckpt.tensors, ckpt.meta["optimizer"])
             set_rng_state(ckpt.meta["rng"], {"noise": noise})
             start = ckpt.step
-            if dist_.main:
-                _log_lines_up_to(out / "log.jsonl", start)
+        if dist_.main:  # a resumed run drops what its killed predecessor logged after the
+            _log_lines_up_to(out / "log.jsonl", start)  # checkpoint; a new run starts afresh
 
         net = model
         if dist_.world > 1:
@@ -602,7 +602,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
             optimizer.step()
             ema.update(model, step)
             done = step + 1
-            if dist_.main and (done % cfg.log_every == 0 or done == cfg.steps):
+            # the ranks agree on the (mean) elapsed time, so they stop at the same step
+            out_of_time = cfg.max_seconds > 0 and dist_.mean(torch.tensor(
+                time.perf_counter() - began, device=dist_.device)).item() >= cfg.max_seconds
+            last = done == cfg.steps or out_of_time
+            if dist_.main and (done % cfg.log_every == 0 or last):
                 record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                           "epoch": step // schedule.steps_per_epoch,
                           "seconds": round(time.perf_counter() - began, 3)}
@@ -613,10 +617,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_step is not None:
                 on_step(done, loss_value)
-            # the ranks agree on the (mean) elapsed time, so they stop at the same step
-            out_of_time = cfg.max_seconds > 0 and dist_.mean(torch.tensor(
-                time.perf_counter() - began, device=dist_.device)).item() >= cfg.max_seconds
-            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
+            if done % cfg.ckpt_every == 0 or last:
                 last_ckpt = checkpoint(done) or last_ckpt
             if out_of_time:
                 break

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from standin import build
+from tiny_models import tiny_model
 
 import rdm_dynamics.checkpoint as ckpt_mod
 from rdm_dynamics.checkpoint import (
@@ -21,7 +21,7 @@ from rdm_dynamics.checkpoint import (
 
 def trained(steps=3, seed=0):
     torch.manual_seed(seed)
-    net = build(width=8, class_dropout_prob=0.0)
+    net = tiny_model(class_dropout_prob=0.0)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.01)
     for _ in range(steps):
         x = torch.randn(4, 1, 8, 8)
@@ -47,7 +47,7 @@ def test_round_trip_is_exact_and_training_continues_identically(tmp_path, monkey
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     loaded = load_checkpoint(tmp_path)
     assert loaded.path == path and loaded.step == 3 and loaded.meta["note"] == "x"
-    net2 = build(width=8, class_dropout_prob=0.0)
+    net2 = tiny_model(class_dropout_prob=0.0)
     net2.load_state_dict(loaded.state_dict("model"))
     opt2 = torch.optim.AdamW(net2.parameters(), lr=5.0)
     load_optimizer_state(opt2, loaded.tensors, loaded.meta["optimizer"])
@@ -109,7 +109,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     path.write_text(json.dumps({"step": 5}))
     with pytest.raises(CheckpointError, match="not an rdm_dynamics checkpoint"):
         load_checkpoint(path)
-    other = torch.optim.AdamW(build(width=4).parameters())
+    other = torch.optim.AdamW(tiny_model(width=16).parameters())
     with pytest.raises(CheckpointError):
         load_optimizer_state(other, load_checkpoint_tensors(tmp_path, net, opt), meta["optimizer"])
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from standin import build
+from tiny_models import tiny_model
 
 from rdm_dynamics.diffusion import (
     DiffusionObjective,
@@ -77,7 +77,7 @@ def test_label_dropout_uses_the_null_label():
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(prediction):
     """Same batch, same draws: the loss after one small Adam step is lower than before."""
     torch.manual_seed(0)
-    net = build(width=8)
+    net = tiny_model(class_dropout_prob=0.0)
     obj = DiffusionObjective(prediction=prediction, num_classes=10)
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(16, 1, 8, 8, generator=g) * 2 - 1
@@ -105,7 +105,7 @@ def test_objective_rejects_bad_settings():
 
 def test_guidance_is_the_linear_mixture_and_score_is_minus_eps_over_std():
     torch.manual_seed(0)
-    net = build(width=8).eval()
+    net = tiny_model().eval()
     sde = VPSDE()
     x = torch.randn(6, 1, 8, 8)
     y = torch.arange(6)
@@ -199,7 +199,7 @@ def test_euler_maruyama_matches_the_exact_law_in_moments():
 @pytest.mark.parametrize("sampler", ["euler-maruyama", "pf-ode", "ddpm"])
 def test_samplers_return_the_right_shape_and_respect_seeds(sampler):
     torch.manual_seed(0)
-    net = build(width=8, frames=3).eval()
+    net = tiny_model(frames=3).eval()
     sde = VPSDE()
     score = ScoreModel(net, sde, y=torch.arange(4), guidance=2.0)
     kwargs = dict(sde=sde, sampler=sampler, steps=4, method="euler", disable=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY, tiny_model
 
 from rdm_dynamics import sample as sample_cli
 from rdm_dynamics import train as train_cli
@@ -18,7 +19,9 @@ from rdm_dynamics.checkpoint import find_checkpoints, load_checkpoint
 from rdm_dynamics.train import TrainConfig, TrainingDiverged, train
 
 TESTS = Path(__file__).resolve().parent
-MODEL = {"model": "tiny", "model_factory": "standin:build", "model_options": {"width": 8}}
+MODEL = {"model": "RDM-DiT-T/2", "model_options": TINY["RDM-DiT-T/2"]}
+TINY_FLAGS = ["--model-option", "depth=1", "--model-option", "width=32", "--model-option",
+              "heads=2"]
 
 
 def config(out, **kw):
@@ -37,11 +40,13 @@ def weights(out):
     return load_checkpoint(out).state_dict("model")
 
 
-def test_a_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path):
-    full = config(tmp_path / "full")
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path, name):
+    model = {"model": name, "model_options": TINY[name]}
+    full = config(tmp_path / "full", **model)
     train(full)
 
-    cut = config(tmp_path / "cut")
+    cut = config(tmp_path / "cut", **model)
 
     def kill(step, loss):
         if step == 5:  # after the checkpoint of step 3, mid-way to the next
@@ -65,9 +70,16 @@ def test_the_log_holds_lr_grad_norm_and_gate_statistics(tmp_path):
     rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 2 and rec["lr"] == pytest.approx(1e-3 * 2 / 4)
     assert math.isfinite(rec["grad_norm"]) and rec["grad_norm"] > 0
-    assert set(rec["gates"]) == {"unit0.alpha", "unit0.beta", "unit1.alpha", "unit1.beta"}
-    assert len(rec["gates"]["unit0.alpha"]) == 4  # mean, std, min, max
+    names = set(tiny_model().gate_values())
+    assert names and set(rec["gates"]) == names
+    assert all(len(v) == 4 for v in rec["gates"].values())  # mean, std, min, max
     assert (tmp_path / "samples" / "step-00000002.png").is_file()
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_a_log_line(tmp_path):
+    summary = train(config(tmp_path, steps=50, max_seconds=1e-9, log_every=10, ckpt_every=10))
+    assert summary["step"] == 1 and load_checkpoint(tmp_path).step == 1
+    assert [s for s, _ in losses(tmp_path)] == [1]
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -83,10 +95,9 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """torchrun, 2 CPU processes (gloo), global batch 16: the replicas stay bitwise identical,
     and their weights match a single process on the same global batch up to float round-off."""
-    args = ["--model-factory", "standin:build", "--model", "tiny", "--model-option", "width=8",
-            "--steps", "3", "--batch-size", "16", "--warmup", "0", "--log-every", "1",
-            "--ckpt-every", "3", "--n-samples", "2", "--sample-steps", "1", "--no-progress",
-            "--device", "cpu"]
+    args = ["--model", "RDM-DiT-T/2", *TINY_FLAGS, "--steps", "3", "--batch-size", "16",
+            "--warmup", "0", "--log-every", "1", "--ckpt-every", "3", "--n-samples", "2",
+            "--sample-steps", "1", "--no-progress", "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -136,7 +147,7 @@ def run_main(fn, argv, capsys):
     (["--resume"], "no checkpoint"),
 ])
 def test_bad_training_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
-    base = ["--out", str(tmp_path / "run"), "--model-factory", "standin:build", "--no-progress"]
+    base = ["--out", str(tmp_path / "run"), *TINY_FLAGS, "--no-progress"]
     rc, err = run_main(train_cli.main, base + argv, capsys)
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
 
@@ -167,8 +178,7 @@ def test_resume_refuses_to_change_what_is_computed(tmp_path, capsys):
     train(config(tmp_path, steps=3))
     rc, err = run_main(train_cli.main, ["--out", str(tmp_path), "--resume", "--lr", "0.5"], capsys)
     assert rc == 2 and "cannot change lr" in err
-    rc, err = run_main(train_cli.main, ["--out", str(tmp_path), "--model-factory",
-                                        "standin:build"], capsys)
+    rc, err = run_main(train_cli.main, ["--out", str(tmp_path)], capsys)
     assert rc == 2 and "already holds a run" in err
 
 
@@ -184,7 +194,7 @@ def test_sample_cli_writes_a_png_grid(image_run, tmp_path, capsys, sampler):
     out = tmp_path / "grid.png"
     rc, err = run_main(sample_cli.main, ["--ckpt", str(image_run), "--n", "6", "--sampler",
                                          sampler, "--steps", "3", "--method", "euler",
-                                         "--guidance", "2", "--model-factory", "standin:build",
+                                         "--guidance", "2",
                                          "--out", str(out), "--npz", str(tmp_path / "s.npz")],
                        capsys)
     assert rc == 0, err
@@ -198,7 +208,7 @@ def test_sample_cli_writes_a_gif_for_videos(tmp_path, capsys):
     run = tmp_path / "video_run"
     train(config(run, data="moving-digits", image_size=12, frames=3, steps=1, ckpt_every=1))
     rc, err = run_main(sample_cli.main, ["--ckpt", str(run), "--n", "4", "--sampler", "ddpm",
-                                         "--steps", "2", "--model-factory", "standin:build",
+                                         "--steps", "2",
                                          "--out", str(tmp_path / "v.png")], capsys)
     assert rc == 0, err
     gif = Image.open(tmp_path / "v.gif")
@@ -213,14 +223,22 @@ def test_sample_cli_writes_a_gif_for_videos(tmp_path, capsys):
     (["--out", "/no/such/dir/x.png"], "folder does not exist"),
 ])
 def test_bad_sampling_input_is_one_line_and_exit_code_2(image_run, capsys, argv, message):
-    rc, err = run_main(sample_cli.main, ["--ckpt", str(image_run), "--model-factory",
-                                         "standin:build", *argv], capsys)
+    rc, err = run_main(sample_cli.main, ["--ckpt", str(image_run), *argv], capsys)
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
 
 
-def test_sample_cli_needs_the_factory_named_explicitly(image_run, capsys):
-    rc, err = run_main(sample_cli.main, ["--ckpt", str(image_run)], capsys)
+def test_a_users_own_model_factory_trains_and_must_be_named_to_load(tmp_path, capsys):
+    """--model-factory module:function (here tests/standin.py) replaces build_model; a checkpoint
+    never imports it by itself: sampling needs the factory named again."""
+    run = tmp_path / "own"
+    train(config(run, model="tiny", model_factory="standin:build", model_options={"width": 8},
+                 steps=2))
+    rc, err = run_main(sample_cli.main, ["--ckpt", str(run), "--n", "2"], capsys)
     assert rc == 2 and "--model-factory standin:build" in err
+    rc, err = run_main(sample_cli.main, ["--ckpt", str(run), "--n", "2", "--steps", "2",
+                                         "--sampler", "ddpm", "--model-factory", "standin:build",
+                                         "--out", str(tmp_path / "own.png")], capsys)
+    assert rc == 0, err
 
 
 def test_a_real_process_exits_2_without_a_traceback(tmp_path):
