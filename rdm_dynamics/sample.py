@@ -174,8 +174,11 @@ def save_gif(x: torch.Tensor, path: str | Path, columns: int | None = None,
 
 
 def save_samples(x: torch.Tensor, path: str | Path) -> Path:
-    """PNG grid for images, GIF for videos (the suffix is set accordingly); returns the path."""
-    path = Path(path).with_suffix(".gif" if x.ndim == 5 else ".png")
+    """PNG grid for images, GIF for videos; returns the path.  A .png/.gif suffix is set to the
+    right one, any other name gets it appended (so "guidance-1.5" becomes "guidance-1.5.png")."""
+    path, ext = Path(path), (".gif" if x.ndim == 5 else ".png")
+    path = path.with_suffix(ext) if path.suffix.lower() in (".png", ".gif") else \
+        path.with_name(path.name + ext)
     (save_gif if x.ndim == 5 else save_grid)(x, path)
     return path
 

@@ -204,6 +204,14 @@ def test_sample_cli_writes_a_png_grid(image_run, tmp_path, capsys, sampler):
                                                                                     4, 5]
 
 
+def test_sample_files_get_the_right_suffix(tmp_path):
+    img, vid = torch.zeros(2, 1, 4, 4), torch.zeros(2, 3, 1, 4, 4)
+    assert sample_cli.save_samples(img, tmp_path / "w-1.5").name == "w-1.5.png"
+    assert sample_cli.save_samples(vid, tmp_path / "v.png").name == "v.gif"
+    assert sample_cli.save_samples(img, tmp_path / "g.gif").name == "g.png"
+    assert {p.name for p in tmp_path.iterdir()} == {"w-1.5.png", "v.gif", "g.png"}
+
+
 def test_sample_cli_writes_a_gif_for_videos(tmp_path, capsys):
     run = tmp_path / "video_run"
     train(config(run, data="moving-digits", image_size=12, frames=3, steps=1, ckpt_every=1))
