@@ -489,7 +489,7 @@ def _log_lines_up_to(path: Path, step: int) -> None:
 # ------------------------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
-    """Run (or continue) training; returns a summary {step, loss, checkpoint, seconds}.
+    """Run (or continue) training; returns {step, loss, checkpoint, seconds (of training)}.
 
     ``on_step(step, loss)`` is called after every optimizer step (tests use it to stop a run).
     Raises UsageError for bad input and TrainingDiverged for a non-finite loss.
@@ -624,10 +624,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
             if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
                 draw_samples(done)
         bar.close()
+        seconds = time.perf_counter() - began  # training only, not the final sample grid
         if start < done:
             draw_samples(done)
-        return {"step": done, "loss": loss_value, "checkpoint": last_ckpt,
-                "seconds": time.perf_counter() - began, "skipped": dataset.skipped}
+        return {"step": done, "loss": loss_value, "checkpoint": last_ckpt, "seconds": seconds,
+                "skipped": dataset.skipped}
     finally:
         dist_.close()
 
