@@ -270,10 +270,12 @@ def _accuracy(out: dict, prefix: str, correct: np.ndarray) -> None:
 
 
 def video_figure(metrics: dict[str, float], frames: int):
-    """A drawer (report.save_figure) of per-frame FD and accuracy, samples against the floor."""
+    """A drawer (report.save_figure) for video samples against the real floor: FD and accuracy
+    per frame, and temporal consistency (label agreement across frames, feature motion between
+    consecutive frames, relative to the real videos'), with standard errors."""
 
     def draw(fig):
-        ax1, ax2 = fig.subplots(1, 2)
+        ax1, ax2, ax3 = fig.subplots(1, 3)
         k = np.arange(frames)
         for prefix, label in (("", "samples"), ("real_", "held-out (floor)")):
             fd = [metrics.get(f"{prefix}fd_frame{i}", math.nan) for i in k]
@@ -283,12 +285,18 @@ def video_figure(metrics: dict[str, float], frames: int):
         ax1.set(xlabel="frame", ylabel="Frechet distance", title="per-frame FD")
         ax2.set(xlabel="frame", ylabel="class accuracy", title="per-frame accuracy",
                 ylim=(0, 1.02))
-        cons = metrics.get("label_consistency", math.nan)
-        real = metrics.get("real_label_consistency", math.nan)
-        ax2.text(0.02, 0.04, f"label consistency {cons:.3f} (real {real:.3f})",
-                 transform=ax2.transAxes, fontsize=8)
+        real_motion = metrics.get("real_feature_motion", math.nan)
+        names = ("label\nagreement", "motion\n/ real")
+        for j, (prefix, label) in enumerate((("", "samples"), ("real_", "held-out"))):
+            vals = [metrics.get(f"{prefix}label_consistency", math.nan),
+                    metrics.get(f"{prefix}feature_motion", math.nan) / real_motion]
+            errs = [metrics.get(f"{prefix}label_consistency_se", 0.0),
+                    metrics.get(f"{prefix}feature_motion_se", 0.0) / real_motion]
+            ax3.bar(np.arange(2) + 0.4 * j - 0.2, vals, 0.4, yerr=errs, label=label)
+        ax3.set_xticks(np.arange(2), names, fontsize=8)
+        ax3.set(title="over time")
+        for ax in (ax1, ax2, ax3):
+            ax.grid(alpha=0.3)
         ax1.legend(fontsize=8)
-        ax1.grid(alpha=0.3)
-        ax2.grid(alpha=0.3)
 
     return draw

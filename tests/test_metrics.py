@@ -7,6 +7,7 @@ import torch
 
 from rdm_dynamics import metrics
 from rdm_dynamics.laws import Gaussian, gaussian_w2
+from rdm_dynamics.report import save_figure
 
 
 def random_spd(d, rng):
@@ -104,3 +105,5 @@ def test_video_metrics_have_per_frame_and_temporal_figures(tmp_path, monkeypatch
     assert 0 < out["label_consistency"] <= 1 and out["feature_motion"] > 0
     still = judge.evaluate(vids[:, :1].expand_as(vids).contiguous())
     assert still["feature_motion"] == 0 and still["label_consistency"] == 1
+    save_figure(metrics.video_figure({**out, **judge.floor()}, nf), tmp_path / "video.png")
+    assert (tmp_path / "video.png").stat().st_size > 0
