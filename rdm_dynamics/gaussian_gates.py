@@ -164,19 +164,16 @@ def affine_stack_laws(stack: GatedResidualStack, law_in: Gaussian) -> list[Gauss
     """Law(z_i), i = 0..L, of a stack with F(z) = z started from z_0 ~ ``law_in`` (exact).
 
     Unit i is y -> (1 + alpha_i) y + beta_i + gamma_i xi, so Law(z_{i+1}) is the Gaussian
-    pushforward of Law(z_i) (``Gaussian.pushforward``).  Raises ValueError when the law
-    overflows (gates that are not ODE-consistent, such as ``plain``, blow it up).
+    pushforward of Law(z_i) (``GatedResidualStack.propagate_moments``).  Raises ValueError when
+    the law overflows (gates that are not ODE-consistent, such as ``plain``, blow it up).
     """
     if stack.residuals[0] is not identity or not stack.shared_residual:
         raise ValueError("affine_stack_laws needs a stack with F(z) = z")
-    gates = {k: v.detach().to(law_in.mean) for k, v in stack.gates().items()}
-    laws = [law_in]
-    for i in range(stack.depth):
-        gain = torch.diag(1.0 + gates["alpha"][i])
-        noise = torch.diag(gates["gamma"][i] ** 2) if "gamma" in gates else None
-        mean, cov = laws[-1].mean, laws[-1].cov
-        if not (torch.isfinite(gain).all() and torch.isfinite(gain @ cov @ gain).all()
-                and torch.isfinite(gain @ mean).all()):
-            raise ValueError(f"the stack's law overflows at unit {i}")
-        laws.append(laws[-1].pushforward(gain, gates["beta"][i], noise))
-    return laws
+    with torch.no_grad():
+        means, covs = stack.propagate_moments(law_in.mean.to(stack.times),
+                                              law_in.cov.to(stack.times))
+    finite = torch.isfinite(means).all(-1) & torch.isfinite(covs).flatten(1).all(-1)
+    if not finite.all():
+        raise ValueError(f"the stack's law overflows at unit {int((~finite).nonzero()[0]) - 1}")
+    return [Gaussian(m.to(law_in.mean), S.to(law_in.mean))
+            for m, S in zip(means, covs, strict=True)]

@@ -137,6 +137,15 @@ def depth_trend_metrics(depths: Sequence[float], values, *, value: str, ratio: s
     return out
 
 
+def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
+    """A quantity at the deepest depth and its ratio to the shallowest, or its overflow, in words
+    (completes "... the amplification " or "... |p_0|/|p_L| ")."""
+    if not math.isfinite(value):
+        return f"overflows float64 before L = {depths[-1]:g}"
+    return (f"is {value:.3g} at L = {depths[-1]:g}, {ratio:.3g} x its value at "
+            f"L = {depths[0]:g}")
+
+
 def error_trend(order: float) -> str:
     """How an error with this fitted convergence order behaves as depth grows, in words."""
     if order > 0.5:

@@ -33,7 +33,15 @@ import torch
 
 from ..fields import SmoothCoefficient, SmoothTanhField, frozen_layers
 from ..propagation import propagation_run
-from ..report import CheckResult, depth_axes, depth_trend_metrics, mean_se, within, within_se
+from ..report import (
+    CheckResult,
+    depth_axes,
+    depth_trend_metrics,
+    depth_trend_words,
+    mean_se,
+    within,
+    within_se,
+)
 from ..rounding import RoundingModel, elementary_violations, local_errors
 from ..stack import GatedResidualStack, get_gating
 from . import CheckConfig
@@ -171,11 +179,13 @@ def run(config: CheckConfig) -> CheckResult:
                             GROWTH_RANGE, SE_BAND)
               and within(lowp_ratio, LOWP_RATIO_RANGE))
     m = metrics
+    amplification = depth_trend_words(m["amplification_gated"], m["amplification_ratio_gated"],
+                                      depths)
     summary = (
         f"Over depths {depths[0]}..{depths[-1]} the measured deviations "
         f"{'never exceed' if violations == 0 else f'exceed {violations} times'} the certified "
-        f"Gronwall bound; with {gating} gates the amplification {amplification_words(m, depths)}"
-        f"; plain residuals grow at "
+        f"Gronwall bound; with {gating} gates the amplification {amplification}; plain "
+        f"residuals grow at "
         f"{m['growth_rate_plain']:.3f} per layer (inv-sqrt: ratio "
         f"{m['amplification_ratio_inv_sqrt']:.3g}); {lowp_sentence(m, '')}")
     return CheckResult(
@@ -185,14 +195,6 @@ def run(config: CheckConfig) -> CheckResult:
                        f"plain rate {m['growth_rate_plain']:.2f}/layer, low-precision "
                        f"err/bound <= {lowp_ratio:.1e}"),
         theory_text="0 violations, ratio in [1/2, 2], plain rate > 0")
-
-
-def amplification_words(m: dict, depths) -> str:
-    """The gated amplification at --depth and its ratio to the first depth, or its overflow."""
-    if not math.isfinite(m["amplification_gated"]):
-        return f"overflows float64 before L = {depths[-1]}"
-    return (f"is {m['amplification_gated']:.3g} at L = {depths[-1]}, "
-            f"{m['amplification_ratio_gated']:.3g} x its value at L = {depths[0]}")
 
 
 def lowp_sentence(m: dict, suffix: str) -> str:

@@ -36,6 +36,7 @@ from ..report import (
     Series,
     depth_axes,
     depth_trend_metrics,
+    depth_trend_words,
     error_trend,
     fit_order,
     mean_se,
@@ -188,11 +189,12 @@ def run(config: CheckConfig) -> CheckResult:
                             RATIO_RANGE, SE_BAND)
               and within(m["memory_exponent_backprop"], MEMORY_BACKPROP_RANGE)
               and within(m["memory_exponent_adjoint"], MEMORY_ADJOINT_RANGE))
+    sensitivity = depth_trend_words(m["sensitivity_gated"], m["sensitivity_ratio_gated"], depths)
     summary = (
         f"With {gating} gates the error of backpropagation through the stack against the "
         f"odeint_adjoint gradients {error_trend(fit.order)} (order {fit.order:.3f}) over L = "
         f"{config.ladder[0]}..{depth} (error {errors[-1]:.2e} at L = {depth}); the sensitivity "
-        f"|p_0|/|p_L| {sensitivity_words(m, depths)} (adjoint ODE {continuous:.3g}), while "
+        f"|p_0|/|p_L| {sensitivity} (adjoint ODE {continuous:.3g}), while "
         f"with plain residuals log |p_0|/|p_L| grows by "
         f"{m['sensitivity_rate_plain']:.3f} per layer; memory ({method}) "
         f"{m['memory_backprop_bytes'] / 2**20:.2f} MiB for backprop vs "
@@ -208,14 +210,6 @@ def run(config: CheckConfig) -> CheckResult:
                        f"{m['memory_exponent_backprop']:.2f} vs "
                        f"{m['memory_exponent_adjoint']:.2f}"),
         theory_text="order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)")
-
-
-def sensitivity_words(m: dict, depths) -> str:
-    """The gated sensitivity at --depth and its ratio to the first depth, or its overflow."""
-    if not math.isfinite(m["sensitivity_gated"]):
-        return f"overflows float64 before L = {depths[-1]}"
-    return (f"is {m['sensitivity_gated']:.3g} at L = {depths[-1]}, "
-            f"{m['sensitivity_ratio_gated']:.3g} x its value at L = {depths[0]}")
 
 
 def sensitivity_figure(gating, ladder, z0_errors, theta_errors, fit, depths, sens, continuous):
