@@ -3,9 +3,9 @@
 Run: python proofs/C1_depth-limit.py   (exit code 0 and "all steps verified" on success)
 """
 
-import sys
 
 import sympy as sp
+from _steps import verified
 
 tau, h, z0 = sp.symbols("tau h z_0", real=True)
 A, K, M = sp.symbols("A K M", positive=True)
@@ -13,13 +13,6 @@ n = sp.symbols("n", integer=True, nonnegative=True)
 x = sp.symbols("x", nonnegative=True)
 lam, c = sp.symbols("lambda c", real=True)
 L = sp.symbols("L", positive=True, integer=True)
-
-
-def verified(step: str, condition: bool) -> None:
-    if not condition:
-        print(f"FAILED: {step}")
-        sys.exit(1)
-    print(f"verified: {step}")
 
 
 # --- Step 1 and 2: one gated unit against the Taylor expansion of the exact flow ---------------

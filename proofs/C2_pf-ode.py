@@ -8,9 +8,9 @@ so the scalar computations below are the whole d-dimensional statement.  C3's sc
 ``SDES`` and ``gaussian_relations`` from here.
 """
 
-import sys
 
 import sympy as sp
+from _steps import is_zero, verified
 
 t, h, x, mu = sp.symbols("t h x mu", real=True)
 lam, b0, b1, smin, smax, T = sp.symbols("lambda beta_0 beta_1 sigma_min sigma_max T",
@@ -18,15 +18,6 @@ lam, b0, b1, smin, smax, T = sp.symbols("lambda beta_0 beta_1 sigma_min sigma_ma
 a = sp.symbols("a", positive=True)  # a second time
 
 
-def verified(step: str, condition: bool) -> None:
-    if not condition:
-        print(f"FAILED: {step}")
-        sys.exit(1)
-    print(f"verified: {step}")
-
-
-def is_zero(expr) -> bool:
-    return sp.simplify(expr) == 0
 
 
 # --- The three SDEs as in rdm_dynamics/sde.py -------------------------------------------------

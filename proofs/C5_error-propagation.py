@@ -4,17 +4,9 @@ Run: python proofs/C5_error-propagation.py   (exit code 0 and "all steps verifie
 """
 
 import itertools
-import sys
 
 import sympy as sp
-
-
-def verified(step: str, condition: bool) -> None:
-    if not condition:
-        print(f"FAILED: {step}")
-        sys.exit(1)
-    print(f"verified: {step}")
-
+from _steps import verified
 
 # --- Step 1: the difference of two units -----------------------------------------------------
 x, y, al, be, e = sp.symbols("x y alpha beta e", real=True)

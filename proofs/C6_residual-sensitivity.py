@@ -3,17 +3,9 @@
 Run: python proofs/C6_residual-sensitivity.py   (exit code 0 and "all steps verified" on success)
 """
 
-import sys
 
 import sympy as sp
-
-
-def verified(step: str, condition: bool) -> None:
-    if not condition:
-        print(f"FAILED: {step}")
-        sys.exit(1)
-    print(f"verified: {step}")
-
+from _steps import verified
 
 tau, h, th = sp.symbols("tau h theta", real=True)
 
