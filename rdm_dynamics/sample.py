@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .cli import Parser, UsageError, parse_device
 from .diffusion import SAMPLERS, ScoreModel, sample
 from .report import atomic_write_bytes
 from .sde import make_sde
-from .verify import UsageError
-from .verify import _Parser as Parser
 
 PROG = "python -m rdm_dynamics.sample"
 
@@ -229,14 +228,7 @@ def _validate(args) -> torch.device:
         if args.method not in SOLVERS:
             raise UsageError(f"unknown --method {args.method!r}; torchdiffeq has "
                              f"{', '.join(sorted(SOLVERS))}")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown --device {args.device!r}; use cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device} asked for, but CUDA is not available here")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported --device {args.device!r}; use cpu or cuda[:N]")
+    device = parse_device(args.device)
     for flag, path in (("--out", args.out), ("--npz", args.npz)):
         if path is not None and not Path(path).resolve().parent.is_dir():
             raise UsageError(f"{flag} {path!r}: its folder does not exist")

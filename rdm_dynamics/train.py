@@ -50,11 +50,10 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .cli import Parser, UsageError
 from .diffusion import PREDICTIONS, SAMPLERS, DiffusionObjective
 from .report import atomic_write_bytes
 from .sde import SDES, make_sde
-from .verify import UsageError
-from .verify import _Parser as Parser
 
 PROG = "python -m rdm_dynamics.train"
 

@@ -7,7 +7,6 @@ arguments get one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -15,22 +14,15 @@ import time
 import traceback
 from pathlib import Path
 
+from .cli import Parser, UsageError, parse_device, parse_int
+
 PROG = "python -m rdm_dynamics.verify"
 GATINGS = ("rdm", "euler", "plain", "inv-sqrt")
 DTYPES = ("float64", "float32")
 
 
-class UsageError(Exception):
-    """A bad argument: reported as one line on stderr with exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line, exit 2, no usage dump
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--depth", default="256",
                    help="depth L of the deepest stack; the ladder is L/16, ..., L (default 256)")
     p.add_argument("--only", default=None, metavar="ID[,ID]",
@@ -53,16 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_int(text: str, name: str, minimum: int) -> int:
-    try:
-        value = int(text, 10)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name} must be an integer, got {text!r}") from None
-    if value < minimum:
-        raise UsageError(f"--{name} must be at least {minimum}, got {value}")
-    return value
-
-
 def _check_writable_dir(path: Path, flag: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -80,28 +62,17 @@ def parse_args(argv):
     from .checks import CheckConfig, depth_ladder, registry, resolve_ids
 
     args = build_parser().parse_args(argv)
-    depth = _parse_int(args.depth, "depth", 2)
+    depth = parse_int(args.depth, "depth", 2)
     if len(depth_ladder(depth)) < 2:
         raise UsageError(f"--depth {depth} has no depth ladder: it must be even "
                          "(best divisible by 16, for a ladder of 5 depths)")
-    seed = _parse_int(args.seed, "seed", 0)
-    threads = _parse_int(args.threads, "threads", 1)
+    seed = parse_int(args.seed, "seed", 0)
+    threads = parse_int(args.threads, "threads", 1)
     if args.gating not in GATINGS:
         raise UsageError(f"unknown --gating {args.gating!r}; choose one of {', '.join(GATINGS)}")
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown --device {args.device!r}; use cpu or cuda[:N]") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device} asked for, but CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA "
-                             "device(s) here")
-    elif device.type != "cpu":
-        raise UsageError(f"unsupported --device {args.device!r}; use cpu or cuda[:N]")
+    device = parse_device(args.device)
 
     checks = registry()
     try:
