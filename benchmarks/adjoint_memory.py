@@ -28,10 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Parser, csv, run_main  # noqa: E402
 
+from rdm_dynamics.analysis.memory import peak_memory  # noqa: E402
 from rdm_dynamics.checks import CheckConfig  # noqa: E402
 from rdm_dynamics.checks.residual_sensitivity import Problem  # noqa: E402
-from rdm_dynamics.memory import peak_memory  # noqa: E402
-from rdm_dynamics.report import atomic_write_json  # noqa: E402
+from rdm_dynamics.files import atomic_write_json  # noqa: E402
 
 METHODS = ("backprop", "adjoint")
 

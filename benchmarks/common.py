@@ -1,8 +1,8 @@
 """Helpers shared by the benchmark scripts: one-line argument errors and a model training step.
 
 The step is what a training loop does with a backbone, without the diffusion objective (that
-lives in rdm_dynamics.diffusion): forward on a fixed batch, mean squared error against a fixed
-target, backward, AdamW update.  Its cost is the cost of a real training step of the backbone.
+lives in rdm_dynamics.training.diffusion): forward on a fixed batch, mean squared error against a
+fixed target, backward, AdamW update.  Its cost is the cost of a real training step of the backbone.
 """
 
 from __future__ import annotations

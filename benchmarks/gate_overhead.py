@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Parser, build, csv, run_main, training_step  # noqa: E402
 
+from rdm_dynamics.files import atomic_write_json  # noqa: E402
 from rdm_dynamics.models import GATE_KINDS, MODEL_CONFIGS  # noqa: E402
-from rdm_dynamics.report import atomic_write_json  # noqa: E402
 
 TARGET = 1.05
 

@@ -51,8 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Parser, build, csv, run_main, training_step  # noqa: E402
 
+from rdm_dynamics.files import atomic_write_json  # noqa: E402
 from rdm_dynamics.models import GATE_KINDS, MODEL_CONFIGS, build_model  # noqa: E402
-from rdm_dynamics.report import atomic_write_json  # noqa: E402
 
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0)]
 FREQUENCY_DIM = 256  # rdm_dynamics.models.layers.TimestepEmbedder's default

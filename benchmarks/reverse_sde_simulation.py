@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Parser, run_main  # noqa: E402
 
 from rdm_dynamics.checks import CheckConfig  # noqa: E402
-from rdm_dynamics.checks._denoising import (  # noqa: E402
+from rdm_dynamics.checks.problems import (  # noqa: E402
     EPS,
     denoising_stack,
     sample_prior,

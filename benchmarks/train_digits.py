@@ -6,10 +6,10 @@
 For each model (by default a small flow-shaped RDM-DiT-T/2, see DEFAULT_MODELS, and the U-shaped
 RDM-UNet-T, both with ``rdm`` gates) it runs ``rdm_dynamics.train`` for at most ``--minutes`` of
 training time, then draws ``--n`` class-conditional samples (labels cycling 0..9) from the EMA
-weights at each guidance scale and scores them with ``rdm_dynamics.metrics.DigitJudge``: class
-accuracy under the digit classifier and the Frechet distance to the training split, beside the
-real-vs-real floor (the held-out split, 359 images, scored the same way). With n = 359 samples the
-FD carries the same small-sample bias as the floor.
+weights at each guidance scale and scores them with ``rdm_dynamics.training.metrics.DigitJudge``:
+class accuracy under the digit classifier and the Frechet distance to the training split, beside
+the real-vs-real floor (the held-out split, 359 images, scored the same way). With n = 359 samples
+the FD carries the same small-sample bias as the floor.
 
 ``--data moving-digits`` does the same for videos (frames of the moving-digits set, 16x16
 canvas): FD and accuracy per frame and over all frames, plus temporal consistency (label
@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 
-from rdm_dynamics.checkpoint import load_checkpoint
-from rdm_dynamics.metrics import DigitJudge, video_figure
-from rdm_dynamics.report import atomic_write_json, save_figure
+from rdm_dynamics.checks.report import save_figure
+from rdm_dynamics.files import atomic_write_json
 from rdm_dynamics.sample import cycle_labels, generate, load_model, save_samples
 from rdm_dynamics.train import TrainConfig, train
+from rdm_dynamics.training.checkpoint import load_checkpoint
+from rdm_dynamics.training.metrics import DigitJudge, video_figure
 
 #: The models trained by default, with their architecture overrides.  The flow-shaped one is
 #: RDM-DiT-T/2 made shallower and narrower (4 blocks of width 96, 0.65M parameters): on a 2-core

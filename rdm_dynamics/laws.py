@@ -26,9 +26,9 @@ import math
 import torch
 
 from .sde import SDE, Time
+from .stats import empirical_moments, gaussian_w2_moments, psd_sqrt
 
-__all__ = ["Gaussian", "GaussianMixture", "AffineMap", "gaussian_w2", "gaussian_w2_moments",
-           "empirical_moments", "moment_z_scores", "random_rotation"]
+__all__ = ["Gaussian", "GaussianMixture", "AffineMap", "gaussian_w2", "random_rotation"]
 
 
 def _time(t: Time, like: torch.Tensor) -> torch.Tensor:
@@ -155,7 +155,7 @@ class Gaussian:
         states = [x]
         for i in range(len(times) - 1):
             kernel = self.reverse_kernel(sde, times[i + 1], times[i])
-            states.append(kernel(states[-1]) + noise[i] @ _psd_sqrt(kernel.cov))
+            states.append(kernel(states[-1]) + noise[i] @ psd_sqrt(kernel.cov))
         return torch.stack(states)
 
     @classmethod
@@ -270,78 +270,12 @@ class GaussianMixture:
         return cls(weights, means, covs)
 
 
-def _psd_sqrt(S: torch.Tensor) -> torch.Tensor:
-    """Symmetric PSD square root of (a batch of) symmetric matrices (..., d, d).
-
-    Each matrix is scaled by its largest entry before the eigendecomposition (and the square
-    root scaled back), so that finite matrices with huge entries, such as the moments of a
-    diverging stack, do not overflow inside the solver.
-    """
-    S = 0.5 * S + 0.5 * S.mT  # not 0.5 (S + S^T): that overflows near the largest float
-    scale = S.abs().amax(dim=(-2, -1), keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    lam, U = torch.linalg.eigh(S / scale)
-    return (U * (lam.clamp(min=0) * scale[..., 0]).sqrt().unsqueeze(-2)) @ U.mT
-
-
 def gaussian_w2(p: Gaussian, q: Gaussian) -> torch.Tensor:
     """The 2-Wasserstein distance between two Gaussians:
 
     W2^2 = |mu_p - mu_q|^2 + tr(S_p + S_q - 2 (S_p^{1/2} S_q S_p^{1/2})^{1/2}).
     """
     return gaussian_w2_moments(p.mean, p.cov, q.mean, q.cov)
-
-
-def gaussian_w2_moments(mean_p: torch.Tensor, cov_p: torch.Tensor, mean_q: torch.Tensor,
-                        cov_q: torch.Tensor) -> torch.Tensor:
-    """``gaussian_w2`` from raw moments, batched: means (..., d), covariances (..., d, d).
-
-    Needs no positive definiteness (a degenerate covariance is fine) and returns NaN where a
-    moment is not finite, so a diverged stack gives a NaN distance instead of an exception.
-    """
-    finite = (torch.isfinite(mean_p).all(-1) & torch.isfinite(mean_q).all(-1)
-              & torch.isfinite(cov_p).all((-2, -1)) & torch.isfinite(cov_q).all((-2, -1)))
-    safe = finite.unsqueeze(-1)
-    mean_p, mean_q = torch.where(safe, mean_p, 0.0), torch.where(safe, mean_q, 0.0)
-    cov_p = torch.where(safe.unsqueeze(-1), cov_p, 0.0)
-    cov_q = torch.where(safe.unsqueeze(-1), cov_q, 0.0)
-    root_p = _psd_sqrt(cov_p)
-    inner = root_p @ cov_q @ root_p
-    finite = finite & torch.isfinite(inner).all((-2, -1))
-    cross = _psd_sqrt(torch.where(finite[..., None, None], inner, 0.0))
-    trace = torch.diagonal(cov_p + cov_q - 2 * cross, dim1=-2, dim2=-1).sum(-1)
-    w2sq = ((mean_p - mean_q) ** 2).sum(-1) + trace
-    w2 = torch.sqrt(torch.clamp(w2sq, min=0.0))
-    return torch.where(finite & torch.isfinite(w2), w2, torch.nan)
-
-
-def empirical_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample mean and unbiased sample covariance over the sample axis of (..., n, d) samples:
-    shapes (..., d) and (..., d, d).  The batched form of ``Gaussian.fit``'s moments."""
-    n = samples.shape[-2]
-    if n < 2:
-        raise ValueError("need at least two samples for a covariance")
-    mean = samples.mean(-2)
-    centred = samples - mean.unsqueeze(-2)
-    return mean, centred.mT @ centred / (n - 1)
-
-
-def moment_z_scores(sample_mean: torch.Tensor, sample_cov: torch.Tensor, n: int,
-                    mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """z-scores of the sample moments of n i.i.d. draws from N(mean, cov) against those moments.
-
-    Mean entries: (m_j - mean_j) / sqrt(cov_jj / n).  Covariance entries j <= k of the unbiased
-    sample covariance S, whose variance for Gaussian draws is (cov_jk^2 + cov_jj cov_kk) / (n - 1)
-    (Wishart): (S_jk - cov_jk) / sqrt((cov_jk^2 + cov_jj cov_kk) / (n - 1)).  Batched over leading
-    dimensions; returns (..., d + d (d + 1) / 2), each approximately N(0, 1) for large n.
-    """
-    d = mean.shape[-1]
-    var = torch.diagonal(cov, dim1=-2, dim2=-1)
-    z_mean = (sample_mean - mean) / torch.sqrt(var / n)
-    j, k = torch.triu_indices(d, d, device=cov.device)
-    cov_var = (cov[..., j, k] ** 2 + var[..., j] * var[..., k]) / (n - 1)
-    z_cov = (sample_cov[..., j, k] - cov[..., j, k]) / torch.sqrt(cov_var)
-    return torch.cat([z_mean, z_cov], dim=-1)
 
 
 def random_rotation(dim: int, *, generator: torch.Generator | None = None,

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .cli import Parser, UsageError, parse_device
-from .diffusion import SAMPLERS, ScoreModel, sample
-from .report import atomic_write_bytes
+from .files import atomic_write_bytes
 from .sde import make_sde
+from .training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .training.diffusion import SAMPLERS, ScoreModel, sample
 
 PROG = "python -m rdm_dynamics.sample"
 

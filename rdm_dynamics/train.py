@@ -40,8 +40,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data as data_mod
-from .checkpoint import (
+from .cli import Parser, UsageError
+from .files import atomic_write_bytes
+from .sde import SDES, make_sde
+from .training import data as data_mod
+from .training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
@@ -50,10 +53,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .cli import Parser, UsageError
-from .diffusion import PREDICTIONS, SAMPLERS, DiffusionObjective
-from .report import atomic_write_bytes
-from .sde import SDES, make_sde
+from .training.diffusion import PREDICTIONS, SAMPLERS, DiffusionObjective
 
 PROG = "python -m rdm_dynamics.train"
 

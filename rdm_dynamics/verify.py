@@ -105,7 +105,8 @@ def run_checks(config, checks, progress: bool = True):
     """Run each check, timing it; a check that raises is a FAIL with the error in its summary."""
     from tqdm.auto import tqdm
 
-    from .report import CheckResult
+    from .checks.report import CheckResult
+    from .checks.rules import Verdict
 
     results = []
     bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
@@ -117,8 +118,8 @@ def run_checks(config, checks, progress: bool = True):
             result = module.run(config)
         except Exception as exc:  # a crashed check is reported, never silently passed
             traceback.print_exc(file=sys.stderr)
-            result = CheckResult(id=cid, claim=module.CLAIM, passed=False, metrics={},
-                                 expected={}, summary=f"the check crashed: "
+            result = CheckResult(id=cid, claim=module.CLAIM, metrics={},
+                                 verdict=Verdict(passed=False), summary=f"the check crashed: "
                                  f"{type(exc).__name__}: {exc}",
                                  measured_text="crashed", theory_text="-")
         result.seconds = time.perf_counter() - start
@@ -156,7 +157,8 @@ def main(argv=None) -> int:
             print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
         return 0
 
-    from .report import atomic_write_json, format_table, save_figure
+    from .checks.report import format_table, save_figure
+    from .files import atomic_write_json
 
     results = run_checks(config, checks)
     try:

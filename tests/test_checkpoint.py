@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-import rdm_dynamics.checkpoint as ckpt_mod
-from rdm_dynamics.checkpoint import (
+import rdm_dynamics.training.checkpoint as ckpt_mod
+from rdm_dynamics.training.checkpoint import (
     CheckpointError,
     find_checkpoints,
     latest_checkpoint,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rdm_dynamics.data import (
+from rdm_dynamics.training.data import (
     BatchSchedule,
     DataError,
     ImageFolder,

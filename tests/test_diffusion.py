@@ -4,7 +4,9 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from rdm_dynamics.diffusion import (
+from rdm_dynamics.laws import Gaussian
+from rdm_dynamics.sde import VESDE, VPSDE, SubVPSDE
+from rdm_dynamics.training.diffusion import (
     DiffusionObjective,
     ScoreModel,
     ddpm_ancestral,
@@ -15,8 +17,6 @@ from rdm_dynamics.diffusion import (
     time_grid,
     tweedie_denoise,
 )
-from rdm_dynamics.laws import Gaussian
-from rdm_dynamics.sde import VESDE, VPSDE, SubVPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
 IDS = [s.name for s in SDES]
@@ -160,7 +160,7 @@ def test_pf_ode_fixed_step_converges_at_its_order():
 def test_ddpm_step_mean_is_the_exact_reverse_kernel_mean(monkeypatch):
     """With the exact score of Gaussian data, the ancestral step's mean is the exact mean of
     x_s | x_t (laws.Gaussian.reverse_kernel), and its variance is not larger."""
-    import rdm_dynamics.diffusion as diffusion
+    import rdm_dynamics.training.diffusion as diffusion
 
     sde, law = VPSDE(), gaussian_law()
     x = law.marginal(sde, 0.6).sample(8, torch.Generator().manual_seed(0))

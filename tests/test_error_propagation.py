@@ -7,10 +7,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rdm_dynamics.analysis.fields import (
+    SmoothCoefficient,
+    SmoothTanhField,
+    TanhLayer,
+    frozen_layers,
+)
+from rdm_dynamics.analysis.lipschitz import LipschitzBound
+from rdm_dynamics.analysis.propagation import gronwall_bound, gronwall_exp_bound, propagation_run
 from rdm_dynamics.checks import CheckConfig, error_propagation
-from rdm_dynamics.fields import SmoothCoefficient, SmoothTanhField, TanhLayer, frozen_layers
-from rdm_dynamics.lipschitz import LipschitzBound
-from rdm_dynamics.propagation import gronwall_bound, gronwall_exp_bound, propagation_run
 from rdm_dynamics.stack import GatedResidualStack
 
 GATINGS = ["rdm", "euler", "plain", "inv-sqrt"]

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rdm_dynamics.fields import SmoothTanhField, fourier_basis, iid_tanh_layers
+from rdm_dynamics.analysis.fields import SmoothTanhField, fourier_basis, iid_tanh_layers
 
 
 @given(d=st.integers(1, 8), seed=st.integers(0, 10_000), t=st.floats(0, 1))

@@ -15,9 +15,7 @@ from hypothesis import strategies as st
 from strategies import gaussians, random_spd, sdes, seeds, times
 
 from rdm_dynamics import verify
-from rdm_dynamics.checks import CheckConfig, registry
-from rdm_dynamics.checks import gate_moments as c4
-from rdm_dynamics.gate_fitting import (
+from rdm_dynamics.analysis.gate_fitting import (
     forward_trajectories,
     least_squares_gates,
     median_relative_error,
@@ -25,7 +23,7 @@ from rdm_dynamics.gate_fitting import (
     studentised_terms,
     train_gates_by_denoising,
 )
-from rdm_dynamics.gaussian_gates import (
+from rdm_dynamics.analysis.gaussian_gates import (
     DenoisingCoefficients,
     affine_stack_laws,
     closed_form_gates,
@@ -36,11 +34,13 @@ from rdm_dynamics.gaussian_gates import (
     install_gates,
     to_eigen,
 )
+from rdm_dynamics.analysis.two_sample import energy_distance
+from rdm_dynamics.checks import CheckConfig, registry
+from rdm_dynamics.checks import gate_moments as c4
+from rdm_dynamics.checks.rules import within
 from rdm_dynamics.laws import Gaussian, GaussianMixture
 from rdm_dynamics.paths import solve_ode
-from rdm_dynamics.report import within
 from rdm_dynamics.sde import VESDE, VPSDE
-from rdm_dynamics.two_sample import energy_distance
 
 
 def random_gaussian(seed: int, dim: int) -> Gaussian:

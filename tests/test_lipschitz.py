@@ -5,15 +5,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rdm_dynamics.fields import SmoothTanhField, TanhLayer, frozen_layers
-from rdm_dynamics.lipschitz import (
+from rdm_dynamics.analysis.fields import SmoothTanhField, TanhLayer, frozen_layers
+from rdm_dynamics.analysis.lipschitz import (
     LipschitzBound,
     UncertifiedLipschitzError,
     certified_lipschitz,
     require_certified,
     stack_gains,
 )
-from rdm_dynamics.propagation import propagation_run
+from rdm_dynamics.analysis.propagation import propagation_run
 from rdm_dynamics.stack import GatedResidualStack
 
 

@@ -5,9 +5,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from rdm_dynamics import metrics
+from rdm_dynamics.checks.report import save_figure
 from rdm_dynamics.laws import Gaussian, gaussian_w2
-from rdm_dynamics.report import save_figure
+from rdm_dynamics.training import metrics
 
 
 def random_spd(d, rng):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rdm_dynamics.checks import CheckConfig, pf_ode, registry
-from rdm_dynamics.checks._denoising import EPS, data_laws, denoising_stack, sample_prior
+from rdm_dynamics.checks.problems import EPS, data_laws, denoising_stack, sample_prior
 from rdm_dynamics.laws import GaussianMixture
 from rdm_dynamics.sde import make_sde
 

@@ -9,16 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rdm_dynamics.checks import CheckConfig, depth_ladder, registry, resolve_ids
-from rdm_dynamics.report import (
-    CheckResult,
-    Series,
-    atomic_write_json,
-    fit_order,
-    format_table,
-    order_figure,
-    save_figure,
-    within,
-)
+from rdm_dynamics.checks.report import CheckResult, Series, format_table, order_figure, save_figure
+from rdm_dynamics.checks.rules import within
+from rdm_dynamics.files import atomic_write_json
+from rdm_dynamics.stats import fit_order
 
 
 @given(order=st.floats(-3, 3), c=st.floats(1e-6, 1e3), base=st.sampled_from([2, 4, 16]),

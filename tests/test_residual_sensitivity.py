@@ -7,11 +7,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rdm_dynamics.adjoint import adjoint_gradients, backprop_adjoints, linear_loss
+from rdm_dynamics.analysis.adjoint import adjoint_gradients, backprop_adjoints, linear_loss
+from rdm_dynamics.analysis.fields import SmoothCoefficient, SmoothTanhField, TanhLayer
+from rdm_dynamics.analysis.lipschitz import stack_gains
+from rdm_dynamics.analysis.memory import SavedTensorMeter, peak_memory
 from rdm_dynamics.checks import CheckConfig, residual_sensitivity
-from rdm_dynamics.fields import SmoothCoefficient, SmoothTanhField, TanhLayer
-from rdm_dynamics.lipschitz import stack_gains
-from rdm_dynamics.memory import SavedTensorMeter, peak_memory
 from rdm_dynamics.stack import GatedResidualStack
 
 

@@ -7,8 +7,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rdm_dynamics.fields import SmoothCoefficient, SmoothTanhField, TanhLayer, frozen_layers
-from rdm_dynamics.rounding import (
+from rdm_dynamics.analysis.fields import (
+    SmoothCoefficient,
+    SmoothTanhField,
+    TanhLayer,
+    frozen_layers,
+)
+from rdm_dynamics.analysis.rounding import (
     RoundingModel,
     all_finite_values,
     elementary_violations,

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torchdiffeq import odeint
 
-from rdm_dynamics.fields import SmoothCoefficient, SmoothTanhField, TanhLayer
+from rdm_dynamics.analysis.fields import SmoothCoefficient, SmoothTanhField, TanhLayer
 from rdm_dynamics.stack import GATINGS, GatedResidualStack, get_gating
 
 F64 = torch.float64

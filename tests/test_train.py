@@ -15,8 +15,8 @@ from tiny_models import TINY, tiny_model
 
 from rdm_dynamics import sample as sample_cli
 from rdm_dynamics import train as train_cli
-from rdm_dynamics.checkpoint import find_checkpoints, load_checkpoint
 from rdm_dynamics.train import TrainConfig, TrainingDiverged, train
+from rdm_dynamics.training.checkpoint import find_checkpoints, load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 MODEL = {"model": "RDM-DiT-T/2", "model_options": TINY["RDM-DiT-T/2"]}

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from ..fields import SmoothCoefficient, SmoothTanhField, iid_tanh_layers
+from ..analysis.fields import SmoothCoefficient, SmoothTanhField, iid_tanh_layers
 from ..paths import solve_ode
-from ..report import CheckResult, Series, error_trend, fit_order, order_figure, within
 from ..stack import GatedResidualStack, get_gating
+from ..stats import fit_order
 from . import CheckConfig
+from .report import CheckResult, Series, error_trend, order_figure
+from .rules import Rule, judge
 
 CLAIM = "C1"
 ID = "depth-limit"
@@ -68,7 +70,10 @@ def run(config: CheckConfig) -> CheckResult:
             iid_errors.append(pathwise_error(iid_stack(z0, return_all=True), ref_L))
 
     fit, iid_fit = fit_order(config.ladder, errors), fit_order(config.ladder, iid_errors)
-    passed = within(fit.order, ORDER_RANGE)
+    metrics = {"order": fit.order, "order_fit_se": fit.stderr, "error": errors[-1],
+               "iid_order": iid_fit.order, "iid_error": iid_errors[-1]}
+    verdict = judge(metrics, [Rule("order", ORDER_RANGE)])
+
     ladder = f"L = {config.ladder[0]}..{depth}"
     gating = get_gating(config.gating).name
     summary = (f"With {gating} gates the error against the dopri5 solution of the ODE "
@@ -76,16 +81,13 @@ def run(config: CheckConfig) -> CheckResult:
                f"{errors[-1]:.2e} at L = {depth}. With i.i.d. weights per layer it "
                f"{error_trend(iid_fit.order)}: order {iid_fit.order:.3f}, {iid_errors[-1]:.2e} "
                f"at L = {depth}.")
-    metrics = {"order": fit.order, "order_fit_se": fit.stderr, "error": errors[-1],
-               "iid_order": iid_fit.order, "iid_error": iid_errors[-1]}
     figure = order_figure(
         f"C1 depth-limit ({gating} gates)",
         [Series("smooth weights", config.ladder, errors, fit),
          Series("i.i.d. weights per layer", config.ladder, iid_errors, iid_fit)],
         reference_order=1.0, ylabel="max_i |z_i - z(tau_i)|")
     return CheckResult(
-        id=ID, claim=CLAIM, passed=passed, metrics=metrics,
-        expected={"order": list(ORDER_RANGE)}, summary=summary, figure=figure,
+        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary, figure=figure,
         measured_text=f"order {fit.order:.3f}, error {errors[-1]:.1e}; "
                       f"iid order {iid_fit.order:.2f}",
         theory_text=f"order 1 +/- {ORDER_RANGE[1] - 1:.2f}")

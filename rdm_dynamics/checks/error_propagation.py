@@ -31,20 +31,14 @@ import warnings
 import numpy as np
 import torch
 
-from ..fields import SmoothCoefficient, SmoothTanhField, frozen_layers
-from ..propagation import propagation_run
-from ..report import (
-    CheckResult,
-    depth_axes,
-    depth_trend_metrics,
-    depth_trend_words,
-    mean_se,
-    within,
-    within_se,
-)
-from ..rounding import RoundingModel, elementary_violations, local_errors
+from ..analysis.fields import SmoothCoefficient, SmoothTanhField, frozen_layers
+from ..analysis.propagation import propagation_run
+from ..analysis.rounding import RoundingModel, elementary_violations, local_errors
 from ..stack import GatedResidualStack, get_gating
+from ..stats import depth_trend_metrics, mean_se
 from . import CheckConfig
+from .report import CheckResult, depth_axes, depth_trend_words
+from .rules import Rule, judge
 
 CLAIM = "C5"
 ID = "error-propagation"
@@ -168,16 +162,11 @@ def run(config: CheckConfig) -> CheckResult:
     lowp_ratio = float(np.max(ratios))
     metrics["lowp_bound_ratio"] = lowp_ratio
 
-    expected = {"bound_violations": [0, 0], "rounding_model_violations": [0, 0],
-                "amplification_ratio_gated": list(RATIO_RANGE),
-                "growth_rate_plain": list(GROWTH_RANGE), "lowp_bound_ratio": list(LOWP_RATIO_RANGE)}
-    passed = (within(violations, expected["bound_violations"])
-              and within(rounding_violations, expected["rounding_model_violations"])
-              and within_se(metrics["amplification_ratio_gated"],
-                            metrics["amplification_ratio_gated_se"], RATIO_RANGE, SE_BAND)
-              and within_se(metrics["growth_rate_plain"], metrics["growth_rate_plain_se"],
-                            GROWTH_RANGE, SE_BAND)
-              and within(lowp_ratio, LOWP_RATIO_RANGE))
+    verdict = judge(metrics, [Rule("bound_violations", (0, 0)),
+                              Rule("rounding_model_violations", (0, 0)),
+                              Rule("amplification_ratio_gated", RATIO_RANGE, margin=SE_BAND),
+                              Rule("growth_rate_plain", GROWTH_RANGE, margin=SE_BAND),
+                              Rule("lowp_bound_ratio", LOWP_RATIO_RANGE)])
     m = metrics
     amplification = depth_trend_words(m["amplification_gated"], m["amplification_ratio_gated"],
                                       depths)
@@ -189,7 +178,7 @@ def run(config: CheckConfig) -> CheckResult:
         f"{m['growth_rate_plain']:.3f} per layer (inv-sqrt: ratio "
         f"{m['amplification_ratio_inv_sqrt']:.3g}); {lowp_sentence(m, '')}")
     return CheckResult(
-        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
+        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
         figure=propagation_figure(gating, depths, amp, lowp),
         measured_text=(f"violations {violations}, ratio {m['amplification_ratio_gated']:.3g}, "
                        f"plain rate {m['growth_rate_plain']:.2f}/layer, low-precision "

@@ -27,26 +27,16 @@ import math
 import numpy as np
 import torch
 
-from ..adjoint import adjoint_gradients, backprop_adjoints, linear_loss
-from ..fields import SmoothCoefficient, SmoothTanhField
-from ..memory import peak_memory
+from ..analysis.adjoint import adjoint_gradients, backprop_adjoints, linear_loss
+from ..analysis.fields import SmoothCoefficient, SmoothTanhField
+from ..analysis.memory import peak_memory
 from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
-from ..report import (
-    CheckResult,
-    Series,
-    depth_axes,
-    depth_trend_metrics,
-    depth_trend_words,
-    error_trend,
-    fit_order,
-    mean_se,
-    order_axes,
-    within,
-    within_se,
-)
 from ..stack import GatedResidualStack, get_gating
+from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig
 from .error_propagation import SLOPE, propagation_depths
+from .report import CheckResult, Series, depth_axes, depth_trend_words, error_trend, order_axes
+from .rules import Rule, judge
 
 CLAIM = "C6"
 ID = "residual-sensitivity"
@@ -180,15 +170,11 @@ def run(config: CheckConfig) -> CheckResult:
         metrics[f"memory_{kind}_bytes"] = values[1]
         metrics[f"memory_exponent_{kind}"] = memory_exponent(memory_depths, values)
 
-    expected = {"order": list(ORDER_RANGE), "sensitivity_ratio_gated": list(RATIO_RANGE),
-                "memory_exponent_backprop": list(MEMORY_BACKPROP_RANGE),
-                "memory_exponent_adjoint": list(MEMORY_ADJOINT_RANGE)}
+    verdict = judge(metrics, [Rule("order", ORDER_RANGE),
+                              Rule("sensitivity_ratio_gated", RATIO_RANGE, margin=SE_BAND),
+                              Rule("memory_exponent_backprop", MEMORY_BACKPROP_RANGE),
+                              Rule("memory_exponent_adjoint", MEMORY_ADJOINT_RANGE)])
     m = metrics
-    passed = (within(fit.order, ORDER_RANGE)
-              and within_se(m["sensitivity_ratio_gated"], m["sensitivity_ratio_gated_se"],
-                            RATIO_RANGE, SE_BAND)
-              and within(m["memory_exponent_backprop"], MEMORY_BACKPROP_RANGE)
-              and within(m["memory_exponent_adjoint"], MEMORY_ADJOINT_RANGE))
     sensitivity = depth_trend_words(m["sensitivity_gated"], m["sensitivity_ratio_gated"], depths)
     summary = (
         f"With {gating} gates the error of backpropagation through the stack against the "
@@ -202,7 +188,7 @@ def run(config: CheckConfig) -> CheckResult:
         f"(growth exponents {m['memory_exponent_backprop']:.2f} and "
         f"{m['memory_exponent_adjoint']:.2f}).")
     return CheckResult(
-        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
+        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
         figure=sensitivity_figure(gating, config.ladder, z0_errors, theta_errors, fit, depths,
                                   sens, continuous),
         measured_text=(f"order {fit.order:.3f}, error {errors[-1]:.1e}; sensitivity ratio "

@@ -41,23 +41,23 @@ import math
 import torch
 from scipy.stats import norm
 
-from ..laws import Gaussian, empirical_moments, gaussian_w2_moments, moment_z_scores
+from ..laws import Gaussian
 from ..paths import BrownianPath
-from ..report import CheckResult, Series, fit_order, order_axes, within
 from ..sde import make_sde
 from ..stack import get_gating
+from ..stats import empirical_moments, fit_order, gaussian_w2_moments, moment_z_scores
 from . import CheckConfig
-from ._denoising import (
+from .problems import (
     EPS,
     NAMES,
     SDE_NAMES,
     data_laws,
     denoising_stack,
-    extremes,
     reference_config,
     sample_prior,
-    trend,
 )
+from .report import CheckResult, Series, extremes, order_axes, trend
+from .rules import Rule, judge
 
 CLAIM = "C3"
 ID = "reverse-sde"
@@ -182,7 +182,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     n, replicates = (250, 4) if config.quick else (500, 8)
     ladder, depth = config.ladder, config.ladder[-1]
     metrics: dict[str, float] = {"eps": EPS, "reference_steps": REFERENCE_REFINEMENT * depth}
-    expected: dict[str, list] = {}
+    rules: list[Rule] = []
     strong_series, weak_series, layer_series = [], [], []
     z_max, z_count = 0.0, 0
     with torch.no_grad():
@@ -200,7 +200,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 metrics[f"strong_order_{key}"] = fit.order
                 metrics[f"strong_error_{key}"], metrics[f"strong_error_{key}_se"] = (
                     errors[-1], ses[-1])
-                expected[f"strong_order_{key}"] = list(ORDER_RANGE)
+                rules.append(Rule(f"strong_order_{key}", ORDER_RANGE))
                 strong_series.append(Series(f"{sde_name}, {law_name}", ladder, errors, fit))
 
             law = laws["gaussian"]
@@ -218,12 +218,12 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 weak_fit.order, weak[-1])
             metrics[f"layer_w2_order_{sde_name}"] = layer_fit.order
             metrics[f"layer_w2_max_{sde_name}"] = layer[-1]
-            expected[f"weak_order_{sde_name}"] = list(WEAK_ORDER_RANGE[sde_name])
-            expected[f"layer_w2_order_{sde_name}"] = list(AT_LEAST_FIRST_ORDER)
+            rules += [Rule(f"weak_order_{sde_name}", WEAK_ORDER_RANGE[sde_name]),
+                      Rule(f"layer_w2_order_{sde_name}", AT_LEAST_FIRST_ORDER)]
             for family, errors in (("weak_order", weak), ("layer_w2_order", layer)):
                 deep = f"{family}_deep_{sde_name}"
                 metrics[deep] = deepest_order(ladder, errors)
-                expected[deep] = list(AT_LEAST_FIRST_ORDER)
+                rules.append(Rule(deep, AT_LEAST_FIRST_ORDER))
             weak_series.append(Series(sde_name, ladder, weak, weak_fit))
             layer_series.append(Series(sde_name, ladder, layer, layer_fit))
 
@@ -235,18 +235,17 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
 
     z_bound = float(norm.isf(FAMILY_FALSE_ALARM / (2 * z_count)))
     metrics["moment_z_max"], metrics["moment_z_bound"] = z_max, z_bound
-    expected["moment_z_max"] = [0.0, z_bound]
+    rules.append(Rule("moment_z_max", (0.0, z_bound)))
     families = {"strong_order": [metrics[f"strong_order_{s}_{law}"] for s in sdes for law in laws],
                 "weak_order": [metrics[f"weak_order_{s}"] for s in sdes],
                 "layer_w2_order": [metrics[f"layer_w2_order_{s}"] for s in sdes]}
     for family, values in families.items():
         metrics[f"{family}_min"], metrics[f"{family}_max"] = extremes(values)
-    failing = [k for k, iv in expected.items() if not within(metrics[k], iv)]
-    passed = not failing
+    verdict = judge(metrics, rules)
 
     gating = get_gating(config.gating).name
     weak_text = ", ".join(f"{metrics[f'weak_order_{s}']:.3f} ({NAMES[s]})" for s in sdes)
-    moments_match = within(z_max, expected["moment_z_max"])
+    moments_match = "moment_z_max" not in verdict.failed
     summary = (
         f"With {gating} gates the stochastic stack (eps = {EPS:g}): the strong error at eps "
         f"{trend(families['strong_order'])} (orders {metrics['strong_order_min']:.3f}.."
@@ -256,9 +255,9 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
         f"{metrics['layer_w2_order_min']:.3f}..{metrics['layer_w2_order_max']:.3f}); sampled "
         f"moments {'match' if moments_match else 'do not match'} the propagated ones (max |z| "
         f"{z_max:.2f}, bound {z_bound:.2f})"
-        + (f"; out of range: {', '.join(failing)}." if failing else "."))
+        + (f"; out of range: {', '.join(verdict.failed)}." if verdict.failed else "."))
     return CheckResult(
-        id=ID, claim=CLAIM, passed=passed, metrics=metrics, expected=expected, summary=summary,
+        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
         figure=_figure(gating, ladder, strong_series, weak_series, layer_series),
         measured_text=f"strong {metrics['strong_order_min']:.2f}..{metrics['strong_order_max']:.2f}"
                       f", weak {metrics['weak_order_min']:.2f}..{metrics['weak_order_max']:.2f}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .paths import solve_ode_adjoint
+from ..paths import solve_ode_adjoint
 
 __all__ = ["Adjoints", "backprop_adjoints", "adjoint_gradients", "linear_loss"]
 

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .sde import SDE
-from .stack import GatedResidualStack
+from ..sde import SDE
+from ..stack import GatedResidualStack
 
 __all__ = ["forward_trajectories", "GateFit", "least_squares_gates", "denoising_nll",
            "train_gates_by_denoising", "studentised_terms", "studentised_gate_error",

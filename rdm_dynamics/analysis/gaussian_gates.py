@@ -30,9 +30,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .laws import Gaussian
-from .sde import SDE
-from .stack import GatedResidualStack
+from ..laws import Gaussian
+from ..sde import SDE
+from ..stack import GatedResidualStack
 
 __all__ = ["identity", "to_eigen", "from_eigen", "eigen_law", "closed_form_gates",
            "DenoisingCoefficients", "eigen_stack", "install_gates", "affine_stack_laws"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .report import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
            "find_checkpoints", "latest_checkpoint", "rng_state", "set_rng_state",

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_write_bytes
 from . import data
-from .report import atomic_write_bytes
 
 __all__ = ["DigitClassifier", "DigitJudge", "frechet_distance", "feature_frechet_distance",
            "cache_dir", "video_figure", "CLASSIFIER_VERSION"]

@@ -1,140 +1,29 @@
-"""Check results, order fitting, the verdict table, the JSON report and the figures.
+"""Check results, the verdict table, the JSON report, summary words and the figures.
 
 The JSON report is a contract (DESIGN.md section 4): top-level keys ``depth, gating, seed, dtype,
 device, passed, seconds, versions, checks``; each check ``id, claim, passed, seconds, metrics,
 expected, summary``.  ``metrics`` maps names to numbers (a sample estimate ``x`` comes with its
 standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
-pass rule asks for (``null`` for an open end).
+verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no
+value can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed``
+lists the metrics whose rule failed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CheckResult", "OrderFit", "Series", "fit_order", "within", "order_figure",
-           "format_table", "atomic_write_bytes", "atomic_write_json", "save_figure", "RateFit",
-           "fit_growth_rate", "within_se", "mean_se", "order_axes", "depth_axes",
-           "per_sample_growth_rates", "depth_trend_metrics", "error_trend"]
+from ..files import atomic_write_bytes
+from ..stats import OrderFit
+from .rules import Verdict
 
-
-# ------------------------------------------------------------------------------------------------
-# Order fitting
-# ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class OrderFit:
-    """Least-squares fit log(error) = intercept - order * log(depth)."""
-
-    order: float
-    intercept: float
-    stderr: float  # standard error of the slope from the fit's residuals (0 for two points)
-
-    def predict(self, depths) -> np.ndarray:
-        return np.exp(self.intercept) * np.asarray(depths, dtype=float) ** (-self.order)
-
-
-def fit_order(depths: Sequence[float], errors: Sequence[float]) -> OrderFit:
-    """Fit the convergence order: minus the slope of log(error) against log(depth).
-
-    Returns NaNs when fewer than two points have a finite, positive error: an order that cannot
-    be measured never passes.
-    """
-    x = np.log(np.asarray(depths, dtype=float))
-    y = np.asarray(errors, dtype=float)
-    ok = np.isfinite(y) & (y > 0)
-    if ok.sum() < 2 or not ok.all():
-        return OrderFit(math.nan, math.nan, math.nan)
-    y = np.log(y)
-    A = np.stack([np.ones_like(x), x], axis=1)
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    n = len(x)
-    if n > 2:
-        resid = y - A @ coef
-        s2 = float(resid @ resid) / (n - 2)
-        stderr = math.sqrt(s2 / float(((x - x.mean()) ** 2).sum()))
-    else:
-        stderr = 0.0
-    return OrderFit(order=-float(coef[1]), intercept=float(coef[0]), stderr=stderr)
-
-
-def within(value: float, interval: Sequence[float | None]) -> bool:
-    """value lies in the closed interval [lo, hi] (None = unbounded); NaN is never within."""
-    lo, hi = interval
-    if value is None or not math.isfinite(value):
-        return False
-    return (lo is None or value >= lo) and (hi is None or value <= hi)
-
-
-@dataclass(frozen=True)
-class RateFit:
-    """Least-squares fit log(value) = intercept + rate * depth: geometric growth per layer."""
-
-    rate: float
-    intercept: float
-    stderr: float
-
-    def predict(self, depths) -> np.ndarray:
-        return np.exp(self.intercept + self.rate * np.asarray(depths, dtype=float))
-
-
-def fit_growth_rate(depths: Sequence[float], values: Sequence[float]) -> RateFit:
-    """Fit the growth rate per layer: the slope of log(value) against depth.
-
-    Uses the points with a finite, positive value (a deep run that overflowed is left out);
-    NaNs when fewer than two remain.
-    """
-    x = np.asarray(depths, dtype=float)
-    y = np.asarray(values, dtype=float)
-    ok = np.isfinite(y) & (y > 0)
-    if ok.sum() < 2:
-        return RateFit(math.nan, math.nan, math.nan)
-    x, y = x[ok], np.log(y[ok])
-    A = np.stack([np.ones_like(x), x], axis=1)
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    n = len(x)
-    stderr = 0.0
-    if n > 2:
-        resid = y - A @ coef
-        stderr = math.sqrt(float(resid @ resid) / (n - 2) / float(((x - x.mean()) ** 2).sum()))
-    return RateFit(rate=float(coef[1]), intercept=float(coef[0]), stderr=stderr)
-
-
-def mean_se(samples) -> tuple[float, float]:
-    """Sample mean and its standard error (std / sqrt(n)); NaNs if any sample is not finite."""
-    x = np.asarray(samples, dtype=float).ravel()
-    if x.size == 0 or not np.isfinite(x).all():
-        return math.nan, math.nan
-    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-    return float(x.mean()), se
-
-
-def per_sample_growth_rates(depths: Sequence[float], values) -> np.ndarray:
-    """The fitted growth rate per layer (:func:`fit_growth_rate`) of each column of ``values``
-    (rows: depths, columns: samples)."""
-    values = np.asarray(values, dtype=float)
-    return np.array([fit_growth_rate(depths, values[:, s]).rate for s in range(values.shape[1])])
-
-
-def depth_trend_metrics(depths: Sequence[float], values, *, value: str, ratio: str,
-                        rate: str) -> dict[str, float]:
-    """Summaries of a per-sample quantity measured at increasing depths (rows: depths, columns:
-    samples), each a sample mean with its standard error ``<name>_se``: ``value`` its mean at the
-    last depth, ``ratio`` the mean per-sample ratio of the last depth to the first, ``rate`` the
-    mean per-sample growth rate per layer."""
-    values = np.asarray(values, dtype=float)
-    out = {}
-    for name, samples in ((value, values[-1]), (ratio, values[-1] / values[0]),
-                          (rate, per_sample_growth_rates(depths, values))):
-        out[name], out[f"{name}_se"] = mean_se(samples)
-    return out
+__all__ = ["CheckResult", "Series", "order_figure", "format_table", "save_figure", "order_axes",
+           "depth_axes", "error_trend", "depth_trend_words"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -153,12 +42,19 @@ def error_trend(order: float) -> str:
     return "does not vanish" if order > -0.1 else "grows with depth"
 
 
-def within_se(value: float, se: float, interval: Sequence[float | None], k: float = 3.0) -> bool:
-    """The whole band value +/- k se lies in the closed interval [lo, hi] (None = unbounded):
-    a sample estimate passes only if the interval holds with its sampling error accounted for."""
-    if value is None or se is None or not (math.isfinite(value) and math.isfinite(se)):
-        return False
-    return within(value - k * se, interval) and within(value + k * se, interval)
+def extremes(values) -> tuple[float, float]:
+    """(min, max) of fitted orders; NaN for both when any is NaN (an order that cannot be
+    measured, e.g. of a diverged stack), so a summary never hides it."""
+    values = list(values)
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return min(values), max(values)
+
+
+def trend(orders) -> str:
+    """How the worst of these errors behaves as depth grows, in words."""
+    worst = extremes(orders)[0]
+    return "overflows" if math.isnan(worst) else error_trend(worst)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,13 +66,13 @@ FigureDrawer = Callable[["matplotlib.figure.Figure"], None]  # noqa: F821
 
 @dataclass
 class CheckResult:
-    """What one check measured, what theory expects, and the verdict."""
+    """What one check measured (``metrics``), the verdict of its pass rules on them
+    (``verdict``, from :func:`~rdm_dynamics.checks.rules.judge`), and how to show it."""
 
     id: str
     claim: str
-    passed: bool
     metrics: dict[str, float]
-    expected: dict[str, list]
+    verdict: Verdict
     summary: str
     seconds: float = 0.0
     figure: FigureDrawer | None = field(default=None, repr=False)
@@ -184,12 +80,20 @@ class CheckResult:
     measured_text: str = ""
     theory_text: str = ""
 
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def expected(self) -> dict[str, list]:
+        return self.verdict.expected
+
     def to_json(self) -> dict:
         return {"id": self.id, "claim": self.claim, "passed": bool(self.passed),
                 "seconds": round(float(self.seconds), 3),
                 "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
                 "expected": {k: [_json_number(v) for v in iv] for k, iv in self.expected.items()},
-                "summary": self.summary}
+                "failed": list(self.verdict.failed), "summary": self.summary}
 
 
 def _json_number(v):
@@ -215,26 +119,6 @@ def format_table(results: Sequence[CheckResult]) -> str:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and os.replace, so a
-    reader never sees a half-written file and an interrupted run leaves the old file intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:

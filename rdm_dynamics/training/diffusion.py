@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .paths import ADAPTIVE_METHODS, solve_ode
-from .sde import SDE, VPSDE, expand_as_batch
+from ..paths import ADAPTIVE_METHODS, solve_ode
+from ..sde import SDE, VPSDE, expand_as_batch
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]

@@ -15,12 +15,10 @@ controls enter through ``score_scale`` (a wrong sign, or a PF-ODE without its 1/
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
 from ..laws import Gaussian, GaussianMixture
-from ..report import error_trend
 from ..sde import SDE
 from ..stack import GatedResidualStack
 from . import CheckConfig
@@ -94,19 +92,3 @@ def reference_config(config: CheckConfig) -> CheckConfig:
     """The configuration the references run with: float64 and Euler gates, whatever the dtype
     and gating of the stack under test (the theory is checked against exact references)."""
     return dataclasses.replace(config, dtype=torch.float64, gating="euler")
-
-
-
-def extremes(values) -> tuple[float, float]:
-    """(min, max) of fitted orders; NaN for both when any is NaN (an order that cannot be
-    measured, e.g. of a diverged stack), so a summary never hides it."""
-    values = list(values)
-    if not all(math.isfinite(v) for v in values):
-        return math.nan, math.nan
-    return min(values), max(values)
-
-
-def trend(orders) -> str:
-    """How the worst of these errors behaves as depth grows, in words."""
-    worst = extremes(orders)[0]
-    return "overflows" if math.isnan(worst) else error_trend(worst)
