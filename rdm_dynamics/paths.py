@@ -20,10 +20,29 @@ import math
 import torch
 from torchdiffeq import odeint, odeint_adjoint
 
-__all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
-           "REFERENCE_RTOL", "REFERENCE_ATOL"]
+# torchdiffeq's solver table and base classes: the one place the toolkit reads torchdiffeq's
+# internals (it exports no public list of methods), so a method is classified by its class.
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver as _AdaptiveRK
+from torchdiffeq._impl.solvers import FixedGridODESolver as _FixedGrid
 
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+__all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
+           "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS", "is_adaptive"]
+
+#: The torchdiffeq methods ``solve_ode`` takes: the adaptive Runge-Kutta methods (which can be
+#: made to step onto every output time) and the fixed-grid methods (which step on the times).
+#: Other torchdiffeq methods (``scipy_solver``) interpolate their outputs and are not offered.
+ODE_METHODS = tuple(sorted(name for name, solver in _TORCHDIFFEQ_SOLVERS.items()
+                           if issubclass(solver, (_AdaptiveRK, _FixedGrid))))
+
+
+def is_adaptive(method: str) -> bool:
+    """Whether a torchdiffeq method controls its step size by (rtol, atol): true for torchdiffeq's
+    adaptive Runge-Kutta solver classes, false for its fixed-grid ones.  ValueError for a method
+    that ``solve_ode`` does not take."""
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ODE_METHODS)}")
+    return issubclass(_TORCHDIFFEQ_SOLVERS[method], _AdaptiveRK)
 
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
@@ -84,9 +103,10 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
     Adaptive methods use (rtol, atol) and are made to step exactly onto every output time
     (torchdiffeq's ``step_t``): no output is interpolated, and the solver never evaluates the
     field beyond the last time, where it may be undefined (the sub-VP diffusion at t < 0).
-    Fixed-grid methods step on ``times`` and ignore the tolerances.
+    Fixed-grid methods step on ``times`` and ignore the tolerances.  ``method`` is one of
+    :data:`ODE_METHODS`.
     """
-    options = {"step_t": times} if method in ADAPTIVE_METHODS else None
+    options = {"step_t": times} if is_adaptive(method) else None
     return odeint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options)
 
 

@@ -223,11 +223,11 @@ def _validate(args) -> torch.device:
     if not math.isfinite(args.guidance):
         raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
     if args.sampler == "pf-ode":
-        from torchdiffeq._impl.odeint import SOLVERS
+        from .paths import ODE_METHODS
 
-        if args.method not in SOLVERS:
-            raise UsageError(f"unknown --method {args.method!r}; torchdiffeq has "
-                             f"{', '.join(sorted(SOLVERS))}")
+        if args.method not in ODE_METHODS:
+            raise UsageError(f"unknown --method {args.method!r}; choose one of "
+                             f"{', '.join(ODE_METHODS)}")
     device = parse_device(args.device)
     for flag, path in (("--out", args.out), ("--npz", args.npz)):
         if path is not None and not Path(path).resolve().parent.is_dir():

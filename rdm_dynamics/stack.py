@@ -89,12 +89,15 @@ GATINGS: dict[str, GateSchedule] = {g.name: g for g in
 
 
 def get_gating(gating: str | GateSchedule) -> GateSchedule:
+    """The schedule of that name (the one place schedule names are validated): ValueError for
+    an unknown name."""
     if isinstance(gating, GateSchedule):
         return gating
     try:
         return GATINGS[gating]
-    except KeyError:
-        raise ValueError(f"unknown gating {gating!r}; choose one of {sorted(GATINGS)}") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown gating {gating!r}; choose one of "
+                         f"{', '.join(GATINGS)}") from None
 
 
 def _evaluate(coef: Coefficient | None, times: torch.Tensor, default: float) -> torch.Tensor:

@@ -15,9 +15,9 @@ import traceback
 from pathlib import Path
 
 from .cli import Parser, UsageError, parse_device, parse_int
+from .stack import GATINGS, get_gating
 
 PROG = "python -m rdm_dynamics.verify"
-GATINGS = ("rdm", "euler", "plain", "inv-sqrt")
 DTYPES = ("float64", "float32")
 
 
@@ -68,8 +68,10 @@ def parse_args(argv):
                          "(best divisible by 16, for a ladder of 5 depths)")
     seed = parse_int(args.seed, "seed", 0)
     threads = parse_int(args.threads, "threads", 1)
-    if args.gating not in GATINGS:
-        raise UsageError(f"unknown --gating {args.gating!r}; choose one of {', '.join(GATINGS)}")
+    try:
+        get_gating(args.gating)
+    except ValueError as exc:
+        raise UsageError(f"--gating: {exc}") from None
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     device = parse_device(args.device)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rdm_dynamics.checks import CheckConfig, depth_ladder, registry, resolve_ids
 from rdm_dynamics.checks.report import CheckResult, Series, format_table, order_figure, save_figure
-from rdm_dynamics.checks.rules import within
+from rdm_dynamics.checks.rules import Rule, judge, within
 from rdm_dynamics.files import atomic_write_json
 from rdm_dynamics.stats import fit_order
 
@@ -68,11 +68,14 @@ def test_registry_and_only():
 
 
 def test_result_json_contract_and_table(tmp_path):
-    r = CheckResult(id="x", claim="C9", passed=True, metrics={"order": 1.0, "n": 3,
-                    "bad": float("nan")}, expected={"order": [0.85, 1.15], "n": [0, None]},
-                    summary="s", seconds=1.23456, measured_text="order 1", theory_text="1")
+    metrics = {"order": 1.0, "n": 3, "bad": float("nan")}
+    verdict = judge(metrics, [Rule("order", (0.85, 1.15)), Rule("n", (0, None))])
+    r = CheckResult(id="x", claim="C9", metrics=metrics, verdict=verdict, summary="s",
+                    seconds=1.23456, measured_text="order 1", theory_text="1")
     js = r.to_json()
-    assert list(js) == ["id", "claim", "passed", "seconds", "metrics", "expected", "summary"]
+    assert list(js) == ["id", "claim", "passed", "seconds", "metrics", "expected", "failed",
+                        "summary"]
+    assert js["passed"] is True and js["failed"] == []
     assert js["metrics"]["bad"] is None and js["expected"]["n"] == [0, None]
     path = tmp_path / "r.json"
     atomic_write_json(path, js)

@@ -62,7 +62,7 @@ def test_only_selects_checks(tmp_path):
     (["--depth", "abc"], "--depth must be an integer"),
     (["--depth", "7"], "no depth ladder"),
     (["--only", "nope"], "unknown check 'nope'"),
-    (["--gating", "wild"], "unknown --gating"),
+    (["--gating", "wild"], "--gating: unknown gating"),
     (["--dtype", "float16"], "unknown --dtype"),
     (["--seed", "x"], "--seed must be an integer"),
     (["--threads", "0"], "--threads must be at least 1"),

@@ -47,8 +47,6 @@ def build_model(name: str, *, gate: str = "rdm", input_size: int = 8, in_channel
         close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}{hint} (known: {', '.join(MODEL_CONFIGS)})")
-    if gate not in GATE_KINDS:
-        raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATE_KINDS)}")
     arch = dict(MODEL_CONFIGS[name])
     backbone = BACKBONES[arch.pop("backbone")]
     options = {k: p.default for k, p in inspect.signature(backbone).parameters.items()}

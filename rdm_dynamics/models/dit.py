@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from .backbone import GatedBackbone
-from .gates import GATE_KINDS, Modulation, ResidualUnit, make_gate
+from .gates import Modulation, ResidualUnit, gate_class, make_gate
 from .layers import (
     Attention,
     Conditioning,
     Mlp,
-    frames_to_sequences,
+    TemporalAttention,
     grid_embedding,
-    sequences_to_frames,
     sinusoidal_embedding,
 )
 
@@ -44,18 +43,6 @@ DIT_SIZES = {  # depth (blocks), width (hidden size), heads
 DIT_CONFIGS = {f"RDM-DiT-{size}/{p}": {"backbone": "dit", "patch_size": p, **dims}
                for size, dims in DIT_SIZES.items() for p in ((1, 2, 4, 8) if size == "T"
                                                              else (2, 4, 8))}
-
-
-class TemporalAttention(nn.Module):
-    """Self-attention over time: tokens (B T, N, D) attend to the same position in all T frames."""
-
-    def __init__(self, dim: int, heads: int, frames: int):
-        super().__init__()
-        self.frames = frames
-        self.attn = Attention(dim, heads)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sequences_to_frames(self.attn(frames_to_sequences(x, self.frames)), x.shape[1])
 
 
 class Block(nn.Module):
@@ -107,8 +94,7 @@ class RDMDiT(GatedBackbone):
         super().__init__(input_size=input_size, in_channels=in_channels, frames=frames)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
-        if gate not in GATE_KINDS:
-            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATE_KINDS)}")
+        gate_class(gate)
         self.patch_size, self.gate_kind = patch_size, gate
         self.grid = input_size // patch_size
 

@@ -56,9 +56,9 @@ from torch import nn
 
 from ..stack import get_gating
 
-__all__ = ["GATE_KINDS", "Gate", "PlainGate", "PostNormGate", "ReZeroGate", "AdaLNZeroGate",
-           "RDMGate", "Modulation", "ResidualUnit", "make_gate", "make_norm", "per_sample",
-           "resolve_alpha_init"]
+__all__ = ["GATE_KINDS", "gate_class", "Gate", "PlainGate", "PostNormGate", "ReZeroGate",
+           "AdaLNZeroGate", "RDMGate", "Modulation", "ResidualUnit", "make_gate", "make_norm",
+           "per_sample", "resolve_alpha_init"]
 
 GATE_KINDS = ("plain", "post-ln", "rezero", "adaln-zero", "rdm")
 
@@ -262,17 +262,25 @@ GATES: dict[str, type[Gate]] = {g.kind: g for g in
                                 (PlainGate, PostNormGate, ReZeroGate, AdaLNZeroGate, RDMGate)}
 
 
+def gate_class(kind: str) -> type[Gate]:
+    """The gate class of that name (the one place gate names are validated): ValueError for a
+    name not in ``GATE_KINDS``."""
+    try:
+        return GATES[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown gate {kind!r}; choose one of {', '.join(GATE_KINDS)}") from None
+
+
 def make_gate(kind: str, channels: int, cond_dim: int, *, channels_last: bool = True,
               norm_groups: int = 32, rdm_alpha_init: str | float = "rdm",
               rdm_beta_init: float = 0.0, rdm_time_conditioned: bool = False) -> Gate:
     """Build a gate by name (one of ``GATE_KINDS``); the ``rdm_*`` options apply to ``rdm`` only."""
-    if kind not in GATES:
-        raise ValueError(f"unknown gate {kind!r}; choose one of {', '.join(GATE_KINDS)}")
+    gate = gate_class(kind)
     common = {"channels_last": channels_last, "norm_groups": norm_groups}
     if kind == "rdm":
         return RDMGate(channels, cond_dim, alpha_init=rdm_alpha_init, beta_init=rdm_beta_init,
                        time_conditioned=rdm_time_conditioned, **common)
-    return GATES[kind](channels, cond_dim, **common)
+    return gate(channels, cond_dim, **common)
 
 
 class ResidualUnit(nn.Module):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["sinusoidal_embedding", "grid_embedding", "TimestepEmbedder", "LabelEmbedder",
-           "Conditioning", "Attention", "Mlp", "frames_to_sequences", "sequences_to_frames"]
+           "Conditioning", "Attention", "TemporalAttention", "OnMaps", "Mlp",
+           "frames_to_sequences", "sequences_to_frames"]
 
 
 def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -107,6 +108,33 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention over time (Latte-style factorised video attention): tokens (B T, N, D) of
+    T-frame videos attend to the tokens at the same position N in all T frames."""
+
+    def __init__(self, dim: int, heads: int, frames: int):
+        super().__init__()
+        self.frames = frames
+        self.attn = Attention(dim, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sequences_to_frames(self.attn(frames_to_sequences(x, self.frames)), x.shape[1])
+
+
+class OnMaps(nn.Module):
+    """A token module (B', L, C) -> (B', L, C) applied to feature maps (B', C, H, W), whose
+    L = H W positions are the tokens (how the U-Net uses the attention layers)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = h.shape
+        out = self.inner(h.flatten(2).transpose(1, 2))
+        return out.transpose(1, 2).reshape(B, C, H, W)
 
 
 class Mlp(nn.Module):

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import GatedBackbone
-from .gates import GATE_KINDS, ResidualUnit, make_gate, make_norm
-from .layers import Attention, Conditioning, sinusoidal_embedding
+from .gates import ResidualUnit, gate_class, make_gate, make_norm
+from .layers import Attention, Conditioning, OnMaps, TemporalAttention, sinusoidal_embedding
 
 __all__ = ["RDMUNet", "UNET_CONFIGS"]
 
@@ -62,35 +62,6 @@ class ConvBranch(nn.Module):
 
     def forward(self, h):
         return self.net(h)
-
-
-class SpatialAttention(nn.Module):
-    """Self-attention over the H W positions of each map (B', C, H, W)."""
-
-    def __init__(self, channels: int, heads: int):
-        super().__init__()
-        self.attn = Attention(channels, heads)
-
-    def forward(self, h):
-        B, C, H, W = h.shape
-        out = self.attn(h.flatten(2).transpose(1, 2))  # (B', H W, C)
-        return out.transpose(1, 2).reshape(B, C, H, W)
-
-
-class TemporalAttention(nn.Module):
-    """Self-attention over the T frames at each position of maps (B T, C, H, W)."""
-
-    def __init__(self, channels: int, heads: int, frames: int):
-        super().__init__()
-        self.frames = frames
-        self.attn = Attention(channels, heads)
-
-    def forward(self, h):
-        BT, C, H, W = h.shape
-        T = self.frames
-        seq = h.view(BT // T, T, C, H * W).permute(0, 3, 1, 2).reshape(-1, T, C)  # (B H W, T, C)
-        out = self.attn(seq).view(BT // T, H * W, T, C).permute(0, 2, 3, 1)
-        return out.reshape(BT, C, H, W)
 
 
 class SkipGate(nn.Module):
@@ -166,8 +137,7 @@ class RDMUNet(GatedBackbone):
         if levels < 1 or input_size % 2 ** (levels - 1):
             raise ValueError(f"input_size {input_size} is not divisible by 2^{levels - 1} "
                              f"({levels} levels)")
-        if gate not in GATE_KINDS:
-            raise ValueError(f"unknown gate {gate!r}; choose one of {', '.join(GATE_KINDS)}")
+        gate_class(gate)
         bad = [lvl for lvl in attention_levels if not 0 <= lvl < levels]
         if bad:
             raise ValueError(f"attention_levels {bad} outside the {levels} levels")
@@ -191,9 +161,10 @@ class RDMUNet(GatedBackbone):
         def block(channels, attend):  # conv unit [, spatial attention] [, temporal attention]
             units = [unit(channels, ConvBranch(channels, dropout, norm_groups))]
             if attend:
-                units.append(unit(channels, SpatialAttention(channels, heads)))
+                units.append(unit(channels, OnMaps(Attention(channels, heads))))
             if self.frames is not None:
-                units.append(unit(channels, TemporalAttention(channels, heads, self.frames)))
+                units.append(unit(channels, OnMaps(TemporalAttention(channels, heads,
+                                                                          self.frames))))
             return units
 
         def level_units(lvl):

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..paths import ADAPTIVE_METHODS, solve_ode
+from ..paths import is_adaptive, solve_ode
 from ..sde import SDE, VPSDE, expand_as_batch
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -345,7 +345,7 @@ def sample(score_fn: ScoreFn, shape, *, sde: SDE, sampler: str = "pf-ode", steps
     """
     fn = get_sampler(sampler)
     x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-    adaptive = sampler == "pf-ode" and method in ADAPTIVE_METHODS
+    adaptive = sampler == "pf-ode" and is_adaptive(method)
     times = time_grid(1 if adaptive else steps, t_end=t_end, T=sde.T, dtype=dtype, device=device)
     kwargs = {"method": method, "rtol": rtol, "atol": atol} if sampler == "pf-ode" else \
         {"generator": generator}
