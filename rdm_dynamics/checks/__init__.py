@@ -50,8 +50,14 @@ class CheckConfig:
         g.manual_seed(self.seed * 1_000_003 + stream)
         return g
 
+    @property
+    def placement(self) -> dict:
+        """The dtype and device the stack under test runs in, as keyword arguments:
+        ``tensor.to(**config.placement)``, ``GatedResidualStack(..., **config.placement)``."""
+        return {"dtype": self.dtype, "device": self.device}
+
     def tensor(self, x) -> torch.Tensor:
-        return torch.as_tensor(x).to(dtype=self.dtype, device=self.device)
+        return torch.as_tensor(x).to(**self.placement)
 
 
 def _claim_number(module: ModuleType) -> tuple[int, str]:

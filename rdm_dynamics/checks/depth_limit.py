@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis.fields import SmoothCoefficient, SmoothTanhField, iid_tanh_layers
+from ..analysis.fields import iid_tanh_layers
 from ..paths import solve_ode
 from ..stack import GatedResidualStack, get_gating
 from ..stats import fit_order
 from . import CheckConfig
+from .problems import pathwise_error, smooth_problem
 from .report import CheckResult, Series, error_trend, order_figure
 from .rules import Rule, judge
 
@@ -31,20 +32,11 @@ ORDER_RANGE = (0.85, 1.15)
 
 
 def build_problem(config: CheckConfig):
-    """The random residual function, gate coefficients and initial points of the check."""
-    g = config.generator(stream=1)
-    dim, batch = (8, 8) if config.quick else (16, 32)
-    field = SmoothTanhField(dim, modes=3, scale=1.5, generator=g)
-    gain = SmoothCoefficient(dim, mean=1.0, amplitude=0.5, generator=g)
-    bias = SmoothCoefficient(dim, mean=0.0, amplitude=0.5, generator=g)
-    z0 = torch.randn(batch, dim, generator=g, dtype=torch.float64)
-    to = {"dtype": config.dtype, "device": config.device}
-    return field.to(**to), gain.to(**to), bias.to(**to), z0.to(**to), g
-
-
-def pathwise_error(states: torch.Tensor, reference: torch.Tensor) -> float:
-    """max over layers and samples of the Euclidean distance between two trajectories."""
-    return float((states - reference).norm(dim=-1).amax())
+    """The smooth-in-depth problem (``problems.smooth_problem``, ||W|| about 1.5, no linear part)
+    in the config's dtype and device: field, gain, bias, z0 and the stream's generator."""
+    p = smooth_problem(config, stream=1, scale=1.5)
+    to = config.placement
+    return p.field.to(**to), p.gain.to(**to), p.bias.to(**to), p.z0.to(**to), p.generator
 
 
 def run(config: CheckConfig) -> CheckResult:
@@ -52,7 +44,7 @@ def run(config: CheckConfig) -> CheckResult:
     depth = config.ladder[-1]
     with torch.no_grad():
         smooth_stack = GatedResidualStack(field, depth, gating="euler", gain=gain, bias=bias,
-                                          dtype=config.dtype, device=config.device)
+                                          **config.placement)
         times = smooth_stack.times
         reference = solve_ode(smooth_stack.continuous_limit(), z0, times)
 
@@ -61,12 +53,12 @@ def run(config: CheckConfig) -> CheckResult:
             stride = depth // L
             ref_L = reference[::stride]
             stack = GatedResidualStack(field, L, gating=config.gating, gain=gain, bias=bias,
-                                       dtype=config.dtype, device=config.device)
+                                       **config.placement)
             errors.append(pathwise_error(stack(z0, return_all=True), ref_L))
-            layers = [layer.to(dtype=config.dtype, device=config.device)
+            layers = [layer.to(**config.placement)
                       for layer in iid_tanh_layers(field, L, noise=1.0, generator=g)]
             iid_stack = GatedResidualStack(layers, L, gating=config.gating, gain=gain, bias=bias,
-                                           dtype=config.dtype, device=config.device)
+                                           **config.placement)
             iid_errors.append(pathwise_error(iid_stack(z0, return_all=True), ref_L))
 
     fit, iid_fit = fit_order(config.ladder, errors), fit_order(config.ladder, iid_errors)

@@ -31,12 +31,13 @@ import warnings
 import numpy as np
 import torch
 
-from ..analysis.fields import SmoothCoefficient, SmoothTanhField, frozen_layers
+from ..analysis.fields import frozen_layers
 from ..analysis.propagation import propagation_run
 from ..analysis.rounding import RoundingModel, elementary_violations, local_errors
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, mean_se
 from . import CheckConfig
+from .problems import smooth_problem
 from .report import CheckResult, depth_axes, depth_trend_words
 from .rules import Rule, judge
 
@@ -66,15 +67,12 @@ class Problem:
     """The residual function, gates and initial points of the check, and stacks built on them."""
 
     def __init__(self, config: CheckConfig):
-        g = config.generator(stream=5)
-        self.dim, self.batch = (8, 8) if config.quick else (16, 32)
-        self.field = SmoothTanhField(self.dim, modes=3, scale=1.0, slope=SLOPE, generator=g)
-        self.gain = SmoothCoefficient(self.dim, mean=1.0, amplitude=0.5, generator=g)
-        self.bias = SmoothCoefficient(self.dim, mean=0.0, amplitude=0.5, generator=g)
-        self.device, self.dtype, self.generator = config.device, config.dtype, g
-        self.z0 = torch.randn(self.batch, self.dim, generator=g, dtype=torch.float64)
+        p = smooth_problem(config, stream=5, scale=1.0, slope=SLOPE)
+        self.field, self.gain, self.bias, self.generator = p.field, p.gain, p.bias, p.generator
+        self.dim, self.batch = p.dim, p.z0.shape[0]
+        self.device, self.dtype = config.device, config.dtype
         self.direction = self.unit_vectors(self.batch)
-        self.z0 = self.z0.to(self.device)
+        self.z0 = p.z0.to(self.device)
 
     def unit_vectors(self, *shape) -> torch.Tensor:
         v = torch.randn(*shape, self.dim, generator=self.generator, dtype=torch.float64)

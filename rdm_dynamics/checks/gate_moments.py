@@ -144,7 +144,7 @@ class GaussianProblem:
 
     def stack(self, kind: str, depth: int, gating: str) -> GatedResidualStack:
         return self.coefficients[kind].stack(depth, gating=gating, span=SPAN,
-                                             dtype=self.config.dtype, device=self.config.device)
+                                             **self.config.placement)
 
     def reference(self, t: float) -> tuple:
         """(p_t in eigen-coordinates, rms(p_t), the exact PF-ODE map from T to t)."""
@@ -162,7 +162,7 @@ class GaussianProblem:
         ``sde``: max over layers of the relative mean and covariance errors of the exact Law(z_i)
         against p_{t_i} (both in eigen-coordinates).
         """
-        law, to = self.law, {"dtype": self.config.dtype, "device": self.config.device}
+        law, to = self.law, self.config.placement
         with torch.no_grad():
             states = stacks["pf"](to_eigen(law, x_T).to(**to), return_all=True).to(x_T)
         try:
@@ -209,7 +209,7 @@ class GaussianProblem:
         at --depth (replicated, and over n/8 .. n pairs), gradient descent at the ladder's first
         depth."""
         law, sde, config = self.law, self.sde, self.config
-        to = {"dtype": config.dtype, "device": config.device}
+        to = config.placement
 
         def trajectories(stack, n):
             x = forward_trajectories(sde, law.sample(n, g), _shifted(stack.times, time_shift),
@@ -293,7 +293,7 @@ def mixture_samples(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
     sde, n = VPSDE(), size.mixture_samples
     basis = mixture.moment_matched()
     p_eps = mixture.marginal(sde, EPS)
-    to = {"dtype": config.dtype, "device": config.device}
+    to = config.placement
     on_device = mixture.to(**to)
     denoiser = EigenField(sde.reverse(lambda x, t: on_device.score(x, t, sde)).denoising_field,
                           basis)

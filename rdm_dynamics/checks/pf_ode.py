@@ -31,13 +31,13 @@ from ..sde import make_sde
 from ..stack import get_gating
 from ..stats import fit_order, gaussian_w2_moments
 from . import CheckConfig
-from .depth_limit import pathwise_error
 from .problems import (
     EPS,
     NAMES,
     SDE_NAMES,
     data_laws,
     denoising_stack,
+    pathwise_error,
     reference_config,
     sample_prior,
 )
@@ -100,7 +100,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, pf_weight: float = 
             for law_name, law in laws.items():
                 x_T = sample_prior(law, sde, batch, g, config)  # float64
                 law64 = law.to(dtype=torch.float64, device=config.device)
-                law_dev = law.to(dtype=config.dtype, device=config.device)
+                law_dev = law.to(**config.placement)
                 times = denoising_stack(sde, law64, depth, reference_config(config),
                                         probability_flow=True).times
                 reference = exact_trajectory(sde, law64, x_T, times, reference_config(config))

@@ -1,8 +1,14 @@
-"""What C2 (`pf-ode`) and C3 (`reverse-sde`) share: the test laws and the denoising stack.
+"""The problems several checks share, each built in one place.
 
-A denoising stack runs on the diffusion times t_i = T - i h, h = (T - eps) / L, with the
-residual function F = ``sde.reverse(score, probability_flow).denoising_field`` (minus the reverse
-drift, the velocity in the direction of travel), so its gates are positive:
+Smooth-in-depth problem (C1, C5, C6): a residual F(z, tau) = slope z + tanh(W(tau) z + c(tau))
+with weights smooth in depth (``analysis.fields.SmoothTanhField``, three Fourier modes), per-channel
+gate coefficients a(tau) = 1 + 0.5 sin(2 pi tau + phase), b(tau) = 0.5 sin(2 pi tau + phase') and
+initial points z_0 ~ N(0, I), drawn in float64 on the CPU from the check's random stream.
+
+Denoising problem (C2, C3): the test laws and the denoising stack.  A denoising stack runs on the
+diffusion times t_i = T - i h, h = (T - eps) / L, with the residual function
+F = ``sde.reverse(score, probability_flow).denoising_field`` (minus the reverse drift, the velocity
+in the direction of travel), so its gates are positive:
 
     PF-ODE units:      z_{i+1} = z_i + alpha_i [-(f z_i - g^2 s(z_i, t_i) / 2)]
     reverse-SDE units: z_{i+1} = z_i + alpha_i [-(f z_i - g^2 s(z_i, t_i))] + gamma_i xi_i
@@ -15,13 +21,49 @@ controls enter through ``score_scale`` (a wrong sign, or a PF-ODE without its 1/
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
+from ..analysis.fields import SmoothCoefficient, SmoothTanhField
 from ..laws import Gaussian, GaussianMixture
 from ..sde import SDE
 from ..stack import GatedResidualStack
 from . import CheckConfig
+
+
+@dataclass
+class SmoothProblem:
+    """The smooth-in-depth problem, in float64 on the CPU; ``generator`` continues its stream."""
+
+    field: SmoothTanhField
+    gain: SmoothCoefficient
+    bias: SmoothCoefficient
+    z0: torch.Tensor
+    generator: torch.Generator
+
+    @property
+    def dim(self) -> int:
+        return self.field.dim
+
+
+def pathwise_error(states: torch.Tensor, reference: torch.Tensor) -> float:
+    """max over layers and samples of the Euclidean distance between two trajectories (C1, C2)."""
+    return float((states - reference).norm(dim=-1).amax())
+
+
+def smooth_problem(config: CheckConfig, *, stream: int, scale: float,
+                   slope: float = 0.0) -> SmoothProblem:
+    """F, a, b and z_0 (width 16, batch 32; 8 and 8 with --quick), drawn from the config's
+    ``stream`` in this order, so a check's further draws continue the same stream.
+    ``scale`` sets ||W(tau)||_2 (about), ``slope`` the linear part of F."""
+    g = config.generator(stream=stream)
+    dim, batch = (8, 8) if config.quick else (16, 32)
+    field = SmoothTanhField(dim, modes=3, scale=scale, slope=slope, generator=g)
+    gain = SmoothCoefficient(dim, mean=1.0, amplitude=0.5, generator=g)
+    bias = SmoothCoefficient(dim, mean=0.0, amplitude=0.5, generator=g)
+    z0 = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    return SmoothProblem(field, gain, bias, z0, g)
 
 #: Where the denoising stacks stop: the score of p_t is not bounded as t -> 0 (the data law may
 #: be singular), so every stack runs on [eps, T].

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from ..analysis.adjoint import adjoint_gradients, backprop_adjoints, linear_loss
-from ..analysis.fields import SmoothCoefficient, SmoothTanhField
 from ..analysis.memory import peak_memory
 from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig
 from .error_propagation import SLOPE, propagation_depths
+from .problems import smooth_problem
 from .report import CheckResult, Series, depth_axes, depth_trend_words, error_trend, order_axes
 from .rules import Rule, judge
 
@@ -58,13 +58,9 @@ class Problem:
     The reference is always float64; the stacks run in ``config.dtype`` on ``config.device``."""
 
     def __init__(self, config: CheckConfig):
-        g = config.generator(stream=6)
-        dim, batch = (8, 8) if config.quick else (16, 32)
-        field = SmoothTanhField(dim, modes=3, scale=1.0, slope=SLOPE, generator=g)
-        gain = SmoothCoefficient(dim, mean=1.0, amplitude=0.5, generator=g)
-        bias = SmoothCoefficient(dim, mean=0.0, amplitude=0.5, generator=g)
-        z0 = torch.randn(batch, dim, generator=g, dtype=torch.float64)
-        w = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+        p = smooth_problem(config, stream=6, scale=1.0, slope=SLOPE)
+        field, gain, bias, z0 = p.field, p.gain, p.bias, p.z0
+        w = torch.randn(z0.shape, generator=p.generator, dtype=torch.float64)
         w = w / w.norm(dim=-1, keepdim=True)  # p_L = w, a unit vector per sample
         self.config = config
         self.exact = self._parts(field, gain, bias, z0, w, torch.float64)

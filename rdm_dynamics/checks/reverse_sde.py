@@ -189,7 +189,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
         for sde_name in sdes:
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
-                law_dev = law.to(dtype=config.dtype, device=config.device)
+                law_dev = law.to(**config.placement)
                 law64 = law.to(dtype=torch.float64, device=config.device)
                 x_T = sample_prior(law, sde, strong_batch, g, config)  # float64
                 path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0], generator=g)
@@ -204,7 +204,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 strong_series.append(Series(f"{sde_name}, {law_name}", ladder, errors, fit))
 
             law = laws["gaussian"]
-            law_dev = law.to(dtype=config.dtype, device=config.device)
+            law_dev = law.to(**config.placement)
             law64 = law.to(dtype=torch.float64, device=config.device)
             weak, layer = [], []
             for L in ladder:  # ends at --depth: stack and moments are the deepest rung's
