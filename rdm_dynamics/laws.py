@@ -167,8 +167,13 @@ class Gaussian:
         lo, hi = eigen_range
         mean = mean_scale * torch.randn(dim, generator=generator, dtype=dtype)
         lam = lo + (hi - lo) * torch.rand(dim, generator=generator, dtype=dtype)
-        Q = random_rotation(dim, generator=generator, dtype=dtype)
-        return cls(mean, (Q * lam) @ Q.T)
+        return cls.rotated(mean, lam, random_rotation(dim, generator=generator, dtype=dtype))
+
+    @classmethod
+    def rotated(cls, mean: torch.Tensor, eigenvalues: torch.Tensor,
+                rotation: torch.Tensor) -> Gaussian:
+        """N(mean, Q diag(eigenvalues) Q^T) for an orthogonal Q = ``rotation``."""
+        return cls(mean, (rotation * eigenvalues) @ rotation.T)
 
 
 class GaussianMixture:

@@ -100,14 +100,25 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
               rtol: float = REFERENCE_RTOL, atol: float = REFERENCE_ATOL) -> torch.Tensor:
     """Solve dz/dt = field(t, z) with torchdiffeq; returns z at every time, shape (len(times), ...).
 
-    Adaptive methods use (rtol, atol) and are made to step exactly onto every output time
-    (torchdiffeq's ``step_t``): no output is interpolated, and the solver never evaluates the
-    field beyond the last time, where it may be undefined (the sub-VP diffusion at t < 0).
-    Fixed-grid methods step on ``times`` and ignore the tolerances.  ``method`` is one of
-    :data:`ODE_METHODS`.
+    Adaptive methods use (rtol, atol) and integrate each interval [t_i, t_{i+1}] as its own
+    initial-value problem that ends exactly at t_{i+1} (torchdiffeq's ``step_t`` at its end
+    point; its first trial step is the whole interval, shrunk by the error control where the
+    tolerances ask for it): no output is interpolated, and the solver never evaluates the field beyond the last
+    time, where it may be undefined (the sub-VP diffusion at t < 0).  (One solve with every
+    output time in ``step_t`` is not safe: torchdiffeq tests ``t0 < t_next < t0 + dt`` strictly,
+    so a step that lands exactly on an output time leaves every later one unenforced, and the
+    solver then steps past the end.)  Fixed-grid methods step on ``times`` and ignore the
+    tolerances.  ``method`` is one of :data:`ODE_METHODS`.
     """
-    options = {"step_t": times} if is_adaptive(method) else None
-    return odeint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options)
+    if not is_adaptive(method):
+        return odeint(field, z0, times, method=method)
+    states = [z0]
+    for i in range(len(times) - 1):
+        span = times[i:i + 2]
+        options = {"step_t": span[1:], "first_step": (span[1] - span[0]).abs()}
+        states.append(odeint(field, states[-1], span, method=method, rtol=rtol, atol=atol,
+                             options=options)[-1])
+    return torch.stack(states)
 
 
 def solve_ode_adjoint(field, z0: torch.Tensor, times: torch.Tensor, *, params=None,

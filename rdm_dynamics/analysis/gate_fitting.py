@@ -50,6 +50,7 @@ import torch
 
 from ..sde import SDE
 from ..stack import GatedResidualStack
+from ..stats import mean_se
 
 __all__ = ["forward_trajectories", "GateFit", "least_squares_gates", "denoising_nll",
            "train_gates_by_denoising", "studentised_terms", "studentised_gate_error",
@@ -204,10 +205,9 @@ def studentised_terms(gates: dict[str, torch.Tensor], standard_errors: dict[str,
 def studentised_gate_error(*groups: torch.Tensor) -> tuple[float, float]:
     """(E_hat, its standard error) from ``studentised_terms`` of one or more independent fits:
     E_hat = mean over gates of t_k^2 - 1, the standard error from the spread of the groups."""
-    per_group = torch.cat(groups)
     k = len(GATE_NAMES)
-    return (float(per_group.mean()) / k,
-            float(per_group.std()) / math.sqrt(per_group.numel()) / k)
+    mean, se = mean_se(torch.cat(groups))
+    return mean / k, se / k
 
 
 def median_relative_error(gates: dict[str, torch.Tensor],

@@ -45,7 +45,7 @@ from ..laws import Gaussian
 from ..paths import BrownianPath
 from ..sde import make_sde
 from ..stack import get_gating
-from ..stats import empirical_moments, fit_order, gaussian_w2_moments, moment_z_scores
+from ..stats import empirical_moments, fit_order, gaussian_w2_moments, mean_se, moment_z_scores
 from . import CheckConfig
 from .problems import (
     EPS,
@@ -164,8 +164,7 @@ def sampled_statistics(stack, law64: Gaussian, law_cpu: Gaussian, sde, moments, 
     sampled_max, floor_max = w2.amax(0), floor.amax(0)
     per_replicate = {"weak_error_sampled": weak, "layer_w2_max_sampled": sampled_max,
                      "layer_w2_floor": floor_max, "layer_w2_excess": sampled_max - floor_max}
-    estimates = {name: (float(x.mean()), float(x.std()) / math.sqrt(replicates))
-                 for name, x in per_replicate.items()}
+    estimates = {name: mean_se(x) for name, x in per_replicate.items()}
     return z_max, z.numel(), estimates
 
 

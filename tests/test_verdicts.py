@@ -1,0 +1,82 @@
+"""One verdict mechanism: re-applying a report's ``expected`` to its ``metrics`` gives ``passed``.
+
+Every check is run (quick) under every gate schedule, and its JSON (as a tool would read it,
+after a round trip through ``json``) is judged again from ``expected`` alone: closed intervals,
+``null`` for an open end, and a metric without a value failing.  The verdict, and the list of
+failed metrics, must be reproduced exactly, check by check.  The runs include passes (rdm gates
+at depth 256) and failures (the controls, and the pre-asymptotic ladders of depth 64).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from rdm_dynamics.checks import CheckConfig, registry
+from rdm_dynamics.checks.rules import EMPTY_BAND, Rule, judge, within
+from rdm_dynamics.stack import GATINGS
+
+RUNS = [(gating, 64) for gating in GATINGS] + [("rdm", 256)]
+
+
+def rejudge(check_json: dict) -> tuple[bool, list[str]]:
+    """The verdict a tool reading only ``metrics`` and ``expected`` reaches."""
+    metrics, expected = check_json["metrics"], check_json["expected"]
+    failed = [name for name, band in expected.items() if not within(metrics.get(name), band)]
+    return not failed, failed
+
+
+#: Runs whose verdict is known for every check: every check passes with rdm gates at depth 256,
+#: and fails with plain residuals (the negative control), so both verdicts are reproduced.
+ALL_PASS, ALL_FAIL = ("rdm", 256), ("plain", 64)
+
+
+@pytest.mark.parametrize("gating, depth", RUNS)
+def test_expected_reproduces_passed_for_every_check(gating, depth):
+    config = CheckConfig(depth=depth, gating=gating, quick=True)
+    verdicts = {}
+    for cid, module in registry().items():
+        result = json.loads(json.dumps(module.run(config).to_json()))
+        assert result["expected"], f"{cid} under {gating} declares no rule"
+        assert rejudge(result) == (result["passed"], result["failed"]), (cid, gating, depth)
+        verdicts[cid] = result["passed"]
+    if (gating, depth) == ALL_PASS:
+        assert all(verdicts.values()), verdicts
+    if (gating, depth) == ALL_FAIL:
+        assert not any(verdicts.values()), verdicts
+
+
+def test_margins_shrink_or_widen_the_interval_and_are_written_into_expected():
+    metrics = {"ratio": 1.0, "ratio_se": 0.1, "bias": 0.3, "bias_se": 0.1, "order": 1.0}
+    verdict = judge(metrics, [Rule("ratio", (0.5, 2.0), margin=3),
+                              Rule("bias", (0.0, 0.0), margin=-4),
+                              Rule("order", (0.85, None))])
+    assert verdict.expected["ratio"] == pytest.approx([0.8, 1.7])
+    assert verdict.expected["bias"] == pytest.approx([-0.4, 0.4])
+    assert verdict.expected["order"] == [0.85, None]
+    assert verdict.passed and verdict.failed == []
+    tight = judge({**metrics, "ratio_se": 0.4}, [Rule("ratio", (0.5, 2.0), margin=3)])
+    assert not tight.passed and tight.failed == ["ratio"]  # 1.0 - 3 * 0.4 < 0.5
+
+
+@pytest.mark.parametrize("se", [math.nan, math.inf, None, -1.0])
+def test_a_margin_without_a_finite_standard_error_fails_and_says_so(se):
+    metrics = {"ratio": 1.0} if se is None else {"ratio": 1.0, "ratio_se": se}
+    verdict = judge(metrics, [Rule("ratio", (0.5, 2.0), margin=3)])
+    assert not verdict.passed and verdict.expected["ratio"] == list(EMPTY_BAND)
+    assert not within(1.0, verdict.expected["ratio"])
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, None])
+def test_a_metric_without_a_value_fails(value):
+    verdict = judge({"order": value}, [Rule("order", (None, None))])
+    assert not verdict.passed and verdict.failed == ["order"]
+
+
+def test_a_check_needs_rules_and_one_rule_per_metric():
+    with pytest.raises(ValueError, match="at least one"):
+        judge({"x": 1.0}, [])
+    with pytest.raises(ValueError, match="two rules"):
+        judge({"x": 1.0}, [Rule("x", (0, 2)), Rule("x", (0, 1))])
