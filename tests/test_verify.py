@@ -10,7 +10,7 @@ from rdm_dynamics.checks import registry
 from rdm_dynamics.verify import main
 
 TOP = ["depth", "gating", "seed", "dtype", "device", "passed", "seconds", "versions", "checks"]
-CHECK = ["id", "claim", "passed", "seconds", "metrics", "expected", "summary"]
+CHECK = ["id", "claim", "passed", "seconds", "metrics", "expected", "failed", "summary"]
 
 
 def run_cli(*args):
