@@ -102,13 +102,13 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
 
     Adaptive methods use (rtol, atol) and integrate each interval [t_i, t_{i+1}] as its own
     initial-value problem that ends exactly at t_{i+1} (torchdiffeq's ``step_t`` at its end
-    point; its first trial step is the whole interval, shrunk by the error control where the
-    tolerances ask for it): no output is interpolated, and the solver never evaluates the field beyond the last
-    time, where it may be undefined (the sub-VP diffusion at t < 0).  (One solve with every
-    output time in ``step_t`` is not safe: torchdiffeq tests ``t0 < t_next < t0 + dt`` strictly,
-    so a step that lands exactly on an output time leaves every later one unenforced, and the
-    solver then steps past the end.)  Fixed-grid methods step on ``times`` and ignore the
-    tolerances.  ``method`` is one of :data:`ODE_METHODS`.
+    point; the first trial step is the whole interval, shrunk by the error control where the
+    tolerances ask for it).  So no output is interpolated, and the solver never evaluates the
+    field beyond the last time, where it may be undefined (the sub-VP diffusion at t < 0).
+    One solve with every output time in ``step_t`` is not safe: torchdiffeq tests
+    ``t0 < t_next < t0 + dt`` strictly, so a step that lands exactly on an output time leaves
+    every later one unenforced and the solver steps past the end.  Fixed-grid methods step on
+    ``times`` and ignore the tolerances.  ``method`` is one of :data:`ODE_METHODS`.
     """
     if not is_adaptive(method):
         return odeint(field, z0, times, method=method)

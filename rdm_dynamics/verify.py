@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 from .cli import Parser, UsageError, parse_device, parse_int
@@ -103,50 +102,6 @@ def parse_args(argv):
     return args, config, {cid: checks[cid] for cid in ids}, out, json_path
 
 
-def run_checks(config, checks, progress: bool = True):
-    """Run each check, timing it; a check that raises is a FAIL with the error in its summary."""
-    from tqdm.auto import tqdm
-
-    from .checks.report import CheckResult
-    from .checks.rules import Verdict
-
-    results = []
-    bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
-               file=sys.stderr, leave=False)
-    for cid, module in bar:
-        bar.set_postfix_str(cid)
-        start = time.perf_counter()
-        try:
-            result = module.run(config)
-        except Exception as exc:  # a crashed check is reported, never silently passed
-            traceback.print_exc(file=sys.stderr)
-            result = CheckResult(id=cid, claim=module.CLAIM, metrics={},
-                                 verdict=Verdict(passed=False), summary=f"the check crashed: "
-                                 f"{type(exc).__name__}: {exc}",
-                                 measured_text="crashed", theory_text="-")
-        result.seconds = time.perf_counter() - start
-        results.append(result)
-    return results
-
-
-def build_report(config, results, seconds: float) -> dict:
-    import numpy
-    import torch
-    import torchdiffeq
-    import torchsde
-
-    from . import __version__
-
-    return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
-            "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
-            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
-            "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
-                         "torchdiffeq": torchdiffeq.__version__,
-                         "torchsde": torchsde.__version__, "numpy": numpy.__version__,
-                         "python": sys.version.split()[0]},
-            "checks": [r.to_json() for r in results]}
-
-
 def main(argv=None) -> int:
     start = time.perf_counter()
     try:
@@ -159,7 +114,8 @@ def main(argv=None) -> int:
             print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
         return 0
 
-    from .checks.report import format_table, save_figure
+    from .checks import run_checks
+    from .checks.report import build_report, format_table, save_figure
     from .files import atomic_write_json
 
     results = run_checks(config, checks)

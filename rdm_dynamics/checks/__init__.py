@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
+import time
+import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
 
-__all__ = ["CheckConfig", "registry", "depth_ladder", "resolve_ids"]
+__all__ = ["CheckConfig", "registry", "depth_ladder", "resolve_ids", "run_checks"]
 
 
 def depth_ladder(depth: int, rungs: int = 5) -> list[int]:
@@ -95,3 +98,31 @@ def resolve_ids(spec: str, checks: dict[str, ModuleType]) -> list[str]:
     if not wanted:
         raise ValueError("--only names no check")
     return [cid for cid in checks if cid in wanted]
+
+
+def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True) -> list:
+    """Run each check (``registry()`` entries), timing it; a check that raises is a FAIL with the
+    error in its summary and its traceback on stderr.  A tqdm bar on stderr unless
+    ``progress`` is false."""
+    from tqdm.auto import tqdm
+
+    from .report import CheckResult
+    from .rules import Verdict
+
+    results = []
+    bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
+               file=sys.stderr, leave=False)
+    for cid, module in bar:
+        bar.set_postfix_str(cid)
+        start = time.perf_counter()
+        try:
+            result = module.run(config)
+        except Exception as exc:  # a crashed check is reported, never silently passed
+            traceback.print_exc(file=sys.stderr)
+            result = CheckResult(id=cid, claim=module.CLAIM, metrics={},
+                                 verdict=Verdict(passed=False), summary=f"the check crashed: "
+                                 f"{type(exc).__name__}: {exc}",
+                                 measured_text="crashed", theory_text="-")
+        result.seconds = time.perf_counter() - start
+        results.append(result)
+    return results

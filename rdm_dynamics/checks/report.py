@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,8 +23,8 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "Series", "order_figure", "format_table", "save_figure", "order_axes",
-           "depth_axes", "error_trend", "depth_trend_words"]
+__all__ = ["CheckResult", "build_report", "Series", "order_figure", "format_table", "save_figure",
+           "order_axes", "depth_axes", "error_trend", "depth_trend_words"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -103,6 +104,26 @@ def _json_number(v):
         return int(v)
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
+    """The JSON report of a verify run (DESIGN.md section 4): the run's settings, the overall
+    verdict, the wall time, the library versions, and every check's ``to_json``."""
+    import numpy
+    import torch
+    import torchdiffeq
+    import torchsde
+
+    from .. import __version__
+
+    return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
+            "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
+            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
+            "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
+                         "torchdiffeq": torchdiffeq.__version__,
+                         "torchsde": torchsde.__version__, "numpy": numpy.__version__,
+                         "python": sys.version.split()[0]},
+            "checks": [r.to_json() for r in results]}
 
 
 # ------------------------------------------------------------------------------------------------
