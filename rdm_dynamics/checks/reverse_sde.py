@@ -71,6 +71,20 @@ REFERENCE_REFINEMENT = 16  # reference steps per step of the deepest stack
 FAMILY_FALSE_ALARM = 1e-3  # of the moment cross-check, over all layers, entries and SDEs
 
 
+def rules(sdes, law_names, z_bound: float) -> list[Rule]:
+    """The pass rules, per SDE: strong order 1 for every law; weak order (1, or at least 1 for
+    VE) and uniform layer-W2 order at least 1, each also between the two deepest rungs; and the
+    sampled moments within the Bonferroni bound ``z_bound`` of the propagated ones."""
+    out = []
+    for s in sdes:
+        out += [Rule(f"strong_order_{s}_{law}", ORDER_RANGE) for law in law_names]
+        out += [Rule(f"weak_order_{s}", WEAK_ORDER_RANGE[s]),
+                Rule(f"layer_w2_order_{s}", AT_LEAST_FIRST_ORDER),
+                Rule(f"weak_order_deep_{s}", AT_LEAST_FIRST_ORDER),
+                Rule(f"layer_w2_order_deep_{s}", AT_LEAST_FIRST_ORDER)]
+    return out + [Rule("moment_z_max", (0.0, z_bound))]
+
+
 def deepest_order(ladder, errors) -> float:
     """The order between the two deepest rungs, log(e(L') / e(L)) / log(L / L').
 
@@ -181,7 +195,6 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     n, replicates = (250, 4) if config.quick else (500, 8)
     ladder, depth = config.ladder, config.ladder[-1]
     metrics: dict[str, float] = {"eps": EPS, "reference_steps": REFERENCE_REFINEMENT * depth}
-    rules: list[Rule] = []
     strong_series, weak_series, layer_series = [], [], []
     z_max, z_count = 0.0, 0
     with torch.no_grad():
@@ -199,7 +212,6 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 metrics[f"strong_order_{key}"] = fit.order
                 metrics[f"strong_error_{key}"], metrics[f"strong_error_{key}_se"] = (
                     errors[-1], ses[-1])
-                rules.append(Rule(f"strong_order_{key}", ORDER_RANGE))
                 strong_series.append(Series(f"{sde_name}, {law_name}", ladder, errors, fit))
 
             law = laws["gaussian"]
@@ -217,12 +229,8 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 weak_fit.order, weak[-1])
             metrics[f"layer_w2_order_{sde_name}"] = layer_fit.order
             metrics[f"layer_w2_max_{sde_name}"] = layer[-1]
-            rules += [Rule(f"weak_order_{sde_name}", WEAK_ORDER_RANGE[sde_name]),
-                      Rule(f"layer_w2_order_{sde_name}", AT_LEAST_FIRST_ORDER)]
             for family, errors in (("weak_order", weak), ("layer_w2_order", layer)):
-                deep = f"{family}_deep_{sde_name}"
-                metrics[deep] = deepest_order(ladder, errors)
-                rules.append(Rule(deep, AT_LEAST_FIRST_ORDER))
+                metrics[f"{family}_deep_{sde_name}"] = deepest_order(ladder, errors)
             weak_series.append(Series(sde_name, ladder, weak, weak_fit))
             layer_series.append(Series(sde_name, ladder, layer, layer_fit))
 
@@ -234,13 +242,12 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
 
     z_bound = float(norm.isf(FAMILY_FALSE_ALARM / (2 * z_count)))
     metrics["moment_z_max"], metrics["moment_z_bound"] = z_max, z_bound
-    rules.append(Rule("moment_z_max", (0.0, z_bound)))
     families = {"strong_order": [metrics[f"strong_order_{s}_{law}"] for s in sdes for law in laws],
                 "weak_order": [metrics[f"weak_order_{s}"] for s in sdes],
                 "layer_w2_order": [metrics[f"layer_w2_order_{s}"] for s in sdes]}
     for family, values in families.items():
         metrics[f"{family}_min"], metrics[f"{family}_max"] = extremes(values)
-    verdict = judge(metrics, rules)
+    verdict = judge(metrics, rules(sdes, list(laws), z_bound))
 
     gating = get_gating(config.gating).name
     weak_text = ", ".join(f"{metrics[f'weak_order_{s}']:.3f} ({NAMES[s]})" for s in sdes)
