@@ -3,7 +3,10 @@
 A check module defines ``CLAIM`` ("C1", ...), ``ID`` (the name used by ``--only``), ``TITLE``
 and ``run(config: CheckConfig) -> CheckResult``.  Adding a claim means adding one module here:
 the registry imports every module of this package that defines those names and orders the checks
-by claim number.
+by claim number; ``run_checks`` runs them.  A claim module reads as measure (its metrics), rules
+(``rules.Rule``, applied by ``rules.judge``), summary (one sentence) and figure.  Beside the
+claim modules: ``report`` (results, table, JSON, figures), ``rules`` (the verdict mechanism) and
+``problems`` (the problems several checks share).
 """
 
 from __future__ import annotations
