@@ -16,6 +16,7 @@ from rdm_dynamics.analysis.fields import (
 from rdm_dynamics.analysis.lipschitz import LipschitzBound
 from rdm_dynamics.analysis.propagation import gronwall_bound, gronwall_exp_bound, propagation_run
 from rdm_dynamics.checks import CheckConfig, error_propagation
+from rdm_dynamics.checks.problems import propagation_depths
 from rdm_dynamics.stack import GatedResidualStack
 
 GATINGS = ["rdm", "euler", "plain", "inv-sqrt"]
@@ -109,10 +110,10 @@ def test_stack_perturbations_are_added_after_each_unit():
 
 
 def test_propagation_depths():
-    assert error_propagation.propagation_depths(256) == [16, 32, 64, 128, 256]
-    assert error_propagation.propagation_depths(100) == [16, 32, 64, 100]
-    assert error_propagation.propagation_depths(16) == [16]
-    assert error_propagation.propagation_depths(8) == [8]
+    assert propagation_depths(256) == [16, 32, 64, 128, 256]
+    assert propagation_depths(100) == [16, 32, 64, 100]
+    assert propagation_depths(16) == [16]
+    assert propagation_depths(8) == [8]
 
 
 def test_gated_check_passes():

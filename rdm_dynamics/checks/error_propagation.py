@@ -37,7 +37,7 @@ from ..analysis.rounding import RoundingModel, elementary_violations, local_erro
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, mean_se
 from . import CheckConfig
-from .problems import smooth_problem
+from .problems import EXPANSIVE_SLOPE, propagation_depths, smooth_problem
 from .report import CheckResult, depth_axes, depth_trend_words
 from .rules import Rule, judge
 
@@ -49,25 +49,15 @@ RATIO_RANGE = (0.5, 2.0)
 GROWTH_RANGE = (0.0, None)
 LOWP_RATIO_RANGE = (0.0, 1.0)
 SE_BAND = 3.0
-SLOPE = 0.5  # F = SLOPE z + tanh(W z + c): expansive, so plain stacks amplify geometrically
 FINITE_DELTA, INJECTED = 1e-2, 1e-3
 LOW_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def propagation_depths(depth: int, base: int = 16) -> list[int]:
-    """base, 2 base, 4 base, ... below ``depth``, then ``depth`` (just ``depth`` if < 2 base)."""
-    depths, L = [], base
-    while L < depth:
-        depths.append(L)
-        L *= 2
-    return depths + [depth] if depths else [depth]
 
 
 class Problem:
     """The residual function, gates and initial points of the check, and stacks built on them."""
 
     def __init__(self, config: CheckConfig):
-        p = smooth_problem(config, stream=5, scale=1.0, slope=SLOPE)
+        p = smooth_problem(config, stream=5, scale=1.0, slope=EXPANSIVE_SLOPE)
         self.field, self.gain, self.bias, self.generator = p.field, p.gain, p.bias, p.generator
         self.dim, self.batch = p.dim, p.z0.shape[0]
         self.device, self.dtype = config.device, config.dtype

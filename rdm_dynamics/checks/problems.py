@@ -31,6 +31,10 @@ from ..sde import SDE
 from ..stack import GatedResidualStack
 from . import CheckConfig
 
+#: The linear part of F in C5 and C6: F = 0.5 z + tanh(W z + c) is expansive, so plain residual
+#: stacks amplify perturbations geometrically.
+EXPANSIVE_SLOPE = 0.5
+
 
 @dataclass
 class SmoothProblem:
@@ -50,6 +54,16 @@ class SmoothProblem:
 def pathwise_error(states: torch.Tensor, reference: torch.Tensor) -> float:
     """max over layers and samples of the Euclidean distance between two trajectories (C1, C2)."""
     return float((states - reference).norm(dim=-1).amax())
+
+
+def propagation_depths(depth: int, base: int = 16) -> list[int]:
+    """The depths of the propagation and sensitivity experiments (C5, C6): base, 2 base,
+    4 base, ... below ``depth``, then ``depth`` (just ``depth`` if < 2 base)."""
+    depths, L = [], base
+    while L < depth:
+        depths.append(L)
+        L *= 2
+    return depths + [depth] if depths else [depth]
 
 
 def smooth_problem(config: CheckConfig, *, stream: int, scale: float,

@@ -33,8 +33,7 @@ from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig
-from .error_propagation import SLOPE, propagation_depths
-from .problems import smooth_problem
+from .problems import EXPANSIVE_SLOPE, propagation_depths, smooth_problem
 from .report import CheckResult, Series, depth_axes, depth_trend_words, error_trend, order_axes
 from .rules import Rule, judge
 
@@ -58,7 +57,7 @@ class Problem:
     The reference is always float64; the stacks run in ``config.dtype`` on ``config.device``."""
 
     def __init__(self, config: CheckConfig):
-        p = smooth_problem(config, stream=6, scale=1.0, slope=SLOPE)
+        p = smooth_problem(config, stream=6, scale=1.0, slope=EXPANSIVE_SLOPE)
         field, gain, bias, z0 = p.field, p.gain, p.bias, p.z0
         w = torch.randn(z0.shape, generator=p.generator, dtype=torch.float64)
         w = w / w.norm(dim=-1, keepdim=True)  # p_L = w, a unit vector per sample
