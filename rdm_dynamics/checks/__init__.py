@@ -62,8 +62,10 @@ class CheckConfig:
         ``tensor.to(**config.placement)``, ``GatedResidualStack(..., **config.placement)``."""
         return {"dtype": self.dtype, "device": self.device}
 
-    def tensor(self, x) -> torch.Tensor:
-        return torch.as_tensor(x).to(**self.placement)
+    @property
+    def reference_placement(self) -> dict:
+        """float64 on the config's device: where the references run, whatever ``dtype`` is."""
+        return {"dtype": torch.float64, "device": self.device}
 
 
 def _claim_number(module: ModuleType) -> tuple[int, str]:

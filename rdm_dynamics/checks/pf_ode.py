@@ -99,7 +99,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, pf_weight: float = 
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
                 x_T = sample_prior(law, sde, batch, g, config)  # float64
-                law64 = law.to(dtype=torch.float64, device=config.device)
+                law64 = law.to(**config.reference_placement)
                 law_dev = law.to(**config.placement)
                 times = denoising_stack(sde, law64, depth, reference_config(config),
                                         probability_flow=True).times

@@ -132,8 +132,7 @@ def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, gating: s
 
     return GatedResidualStack(reverse.denoising_field, depth,
                               gating=config.gating if gating is None else gating,
-                              span=(sde.T, EPS), noise=noise, dtype=config.dtype,
-                              device=config.device)
+                              span=(sde.T, EPS), noise=noise, **config.placement)
 
 
 def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig) -> torch.Tensor:
@@ -141,7 +140,7 @@ def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig) -> torch
     stands in for it), drawn on the CPU and moved to the config's device, in float64: the
     references start from them as they are, the stack under test from a copy in config.dtype."""
     x = law.marginal(sde, sde.T).sample(n, generator=generator)
-    return x.to(dtype=torch.float64, device=config.device)
+    return x.to(**config.reference_placement)
 
 
 def reference_config(config: CheckConfig) -> CheckConfig:

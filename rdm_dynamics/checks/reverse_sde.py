@@ -202,7 +202,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
             sde = make_sde(sde_name)
             for law_name, law in laws.items():
                 law_dev = law.to(**config.placement)
-                law64 = law.to(dtype=torch.float64, device=config.device)
+                law64 = law.to(**config.reference_placement)
                 x_T = sample_prior(law, sde, strong_batch, g, config)  # float64
                 path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0], generator=g)
                 errors, ses = strong_errors(sde, law_dev, law64, x_T, path, config,
@@ -216,7 +216,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
 
             law = laws["gaussian"]
             law_dev = law.to(**config.placement)
-            law64 = law.to(dtype=torch.float64, device=config.device)
+            law64 = law.to(**config.reference_placement)
             weak, layer = [], []
             for L in ladder:  # ends at --depth: stack and moments are the deepest rung's
                 stack = denoising_stack(sde, law_dev, L, config, probability_flow=False,
