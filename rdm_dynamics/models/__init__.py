@@ -6,6 +6,7 @@
     model.residual_units()        # the gated residual units, in forward order
     model.gate_values()           # {"<unit>.alpha": tensor, ...}
     build_model(**model.config)   # the same architecture again
+    load_model(ckpt, "ema")       # rebuilt from a checkpoint, with its weights (.loading)
 
 Gates (``GATE_KINDS``): plain, post-ln, rezero, adaln-zero, rdm (see :mod:`.gates`).
 """
@@ -18,10 +19,11 @@ import inspect
 from .backbone import GatedBackbone
 from .dit import DIT_CONFIGS, RDMDiT
 from .gates import GATE_KINDS, ResidualUnit
+from .loading import ModelLoadError, load_model, model_builder
 from .unet import UNET_CONFIGS, RDMUNet
 
-__all__ = ["build_model", "MODEL_CONFIGS", "GATE_KINDS", "BACKBONES", "GatedBackbone",
-           "ResidualUnit", "RDMDiT", "RDMUNet"]
+__all__ = ["build_model", "model_builder", "load_model", "ModelLoadError", "MODEL_CONFIGS",
+           "GATE_KINDS", "BACKBONES", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
 
 BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet}
 
