@@ -191,7 +191,7 @@ def test_resume_changes_exactly_the_settings_declared_resumable(tmp_path, name):
 
 @pytest.mark.parametrize("config, argv, words", [
     ("sde: nope\n", [], "unknown SDE 'nope'"),
-    ("sde_options: {beta: 3}\n", [], "unexpected keyword argument 'beta'"),
+    ("sde_options: {beta: 3}\n", [], "bad sde_options for vp: "),
     (None, ["--sampler", "heun"], "unknown sampler 'heun'"),
     (None, ["--gate", "nope"], "nope"),
     (None, ["--prediction", "x0"], "unknown prediction 'x0'"),

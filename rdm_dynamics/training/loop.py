@@ -181,7 +181,10 @@ def _build(cfg: TrainConfig, dist: Distributed) -> Run:
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world} "
                          "processes")
-    sde = make_sde(cfg.sde, **cfg.sde_options)
+    try:
+        sde = make_sde(cfg.sde, **cfg.sde_options)
+    except TypeError as exc:  # an argument the SDE does not take
+        raise ValueError(f"bad sde_options for {cfg.sde}: {exc}") from None
     objective = DiffusionObjective(sde, cfg.prediction, cfg.t_min, cfg.label_dropout,
                                    dataset.num_classes)
     get_sampler(cfg.sampler)  # the grids' sampler, checked before the first step
