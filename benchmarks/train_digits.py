@@ -4,12 +4,13 @@
     python benchmarks/train_digits.py --minutes 2 --out /tmp/digits-bench
 
 For each model (by default a small flow-shaped RDM-DiT-T/2, see DEFAULT_MODELS, and the U-shaped
-RDM-UNet-T, both with ``rdm`` gates) it runs ``rdm_dynamics.train`` for at most ``--minutes`` of
-training time, then draws ``--n`` class-conditional samples (labels cycling 0..9) from the EMA
-weights at each guidance scale and scores them with ``rdm_dynamics.training.metrics.DigitJudge``:
-class accuracy under the digit classifier and the Frechet distance to the training split, beside
-the real-vs-real floor (the held-out split, 359 images, scored the same way). With n = 359 samples
-the FD carries the same small-sample bias as the floor.
+RDM-UNet-T, both with ``rdm`` gates) it runs ``rdm_dynamics.training.loop.train`` for at most
+``--minutes`` of training time, then draws ``--n`` class-conditional samples (labels cycling 0..9)
+from the EMA weights at each guidance scale and scores them with
+``rdm_dynamics.training.metrics.DigitJudge``: class accuracy under the digit classifier and the
+Frechet distance to the training split, beside the real-vs-real floor (the held-out split, 359
+images, scored the same way). With n = 359 samples the FD carries the same small-sample bias as the
+floor.
 
 ``--data moving-digits`` does the same for videos (frames of the moving-digits set, 16x16
 canvas): FD and accuracy per frame and over all frames, plus temporal consistency (label
@@ -33,10 +34,14 @@ import torch
 
 from rdm_dynamics.checks.report import save_figure
 from rdm_dynamics.files import atomic_write_json
-from rdm_dynamics.sample import cycle_labels, generate, load_model, save_samples
-from rdm_dynamics.train import TrainConfig, train
+from rdm_dynamics.models import load_model
+from rdm_dynamics.sde import make_sde
 from rdm_dynamics.training.checkpoint import load_checkpoint
+from rdm_dynamics.training.images import save_samples
+from rdm_dynamics.training.loop import train
 from rdm_dynamics.training.metrics import DigitJudge, video_figure
+from rdm_dynamics.training.sampling import cycle_labels, generate
+from rdm_dynamics.training.settings import TrainConfig
 
 #: The models trained by default, with their architecture overrides.  The flow-shaped one is
 #: RDM-DiT-T/2 made shallower and narrower (4 blocks of width 96, 0.65M parameters): on a 2-core
@@ -103,6 +108,8 @@ def run_model(name: str, args, judge: DigitJudge, floor: dict) -> dict:
         summary = train(cfg)
         ckpt = load_checkpoint(folder)
     net = load_model(ckpt, "ema", args.model_factory)
+    trained = TrainConfig.from_json(ckpt.meta["train_config"])  # what the network was trained on
+    sde = make_sde(trained.sde, **trained.sde_options)
     params = sum(p.numel() for p in net.parameters())
     row = {"model": name, "options": cfg.model_options, "gate": args.gate, "parameters": params,
            "train_steps": summary["step"], "train_seconds": round(summary["seconds"], 1),
@@ -110,8 +117,9 @@ def run_model(name: str, args, judge: DigitJudge, floor: dict) -> dict:
     labels = cycle_labels(args.n, 10)
     for w in (float(g) for g in args.guidance.split(",")):
         began = time.perf_counter()
-        x = generate(net, ckpt.meta["train_config"], args.n, labels=labels, guidance=w,
-                     sampler=args.sampler, steps=args.sample_steps, seed=args.seed)
+        x = generate(net, args.n, sde=sde, prediction=trained.prediction, t_min=trained.t_min,
+                     labels=labels, guidance=w, sampler=args.sampler, steps=args.sample_steps,
+                     seed=args.seed)
         seconds = time.perf_counter() - began
         save_samples(x[:100], folder / "samples" / f"eval-guidance-{w:g}")
         m = judge.evaluate(x, labels)

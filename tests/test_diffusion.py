@@ -17,6 +17,7 @@ from rdm_dynamics.training.diffusion import (
     time_grid,
     tweedie_denoise,
 )
+from rdm_dynamics.training.sampling import cycle_labels, generate
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
 IDS = [s.name for s in SDES]
@@ -222,3 +223,22 @@ def test_sampler_callback_and_grid():
     assert seen == list(range(5))
     with pytest.raises(ValueError):
         time_grid(0)
+
+
+def test_generate_samples_with_the_sde_prediction_and_t_min_it_is_given():
+    """generate = ScoreModel + sample on the given SDE, prediction and last time, in batches."""
+    torch.manual_seed(0)
+    net, sde = tiny_model().eval(), VESDE()
+    labels = cycle_labels(3, 10)
+    kwargs = dict(sampler="ddpm", steps=3, disable=True)
+    x = generate(net, 3, sde=sde, prediction="v", t_min=0.05, labels=labels, guidance=2.0,
+                 seed=1, **kwargs)
+    score = ScoreModel(net, sde, "v", y=labels, guidance=2.0)
+    ref = sample(score, (3, 1, 8, 8), sde=sde, t_end=0.05,
+                 generator=torch.Generator().manual_seed(1), **kwargs)
+    torch.testing.assert_close(x, ref, rtol=0, atol=0)
+    other = generate(net, 3, sde=sde, prediction="eps", t_min=0.05, labels=labels,
+                     guidance=2.0, seed=1, **kwargs)
+    assert not torch.equal(x, other)
+    assert labels.tolist() == [0, 1, 2] and cycle_labels(2, 10, label=7).tolist() == [7, 7]
+    assert cycle_labels(4, None) is None

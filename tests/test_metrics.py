@@ -7,6 +7,7 @@ import torch
 
 from rdm_dynamics.checks.report import save_figure
 from rdm_dynamics.laws import Gaussian, gaussian_w2
+from rdm_dynamics.stats import frechet_distance
 from rdm_dynamics.training import metrics
 
 
@@ -20,7 +21,7 @@ def test_frechet_distance_matches_scipy_sqrtm_and_gaussian_w2():
     for d in (1, 3, 16):
         m1, m2 = rng.standard_normal(d), rng.standard_normal(d)
         S1, S2 = random_spd(d, rng), random_spd(d, rng)
-        fd = metrics.frechet_distance(m1, S1, m2, S2)
+        fd = frechet_distance(m1, S1, m2, S2)
         covmean = scipy.linalg.sqrtm(S1 @ S2).real
         ref = float((m1 - m2) @ (m1 - m2) + np.trace(S1 + S2 - 2 * covmean))
         assert abs(fd - ref) < 1e-8 * max(1.0, abs(ref))
@@ -33,7 +34,7 @@ def test_frechet_distance_of_a_law_with_itself_is_zero_even_when_singular():
     rng = np.random.default_rng(1)
     A = rng.standard_normal((8, 3))
     S = A @ A.T  # rank 3: zero eigenvalues come back as O(eps), their roots as O(sqrt(eps))
-    fd = metrics.frechet_distance(np.zeros(8), S, np.zeros(8), S)
+    fd = frechet_distance(np.zeros(8), S, np.zeros(8), S)
     assert 0 <= fd < 1e-6 * np.trace(S)
     f = rng.standard_normal((500, 4))
     fd, se = metrics.feature_frechet_distance(f, f, bootstrap=20)

@@ -11,7 +11,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rdm_dynamics.models import GATE_KINDS, MODEL_CONFIGS, build_model
+from rdm_dynamics.models import (
+    GATE_KINDS,
+    MODEL_CONFIGS,
+    ModelLoadError,
+    build_model,
+    load_model,
+    model_builder,
+)
 from rdm_dynamics.models.layers import frames_to_sequences, sequences_to_frames
 
 SMALL = {  # the smallest useful shape of each backbone
@@ -278,3 +285,37 @@ def test_wrong_input_shape_is_a_clear_error():
     model = small("RDM-DiT-T/2", frames=2)
     with pytest.raises(ValueError, match=r"expected input of shape \(B, 2, 1, 8, 8\)"):
         model(torch.randn(2, 1, 8, 8), torch.rand(2), None)
+
+
+class FakeCheckpoint:
+    """Anything with ``meta`` and ``state_dict(prefix)`` is a checkpoint to load_model."""
+
+    def __init__(self, model, train_config=None):
+        self.meta = {"model_config": model.config, "train_config": train_config or {}}
+        self.tensors = {f"ema.{k}": v.clone() for k, v in model.state_dict().items()}
+
+    def state_dict(self, prefix):
+        p = prefix + "."
+        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+
+def test_load_model_rebuilds_a_model_from_its_config_and_weights():
+    model = perturb(small("RDM-DiT-T/2"))
+    net = load_model(FakeCheckpoint(model), "ema")
+    assert not net.training and net.config == model.config
+    x, t, y = inputs(model)
+    torch.testing.assert_close(net(x, t, y), model.eval()(x, t, y), rtol=0, atol=0)
+    with pytest.raises(ModelLoadError, match="the model weights do not fit"):
+        load_model(FakeCheckpoint(model), "model")  # no model.* tensors saved
+    with pytest.raises(ModelLoadError, match="weights must be"):
+        load_model(FakeCheckpoint(model), "best")
+
+
+def test_a_checkpoint_never_chooses_the_code_to_import():
+    ckpt = FakeCheckpoint(small("RDM-DiT-T/2"), {"model_factory": "somewhere:build"})
+    with pytest.raises(ModelLoadError, match="--model-factory somewhere:build"):
+        load_model(ckpt)
+    assert model_builder(None) is build_model
+    for factory, match in (("nocolon", "must look like"), ("no_such_module:f", "cannot import")):
+        with pytest.raises(ModelLoadError, match=match):
+            model_builder(factory)

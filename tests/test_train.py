@@ -15,8 +15,10 @@ from tiny_models import TINY, tiny_model
 
 from rdm_dynamics import sample as sample_cli
 from rdm_dynamics import train as train_cli
-from rdm_dynamics.train import TrainConfig, TrainingDiverged, train
 from rdm_dynamics.training.checkpoint import find_checkpoints, load_checkpoint
+from rdm_dynamics.training.images import save_samples
+from rdm_dynamics.training.loop import TrainingDiverged, train
+from rdm_dynamics.training.settings import TrainConfig, resolve_config
 
 TESTS = Path(__file__).resolve().parent
 MODEL = {"model": "RDM-DiT-T/2", "model_options": TINY["RDM-DiT-T/2"]}
@@ -161,10 +163,10 @@ def test_an_unknown_model_name_is_exit_code_2(tmp_path, capsys):
 def test_config_files_yaml_and_toml_with_flags_on_top(tmp_path, capsys):
     (tmp_path / "a.yaml").write_text("steps: 7\nlr: 0.01\nmodel-options: {width: 4}\n")
     (tmp_path / "b.toml").write_text('steps = 9\nsampler = "pf-ode"\n[model_options]\nwidth = 4\n')
-    cfg, _ = train_cli.resolve_config(["--config", str(tmp_path / "a.yaml"), "--lr", "0.02",
+    cfg, _ = resolve_config(["--config", str(tmp_path / "a.yaml"), "--lr", "0.02",
                                        "--out", str(tmp_path / "x")])
     assert (cfg.steps, cfg.lr, cfg.model_options) == (7, 0.02, {"width": 4})
-    cfg, _ = train_cli.resolve_config(["--config", str(tmp_path / "b.toml"),
+    cfg, _ = resolve_config(["--config", str(tmp_path / "b.toml"),
                                        "--model-option", "depth=3", "--out", str(tmp_path / "y")])
     assert (cfg.steps, cfg.sampler, cfg.model_options) == (9, "pf-ode", {"width": 4, "depth": 3})
     (tmp_path / "c.yaml").write_text("stepz: 3\n")
@@ -206,9 +208,9 @@ def test_sample_cli_writes_a_png_grid(image_run, tmp_path, capsys, sampler):
 
 def test_sample_files_get_the_right_suffix(tmp_path):
     img, vid = torch.zeros(2, 1, 4, 4), torch.zeros(2, 3, 1, 4, 4)
-    assert sample_cli.save_samples(img, tmp_path / "w-1.5").name == "w-1.5.png"
-    assert sample_cli.save_samples(vid, tmp_path / "v.png").name == "v.gif"
-    assert sample_cli.save_samples(img, tmp_path / "g.gif").name == "g.png"
+    assert save_samples(img, tmp_path / "w-1.5").name == "w-1.5.png"
+    assert save_samples(vid, tmp_path / "v.png").name == "v.gif"
+    assert save_samples(img, tmp_path / "g.gif").name == "g.png"
     assert {p.name for p in tmp_path.iterdir()} == {"w-1.5.png", "v.gif", "g.png"}
 
 

@@ -10,9 +10,8 @@ classifier in place of Inception):
 
     FD(P, Q) = |mu_P - mu_Q|^2 + tr S_P + tr S_Q - 2 tr (S_P^{1/2} S_Q S_P^{1/2})^{1/2},
 
-computed in float64 through symmetric eigendecompositions (S_P^{1/2} from ``eigh``, then the
-eigenvalues of the symmetric PSD matrix S_P^{1/2} S_Q S_P^{1/2}, clipped at 0), which is stable
-where a general matrix square root can return complex noise.
+the squared 2-Wasserstein distance of the fitted Gaussians, ``stats.frechet_distance`` (float64,
+symmetric PSD square roots, so no complex noise from a general matrix square root).
 
 Every figure is reported beside its real-vs-real floor: the same statistic between the training
 split and the held-out split (359 images).  The plug-in FD is biased upward at finite sample
@@ -20,7 +19,8 @@ size, by roughly tr(S_P)/n_P + tr(S_Q)/n_Q (the estimation noise of the means al
 through the covariances.  Samples and the held-out split are both compared with the whole
 training split (1438 images), so n = 359 samples carry the floor's bias; ``n`` is reported.
 Standard errors: accuracy sqrt(p(1-p)/n); FD by a bootstrap over both feature sets (its spread
-only: the bootstrap does not remove the bias).
+only: the bootstrap does not remove the bias); means over videos std(ddof=1) / sqrt(n)
+(``stats.mean_se``).
 
 Videos: the same per frame index, plus temporal consistency: the fraction of frames whose
 predicted class agrees with the video's majority class, and the mean feature change between
@@ -38,9 +38,10 @@ import torch
 from torch import nn
 
 from ..files import atomic_write_bytes
+from ..stats import frechet_distance, mean_se
 from . import data
 
-__all__ = ["DigitClassifier", "DigitJudge", "frechet_distance", "feature_frechet_distance",
+__all__ = ["DigitClassifier", "DigitJudge", "feature_frechet_distance",
            "cache_dir", "video_figure", "CLASSIFIER_VERSION"]
 
 CLASSIFIER_VERSION = "1"
@@ -54,26 +55,8 @@ def cache_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Frechet distance
+# Frechet distance of feature sets
 # ------------------------------------------------------------------------------------------------
-
-def _psd_sqrt(S: np.ndarray) -> np.ndarray:
-    w, U = np.linalg.eigh(S)
-    return (U * np.sqrt(np.clip(w, 0.0, None))) @ U.T
-
-
-def frechet_distance(mu1: np.ndarray, S1: np.ndarray, mu2: np.ndarray, S2: np.ndarray) -> float:
-    """The Frechet (2-Wasserstein squared) distance between N(mu1, S1) and N(mu2, S2).
-
-    Clipped at 0: with singular covariances the roots of round-off eigenvalues, O(sqrt(eps)),
-    can make the formula a hair negative.
-    """
-    r1 = _psd_sqrt(S1)
-    M = r1 @ S2 @ r1
-    ev = np.clip(np.linalg.eigvalsh(0.5 * (M + M.T)), 0.0, None)
-    d = mu1 - mu2
-    return max(0.0, float(d @ d + np.trace(S1) + np.trace(S2) - 2.0 * np.sqrt(ev).sum()))
-
 
 def _moments(f: np.ndarray):
     return f.mean(0), np.cov(f, rowvar=False)
@@ -251,11 +234,9 @@ class DigitJudge:
                 out[f"{prefix}accuracy_frame{k}"] = float(correct[:, k].mean())
         majority = np.array([np.bincount(p, minlength=10).argmax() for p in pred])
         agree = (pred == majority[:, None]).mean(1)
-        out[f"{prefix}label_consistency"] = float(agree.mean())
-        out[f"{prefix}label_consistency_se"] = float(agree.std(ddof=1) / math.sqrt(len(agree)))
+        out[f"{prefix}label_consistency"], out[f"{prefix}label_consistency_se"] = mean_se(agree)
         step = np.linalg.norm(np.diff(f, axis=1), axis=-1).mean(1)
-        out[f"{prefix}feature_motion"] = float(step.mean())
-        out[f"{prefix}feature_motion_se"] = float(step.std(ddof=1) / math.sqrt(len(step)))
+        out[f"{prefix}feature_motion"], out[f"{prefix}feature_motion_se"] = mean_se(step)
         return out
 
     def floor(self) -> dict[str, float]:

@@ -1,0 +1,371 @@
+"""The training loop: ``train(cfg)`` runs setup, restore, then step and log until done.
+
+* :func:`setup` builds everything a run needs from its :class:`~.settings.TrainConfig` (the
+  processes, data, batch schedule, SDE, objective, model, EMA, optimizer, noise generator)
+  before any file is written.  The constructors check the values they use (names of the SDE,
+  prediction, sampler, model, gate and data, their options, the batch size against the data);
+  their errors (ValueError, TypeError, DataError, ModelLoadError) become one UsageError here.
+* :func:`restore` (``--resume``) loads the latest checkpoint of the run folder: weights, EMA,
+  optimizer state and every random number generator state, and returns its step.
+* :func:`train_step` does one optimizer step; :func:`log_step` appends one line to
+  ``log.jsonl`` (loss, learning rate, gradient norm, epoch, seconds, gate statistics from
+  ``model.gate_values()``); :func:`save` writes a checkpoint; :func:`draw_samples` a grid.
+
+Schedule.  The learning rate rises linearly over ``warmup`` steps, lr_k = lr min(1, (k+1)/warmup),
+then stays constant; AdamW; the gradient norm is clipped to ``grad_clip``.  The EMA of the
+weights, used for sampling, has the warm-up decay d_k = min(ema_decay, (1+k)/(10+k)).
+
+Exactness.  Every random draw of a step comes from state saved in the checkpoint: the batch
+indices are a function of (seed, step) (``data.BatchSchedule``), the diffusion times, noise and
+label dropout come from one generator drawn for the global batch (``diffusion.TrainingDraws``),
+and the global torch RNG state is saved too.  So on the CPU a resumed run repeats the
+uninterrupted run's losses exactly, and with N processes every rank takes its slice of the same
+global draws: the gradient DDP averages is the single-process gradient of the global batch.
+
+Failures.  A loss or gradient norm that is NaN or infinite stops the run before the optimizer
+step with :class:`TrainingDiverged`, naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..cli import UsageError
+from ..files import atomic_write_bytes
+from ..models import model_builder
+from ..sde import SDE, make_sde
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_optimizer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .data import BatchSchedule, load_dataset
+from .diffusion import DiffusionObjective, get_sampler
+from .distributed import Distributed
+from .images import save_samples
+from .sampling import cycle_labels, generate
+from .settings import TrainConfig, check
+
+__all__ = ["train", "setup", "restore", "Run", "TrainingDiverged", "EMA", "learning_rate",
+           "gate_statistics", "build_network"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces
+# ------------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the weights, with warm-up: decay_k = min(d, (1+k)/(10+k))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.module.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+
+
+def gate_statistics(model: nn.Module) -> dict[str, list[float]]:
+    """{unit gate name: [mean, std, min, max]} from ``model.gate_values()`` (if it has them)."""
+    values = getattr(model, "gate_values", None)
+    if values is None:
+        return {}
+    stats = {}
+    for name, v in values().items():
+        v = v.detach().float().reshape(-1)
+        std = float(v.std()) if v.numel() > 1 else 0.0
+        stats[name] = [float(v.mean()), std, float(v.min()), float(v.max())]
+    return stats
+
+
+def build_network(cfg: TrainConfig, dataset) -> nn.Module:
+    """The model for this data, built under the run's seed (same weights on every rank).
+
+    Label dropout is done by the objective, so the model is built with class_dropout_prob 0.
+    """
+    shape = dataset.sample_shape
+    frames = shape[0] if len(shape) == 4 else None
+    channels, size = shape[-3], shape[-1]
+    if shape[-1] != shape[-2]:
+        raise ValueError(f"the data are {shape[-2]}x{shape[-1]}: square images only")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return model_builder(cfg.model_factory)(
+            cfg.model, gate=cfg.gate, input_size=size, in_channels=channels,
+            num_classes=dataset.num_classes or 1, frames=frames, class_dropout_prob=0.0,
+            **cfg.model_options)
+
+
+# ------------------------------------------------------------------------------------------------
+# Setup and restore
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything built from a configuration; the loop's state lives in these objects."""
+
+    cfg: TrainConfig
+    dist: Distributed
+    dataset: object  # data.ArrayDataset or data.ImageFolder
+    schedule: BatchSchedule
+    sde: SDE
+    objective: DiffusionObjective
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    noise: torch.Generator  # the objective's draws (times, noise, label dropout)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def local(self) -> slice:
+        """This rank's slice of the global batch."""
+        n = self.cfg.batch_size // self.dist.world
+        return slice(self.dist.rank * n, (self.dist.rank + 1) * n)
+
+    def meta(self) -> dict:
+        """What a checkpoint records besides the tensors and the RNG states."""
+        return {"train_config": self.cfg.to_json(), "model_config": self.model.config,
+                "labelled": self.dataset.num_classes is not None, "world_size": self.dist.world,
+                "data": {"name": self.dataset.name, "size": len(self.dataset),
+                         "skipped": self.dataset.skipped}}
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Check ``cfg`` and build the run (module docstring); writes nothing.  Raises UsageError."""
+    try:
+        check(cfg)
+        dist = Distributed(cfg.device)
+        try:
+            return _build(cfg, dist)
+        except BaseException:
+            dist.close()
+            raise
+    except (ValueError, TypeError) as exc:  # DataError, ModelLoadError are ValueErrors
+        raise UsageError(str(exc)) from None
+
+
+def _build(cfg: TrainConfig, dist: Distributed) -> Run:
+    dataset = load_dataset(cfg.data, size=cfg.image_size, frames=cfg.frames,
+                           channels=cfg.channels)
+    schedule = BatchSchedule(len(dataset), cfg.batch_size, cfg.seed)
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world} "
+                         "processes")
+    try:
+        sde = make_sde(cfg.sde, **cfg.sde_options)
+    except TypeError as exc:  # an argument the SDE does not take
+        raise ValueError(f"bad sde_options for {cfg.sde}: {exc}") from None
+    objective = DiffusionObjective(sde, cfg.prediction, cfg.t_min, cfg.label_dropout,
+                                   dataset.num_classes)
+    get_sampler(cfg.sampler)  # the grids' sampler, checked before the first step
+    model = build_network(cfg, dataset).to(dist.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return Run(cfg, dist, dataset, schedule, sde, objective, model, EMA(model, cfg.ema_decay),
+               optimizer, torch.Generator(dist.device).manual_seed(cfg.seed))
+
+
+def restore(run: Run) -> tuple[int, Path]:
+    """Load the run folder's latest checkpoint into the run; (its step, its path).  Raises
+    CheckpointError if it does not fit."""
+    path = latest_checkpoint(run.out)
+    ckpt = load_checkpoint(path)  # on the CPU; load_state_dict copies to the device
+    run.model.load_state_dict(ckpt.state_dict("model"), strict=True)
+    run.ema.module.load_state_dict(ckpt.state_dict("ema"), strict=True)
+    load_optimizer_state(run.optimizer, ckpt.tensors, ckpt.meta["optimizer"])
+    set_rng_state(ckpt.meta["rng"], {"noise": run.noise})
+    return ckpt.step, path
+
+
+def _prepare_out(run: Run, start: int) -> None:
+    """The run folder with samples/; the log keeps only the lines up to ``start`` (a resumed run
+    drops what its killed predecessor logged after the checkpoint; a new run starts afresh)."""
+    if not run.dist.main:
+        return
+    (run.out / "samples").mkdir(parents=True, exist_ok=True)
+    path = run.out / "log.jsonl"
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            if json.loads(line)["step"] <= start:
+                keep.append(line)
+    atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
+
+
+def _wrap(run: Run) -> nn.Module:
+    """The model as the step calls it: under DDP with several processes, compiled if asked."""
+    net = run.model
+    if run.dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(run.model, device_ids=[run.dist.device.index]
+                                      if run.dist.device.type == "cuda" else None)
+    return torch.compile(net) if run.cfg.compile else net
+
+
+# ------------------------------------------------------------------------------------------------
+# Step, log, save, sample
+# ------------------------------------------------------------------------------------------------
+
+def train_step(run: Run, net: nn.Module, step: int, autocast,
+               last_ckpt: Path | None) -> tuple[float, float, float]:
+    """Optimizer step ``step`` (0-based) on this rank's slice of the global batch; returns
+    (loss averaged over the ranks, gradient norm before clipping, learning rate)."""
+    cfg, dist, device = run.cfg, run.dist, run.dist.device
+    x, y = run.dataset.batch(run.schedule.indices(step)[run.local])
+    x = x.to(device, non_blocking=True)
+    y = None if y is None else y.to(device)
+    draws = run.objective.draw((cfg.batch_size, *run.dataset.sample_shape), run.noise, device)
+    draws = draws.slice(run.local.start, run.local.stop)
+    lr = learning_rate(cfg, step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss = run.objective.loss(net, x, y, draws, autocast=autocast)
+    loss_value = float(dist.mean(loss.detach()))
+    if not math.isfinite(loss_value):
+        _diverged(f"the loss is {loss_value} at step {step + 1}", last_ckpt)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+    if not math.isfinite(grad_norm):
+        _diverged(f"the gradient norm is {grad_norm} at step {step + 1}", last_ckpt)
+    run.optimizer.step()
+    run.ema.update(run.model, step)
+    return loss_value, grad_norm, lr
+
+
+def _diverged(what: str, last_ckpt: Path | None) -> None:
+    keep = (f"the last good checkpoint is {last_ckpt} (resume from it with --resume, e.g. with "
+            "a lower --lr)") if last_ckpt else "no checkpoint was written yet"
+    raise TrainingDiverged(f"{what}; training stopped before the optimizer step, {keep}")
+
+
+def _append_log(out: Path, record: dict) -> None:
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def log_step(run: Run, step: int, loss: float, lr: float, grad_norm: float,
+             seconds: float) -> None:
+    """One line of log.jsonl for the step just done (``step`` 0-based)."""
+    record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+              "epoch": step // run.schedule.steps_per_epoch, "seconds": round(seconds, 3)}
+    gates = gate_statistics(run.model)
+    if gates:
+        record["gates"] = gates
+    _append_log(run.out, record)
+
+
+def save(run: Run, step: int) -> Path | None:
+    """A checkpoint of ``step`` (on the main process; None elsewhere), after checking that the
+    replicas agree; every process waits for it."""
+    diff = run.dist.replica_difference(run.model)
+    path = None
+    if run.dist.main:
+        meta = {**run.meta(), "rng": rng_state({"noise": run.noise}),
+                "replica_max_param_diff": diff}
+        path = save_checkpoint(run.out, step, {"model": run.model, "ema": run.ema.module},
+                               run.optimizer, meta, keep=run.cfg.keep)
+        if run.dist.world > 1:
+            _append_log(run.out, {"step": step, "replica_max_param_diff": diff})
+    run.dist.barrier()
+    return path
+
+
+def draw_samples(run: Run, step: int) -> None:
+    """The sample grid of ``step`` from the EMA weights (main process only)."""
+    if not run.dist.main:
+        return
+    cfg = run.cfg
+    labels = cycle_labels(cfg.n_samples, run.dataset.num_classes)
+    x = generate(run.ema.module, cfg.n_samples, sde=run.sde, prediction=cfg.prediction,
+                 t_min=cfg.t_min, labels=labels, guidance=cfg.guidance, sampler=cfg.sampler,
+                 steps=cfg.sample_steps, seed=cfg.seed, device=run.dist.device,
+                 autocast=cfg.bf16, disable=True)
+    save_samples(x, run.out / "samples" / f"step-{step:08d}")
+    run.model.train()
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
+    """Run (or continue) training; returns {step, loss, checkpoint, seconds (of training),
+    skipped (unreadable data files)}.
+
+    ``on_step(step, loss)`` is called after every optimizer step (tests use it to stop a run).
+    Raises UsageError for bad settings, CheckpointError for a checkpoint that does not fit and
+    TrainingDiverged for a non-finite loss.
+    """
+    from tqdm.auto import tqdm
+
+    run = setup(cfg)
+    try:
+        start, last_ckpt = restore(run) if resume else (0, None)
+        _prepare_out(run, start)
+        net = _wrap(run)
+        dist = run.dist
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) \
+            if cfg.bf16 and dist.device.type == "cuda" else None
+        run.model.train()
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
+                   disable=not (cfg.progress and dist.main), file=sys.stderr)
+        began, loss, done = time.perf_counter(), math.nan, start
+        for step in bar:
+            loss, grad_norm, lr = train_step(run, net, step, autocast, last_ckpt)
+            done = step + 1
+            # the ranks agree on the (mean) elapsed time, so they stop at the same step
+            out_of_time = cfg.max_seconds > 0 and dist.mean(torch.tensor(
+                time.perf_counter() - began, device=dist.device)).item() >= cfg.max_seconds
+            last = done == cfg.steps or out_of_time
+            if dist.main and (done % cfg.log_every == 0 or last):
+                log_step(run, step, loss, lr, grad_norm, time.perf_counter() - began)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if on_step is not None:
+                on_step(done, loss)
+            if done % cfg.ckpt_every == 0 or last:
+                last_ckpt = save(run, done) or last_ckpt
+            if out_of_time:
+                break
+            if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+                draw_samples(run, done)
+        bar.close()
+        seconds = time.perf_counter() - began  # training only, not the final sample grid
+        if start < done:
+            draw_samples(run, done)
+        return {"step": done, "loss": loss, "checkpoint": last_ckpt, "seconds": seconds,
+                "skipped": run.dataset.skipped}
+    finally:
+        run.dist.close()

@@ -1,0 +1,372 @@
+"""The settings of a training run, each declared once: :class:`TrainConfig`.
+
+A setting is one field of the dataclass, declared with :func:`setting`: its type is the field's
+annotation (``int``, ``float``, ``bool``, ``str``, ``dict``, or one of them ``| None``), and the
+declaration carries its default, its help text, its simple constraints and whether ``--resume``
+may change it.  Everything else is derived from that declaration (:data:`SETTINGS`):
+
+* the command-line flags (:func:`add_arguments`): ``--name-with-dashes`` for every setting,
+  ``--flag/--no-flag`` for booleans, a JSON object for mappings, and ``--model-option KEY=VALUE``
+  (repeatable) for the one mapping declared ``items=True``;
+* the reading of a YAML or TOML file (:func:`load_config_file`): a flat mapping of the same names,
+  with '-' or '_';
+* the configuration stored in every checkpoint (:meth:`TrainConfig.to_json`) and read back
+  (:meth:`TrainConfig.from_json`), so an old checkpoint gets the current defaults for what it
+  lacks;
+* the constraints (:func:`check`): ``minimum <= value <= maximum``, ``above < value < below``,
+  finiteness, a set of allowed values; one message shape for each;
+* what ``--resume`` may change (:func:`resolve_config`): how long to run and what to write, the
+  settings declared ``resumable=True``; everything that decides what is computed is fixed by the
+  checkpoint.
+
+Precedence: defaults < config file < flags; with ``--resume`` the checkpoint's configuration
+replaces the defaults.  Names (sde, prediction, sampler, model, gate, data) are not checked
+here: the constructor that uses each one checks it (``training.loop.setup``).  Every error is a
+:class:`~rdm_dynamics.cli.UsageError` of one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli import Parser, UsageError
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+
+__all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce",
+           "load_config_file", "add_arguments", "build_parser", "resolve_config"]
+
+_KINDS = (bool, int, float, str, dict)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What is declared about one setting (its name and type come from the dataclass field)."""
+
+    name: str
+    kind: type  # bool, int, float, str or dict
+    optional: bool  # None is a value (the default of the optional settings)
+    default: object
+    help: str
+    minimum: float | None = None  # value >= minimum
+    maximum: float | None = None  # value <= maximum
+    above: float | None = None  # value > above
+    below: float | None = None  # value < below
+    finite: bool = False
+    choices: tuple | None = None
+    resumable: bool = False  # --resume may change it
+    items: bool = False  # a mapping set one KEY=VALUE per flag
+    flag: str = ""  # the command-line flag
+
+    def requirement(self) -> str | None:
+        """The constraint in words ("at least 1", "lie in [0, 1)"), None without one."""
+        if self.choices is not None:
+            return "be " + " or ".join(str(c) for c in self.choices)
+        low = ("[", self.minimum) if self.minimum is not None else \
+            ("(", self.above) if self.above is not None else None
+        high = (self.maximum, "]") if self.maximum is not None else \
+            (self.below, ")") if self.below is not None else None
+        if low and high:
+            return f"lie in {low[0]}{low[1]:g}, {high[0]:g}{high[1]}"
+        if low == ("[", 0):
+            return "be non-negative"
+        if low == ("(", 0):
+            return "be a positive number"
+        if low:
+            return f"be {'at least' if low[0] == '[' else 'greater than'} {low[1]:g}"
+        if high:
+            return f"be {'at most' if high[1] == ']' else 'less than'} {high[0]:g}"
+        return "be a finite number" if self.finite else None
+
+    def accepts(self, value) -> bool:
+        """Whether ``value`` (of the setting's type) meets the constraints; NaN meets none."""
+        if value is None:
+            return self.optional
+        if self.choices is not None:
+            return value in self.choices
+        if self.kind not in (int, float):
+            return True
+        return ((not self.finite or math.isfinite(value))
+                and (self.minimum is None or value >= self.minimum)
+                and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above)
+                and (self.below is None or value < self.below))
+
+
+def setting(default, help: str, *, minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None, below: float | None = None, finite: bool = False,
+            choices: tuple | None = None, resumable: bool = False, items: bool = False,
+            flag: str | None = None):
+    """A dataclass field declaring one setting: its default, help and constraints (the type is
+    the field's annotation).  ``resumable``: ``--resume`` may change it.  ``items``: a mapping
+    given on the command line one ``KEY=VALUE`` per ``flag``."""
+    declared = dict(help=help, minimum=minimum, maximum=maximum, above=above, below=below,
+                    finite=finite, choices=choices, resumable=resumable, items=items,
+                    flag=flag or "")
+    meta = {"setting": declared}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on.  Stored in every checkpoint; ``--resume`` reuses it."""
+
+    # model
+    model: str = setting("RDM-DiT-T/2", "named configuration of rdm_dynamics.models "
+                         "(MODEL_CONFIGS)")
+    gate: str = setting("rdm", "residual gate: plain, post-ln, rezero, adaln-zero or rdm")
+    model_options: dict = setting({}, "architecture override passed to build_model "
+                                  "(repeatable)", items=True, flag="--model-option")
+    model_factory: str | None = setting(None, "module:function with build_model's signature, "
+                                        "for your own model")
+    # data
+    data: str = setting("digits", "digits, moving-digits, a folder of PNG/JPEG images or a "
+                        ".npy/.npz file")
+    image_size: int | None = setting(None, "resize to this size (digits 8, moving-digits "
+                                     "canvas 16, folders 32)", minimum=1)
+    frames: int | None = setting(None, "moving-digits video length (default 8)", minimum=1)
+    channels: int = setting(1, "image folders: 1 (grey) or 3 (RGB)", choices=(1, 3))
+    # diffusion
+    sde: str = setting("vp", "forward SDE of rdm_dynamics.sde: vp, subvp or ve")
+    sde_options: dict = setting({}, "JSON object of SDE arguments, e.g. '{\"beta_max\": 20}'")
+    prediction: str = setting("eps", "network target: eps or v")
+    t_min: float = setting(1e-3, "training times are uniform on [t_min, 1]; the samplers stop "
+                           "there", above=0, below=1)
+    label_dropout: float = setting(0.1, "probability of the null label (classifier-free "
+                                   "guidance training)", minimum=0, maximum=1)
+    # optimisation
+    steps: int = setting(2000, "total optimizer steps", minimum=1, resumable=True)
+    max_seconds: float = setting(0.0, "stop with a checkpoint once training has run this long "
+                                 "(0: no limit)", minimum=0, resumable=True)
+    batch_size: int = setting(64, "global batch size, split over the processes", minimum=1)
+    lr: float = setting(1e-3, "AdamW learning rate (after a linear warm-up)", above=0,
+                        finite=True)
+    warmup: int = setting(100, "warm-up steps", minimum=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this", above=0)
+    ema_decay: float = setting(0.999, "EMA decay of the weights used for sampling", minimum=0,
+                               below=1)
+    seed: int = setting(0, "seed of every random draw", minimum=0)
+    # hardware
+    device: str = setting("auto", "auto, cpu or cuda[:N] (torchrun: cuda means each rank's "
+                          "local GPU)", resumable=True)
+    bf16: bool = setting(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
+    compile: bool = setting(False, "torch.compile the model", resumable=True)
+    # output
+    out: str = setting("runs/rdm", "run folder: log.jsonl, samples/, checkpoints",
+                       resumable=True)
+    log_every: int = setting(10, "log every N steps", minimum=1, resumable=True)
+    ckpt_every: int = setting(500, "checkpoint every N steps (and at the end)", minimum=1,
+                              resumable=True)
+    keep: int = setting(2, "checkpoints kept", minimum=1, resumable=True)
+    sample_every: int = setting(0, "sample grid every N steps (0: only at the end)", minimum=0,
+                                resumable=True)
+    n_samples: int = setting(64, "samples per grid", minimum=1, resumable=True)
+    sampler: str = setting("ddpm", "euler-maruyama, pf-ode or ddpm", resumable=True)
+    sample_steps: int = setting(100, "sampler steps for the grids", minimum=1, resumable=True)
+    guidance: float = setting(2.0, "classifier-free guidance scale for the grids", finite=True,
+                              resumable=True)
+    progress: bool = setting(True, "tqdm progress bar", resumable=True)
+
+    def to_json(self) -> dict:
+        """The configuration as stored in a checkpoint (JSON values)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, stored: dict) -> TrainConfig:
+        """A configuration from a stored mapping (a checkpoint's ``train_config``): each known
+        key read as its setting's type, the declared defaults for the missing ones, unknown keys
+        (settings of other versions) ignored."""
+        return cls(**{k: coerce(k, v) for k, v in stored.items() if k in SETTINGS})
+
+
+def _settings() -> dict[str, Setting]:
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        hint = kind = hints[f.name]
+        optional = type(None) in typing.get_args(hint)  # X | None
+        if optional:
+            rest = [a for a in typing.get_args(hint) if a is not type(None)]
+            kind = rest[0] if len(rest) == 1 else hint
+        kind = typing.get_origin(kind) or kind  # dict[str, ...] -> dict
+        if kind not in _KINDS:
+            raise TypeError(f"setting {f.name}: unsupported type {hint}")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        declared = dict(f.metadata["setting"])
+        declared["flag"] = declared["flag"] or "--" + f.name.replace("_", "-")
+        out[f.name] = Setting(name=f.name, kind=kind, optional=optional, default=default,
+                              **declared)
+    return out
+
+
+#: Every setting, by name, in declaration order.
+SETTINGS: dict[str, Setting] = _settings()
+
+
+# ------------------------------------------------------------------------------------------------
+# Values
+# ------------------------------------------------------------------------------------------------
+
+def coerce(name: str, value):
+    """One value (from a file, a flag or a checkpoint) as its setting's type; UsageError if it
+    is not one.  Strings are read too: booleans as true/false/1/0/yes/no, mappings as JSON."""
+    s = SETTINGS[name]
+    if value is None:
+        if s.optional:
+            return None
+        raise UsageError(f"{name} cannot be empty")
+    try:
+        if s.kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if s.kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if s.kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if s.kind is dict:
+            if isinstance(value, str):  # from the command line: a JSON object
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be {s.kind.__name__}, got {value!r}") from None
+
+
+def check(cfg: TrainConfig) -> None:
+    """Every declared constraint, in declaration order; UsageError naming the first broken."""
+    for name, s in SETTINGS.items():
+        value = getattr(cfg, name)
+        if not s.accepts(value):
+            raise UsageError(f"{name} must {s.requirement()}, got {value}")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A flat mapping of TrainConfig keys ('-' or '_') from a .yaml/.yml or .toml file, each
+    value read as its setting's type."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            loaded = yaml.safe_load(text)
+        elif path.suffix.lower() == ".toml":
+            import tomllib
+
+            loaded = tomllib.loads(text)
+        else:
+            raise UsageError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+    except UsageError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot parse config file {str(path)!r}: {first}") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise UsageError(f"config file {str(path)!r} must hold a mapping of settings")
+    out = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in SETTINGS:
+            raise UsageError(f"unknown setting {key!r} in {str(path)!r}")
+        out[name] = coerce(name, value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (``dest`` the setting's name, default None: not given)."""
+    for name, s in SETTINGS.items():
+        if s.items:
+            parser.add_argument(s.flag, dest=name, action="append", default=None,
+                                metavar="KEY=VALUE", help=s.help)
+            continue
+        text = f"{s.help} (default {s.default})"
+        if s.kind is bool:
+            parser.add_argument(s.flag, dest=name, default=None,
+                                action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(s.flag, dest=name, default=None, metavar=name.upper(), help=text)
+
+
+def build_parser(prog: str | None = None, description: str | None = None) -> Parser:
+    """--config, --resume and the flags of every setting."""
+    p = Parser(prog=prog, description=description)
+    p.add_argument("--config", default=None, help="YAML or TOML file of settings")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint")
+    add_arguments(p)
+    return p
+
+
+def _item(s: Setting, text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true, lists), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"{s.flag} must look like KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def resolve_config(argv, prog: str | None = None,
+                   description: str | None = None) -> tuple[TrainConfig, bool]:
+    """(configuration, resume) from command-line arguments: defaults < config file < flags; with
+    --resume, the checkpoint's configuration with only the resumable settings changed.  The
+    constraints are not checked here (:func:`check`, in ``training.loop.setup``)."""
+    args = build_parser(prog, description).parse_args(argv)
+    given = load_config_file(args.config) if args.config else {}
+    for name, s in SETTINGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if s.items:
+            given[name] = {**given.get(name, {}), **dict(_item(s, v) for v in value)}
+        else:
+            given[name] = coerce(name, value)
+    if not args.resume:
+        cfg = TrainConfig(**given)
+        if latest_checkpoint(cfg.out) is not None:
+            raise UsageError(f"{cfg.out!r} already holds a run: pass --resume to continue it or "
+                             "choose another --out")
+        return cfg, False
+    out = Path(given.get("out", SETTINGS["out"].default))
+    found = latest_checkpoint(out)
+    if found is None:
+        raise UsageError(f"--resume: no checkpoint in {str(out)!r}")
+    try:
+        base = TrainConfig.from_json(load_checkpoint(found).meta["train_config"])
+    except (CheckpointError, KeyError) as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    changed = sorted(k for k, v in given.items()
+                     if not SETTINGS[k].resumable and v != getattr(base, k))
+    if changed:
+        raise UsageError(f"--resume cannot change {', '.join(changed)} (the checkpoint's "
+                         "run was trained with other values)")
+    return dataclasses.replace(base, **given), True
