@@ -20,9 +20,10 @@ the units, so it applies to any backbone whose units are :class:`~rdm_dynamics.m
   proof in proofs/C8_trained-propagation.md).  One forward-mode pass computes the sum: a tangent
   r_i is added at each unit's output, and forward-mode AD carries it through every later map.
 * :func:`amplification` (C8): |J_{i->out} v| / |v| for random directions v at each unit output.
-* :func:`unit_adjoints` (C9): autograd's dloss/da_i and dloss/dz_i at every unit, and the
-  adjoint step of each unit computed by its own vector-Jacobian product,
-  dloss/da_i = dloss/dz_i dU_i/da_i (= p (I + alpha dF/dz) for a gated unit z + alpha F(z)).
+* :func:`unit_adjoints` (C9): autograd's dloss/da_i (the part that flows through unit i) and
+  dloss/dz_i at every unit, and the adjoint step of each unit computed by its own
+  vector-Jacobian product, dloss/da_i = dloss/dz_i dU_i/da_i (= p (I + alpha dF/dz) for a gated
+  unit z + alpha F(z)).
 
 Attention runs on PyTorch's math kernel here (``torch.nn.attention.sdpa_kernel``): the fused CPU
 kernels have no forward-mode derivative, and the math kernel is the reference computation anyway.
@@ -202,11 +203,22 @@ def unit_adjoints(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.T
         out.retain_grad()
         records.append((module, z, c.detach(), e.detach(), out))
 
+    def own_input(module, args):  # an alias of a_i that only unit i consumes (see below)
+        return (args[0].view_as(args[0]), *args[1:])
+
+    # A state may feed several maps (in a U-Net the last encoder unit's output is both the
+    # middle's input and a long skip); the alias makes dloss/da_i the adjoint that flows through
+    # unit i alone, which is what the unit's own step p_out dU_i/da_i must reproduce.
+    pre = [u.register_forward_pre_hook(own_input) for u in units]
     x = x.detach().requires_grad_(True)  # so every state carries a gradient
-    with reference_kernels(), _hooks(units, hook):
-        out = net64(x, t, y)
-        loss = 0.5 * (out - target).pow(2).sum()
-        loss.backward()
+    try:
+        with reference_kernels(), _hooks(units, hook):
+            out = net64(x, t, y)
+            loss = 0.5 * (out - target).pow(2).sum()
+            loss.backward()
+    finally:
+        for h in pre:
+            h.remove()
     in_norms, out_norms, errors = [], [], []
     for i, (module, z, c, e, out_i) in enumerate(records):
         g_in, g_out = z.grad, out_i.grad

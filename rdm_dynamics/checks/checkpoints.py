@@ -56,6 +56,11 @@ class CheckpointConfig:
         return g
 
     @property
+    def ladder(self) -> tuple[int, ...]:
+        """The model's one depth (the report header's ladder)."""
+        return (self.depth,)
+
+    @property
     def report_fields(self) -> dict:
         return {"checkpoint": self.ckpt}
 
