@@ -44,7 +44,8 @@ verified("skip graph: first-order output error = J_(1->out) r1 + J_(2->out) r2 w
 # --- Step 4: the per-unit profile (3): delta_2 = J_(1->2) r1 + r2 to first order ------------------
 d2 = sp.diff(z2st - z2s, eps).subs(eps, 0).doit()
 J12 = sp.diff(U2(G(w1)), w1).subs(w1, z1).doit()
-verified("profile: delta_2 = J_(1->2) r1 + r2 to first order", sp.simplify(d2 - (J12 * r1 + r2)) == 0)
+verified("profile: delta_2 = J_(1->2) r1 + r2 to first order",
+         sp.simplify(d2 - (J12 * r1 + r2)) == 0)
 
 # --- The negative control: leaving r1 out of the sum leaves exactly J_(1->out) r1 unexplained -----
 verified("dropping unit 1's rounding leaves the residual J_(1->out) r1",

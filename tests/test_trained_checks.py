@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
-from rdm_dynamics.checks import registry
 from rdm_dynamics.checks import denoising_risk as C10
+from rdm_dynamics.checks import registry
 from rdm_dynamics.checks import trained_propagation as C8
 from rdm_dynamics.checks import trained_sensitivity as C9
 from rdm_dynamics.checks.checkpoints import checkpoint_config, load_subject
@@ -21,7 +22,6 @@ from rdm_dynamics.training.known_law import LawModule, LawSpec, law_from_tensors
 from rdm_dynamics.training.loop import train
 from rdm_dynamics.training.settings import TrainConfig
 from rdm_dynamics.verify import main
-from tiny_models import tiny_model
 
 TINY_DIT = {"depth": 2, "width": 32, "heads": 2}
 
@@ -196,3 +196,27 @@ def test_verify_without_ckpt_keeps_the_theory_checks_and_bad_ckpt_is_exit_2(tmp_
     assert main(["--ckpt", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ckpt" in err[0]
+
+
+def test_a_resumed_digits_gmm_run_repeats_the_uninterrupted_losses(tmp_path):
+    def cfg(out):
+        return TrainConfig(model="RDM-DiT-T/2", model_options={"depth": 1, "width": 32,
+                                                               "heads": 2},
+                           data="digits-gmm", steps=4, batch_size=8, warmup=0, log_every=1,
+                           ckpt_every=2, n_samples=2, sample_steps=1, progress=False,
+                           out=str(out), device="cpu")
+
+    def losses(out):
+        return [json.loads(s)["loss"] for s in (out / "log.jsonl").read_text().splitlines()]
+
+    train(cfg(tmp_path / "full"))
+
+    def kill(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "cut"), on_step=kill)
+    train(cfg(tmp_path / "cut"), resume=True)
+    full = losses(tmp_path / "full")
+    assert losses(tmp_path / "cut") == full and len(full) == 4

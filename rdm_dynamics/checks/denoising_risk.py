@@ -31,8 +31,13 @@ import math
 import numpy as np
 import torch
 
-from ..analysis.denoising_risk import binned_means, chi_square, component_shares, risk_terms, \
-    time_bins
+from ..analysis.denoising_risk import (
+    binned_means,
+    chi_square,
+    component_shares,
+    risk_terms,
+    time_bins,
+)
 from ..stats import mean_se
 from ..training.sampling import generate
 from .checkpoints import CheckpointConfig, Subject, draw_inputs, load_subject
@@ -78,7 +83,7 @@ def network_predictor(subject: Subject, device: str):
     return eps_theta
 
 
-def measure_risk(subject: Subject, config: CheckConfig | CheckpointConfig, eps_theta=None,
+def measure_risk(subject: Subject, config: CheckpointConfig, eps_theta=None,
                  eps_star=None) -> tuple[dict, np.ndarray]:
     """Per-bin metrics of the decomposition (module docstring) and the bin edges.  Predictors
     default to the subject's network and its exact Bayes predictor."""

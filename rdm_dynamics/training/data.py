@@ -351,10 +351,12 @@ def load_array(path: str | Path) -> ArrayDataset:
     return ArrayDataset(x, y, name=name)
 
 
-def known_law_data(law: known_law.LawSpec = known_law.LawSpec(),
+def known_law_data(law: known_law.LawSpec | None = None,
                    seed: int = 0) -> known_law.KnownLawData:
     """``digits-gmm``: fresh images from the Gaussian mixture ``law`` fitted to the training split
-    of the digits at ``law.size`` (``known_law``), image j a function of (seed, j)."""
+    of the digits at ``law.size`` (``known_law``; default ``LawSpec()``), image j a function of
+    (seed, j)."""
+    law = law or known_law.LawSpec()
     if law.size < 2:
         raise DataError(f"digit size must be at least 2, got {law.size}")
     source = digits("train", size=law.size)
