@@ -29,6 +29,7 @@ the same batches as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -359,12 +360,17 @@ def known_law_data(law: known_law.LawSpec | None = None,
     law = law or known_law.LawSpec()
     if law.size < 2:
         raise DataError(f"digit size must be at least 2, got {law.size}")
+    return known_law.KnownLawData(_fitted_law(law), seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _fitted_law(law: known_law.LawSpec) -> known_law.KnownLaw:
+    """The fit of ``law`` (a pure function of the spec, so kept for the process)."""
     source = digits("train", size=law.size)
     try:
-        fitted = known_law.fit_digits_mixture(law, source.images, source.labels)
+        return known_law.fit_digits_mixture(law, source.images, source.labels)
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    return known_law.KnownLawData(fitted, seed=seed)
 
 
 def load_dataset(spec: str, *, split: str = "train", size: int | None = None,

@@ -107,7 +107,7 @@ def fit_digits_mixture(spec: LawSpec, images: torch.Tensor, labels: torch.Tensor
     """The known law of ``spec`` (module docstring), float64, fitted to ``images`` (N, 1, s, s)
     with ``labels`` (N,) 0..9: the training split of ``data.digits(size=spec.size)``.  Raises
     ValueError for a bad spec."""
-    from sklearn.mixture import GaussianMixture as SkMixture
+    from threadpoolctl import threadpool_limits
 
     if spec.covariance not in COVARIANCES:
         raise ValueError(f"unknown data covariance {spec.covariance!r}; choose "
@@ -116,6 +116,13 @@ def fit_digits_mixture(spec: LawSpec, images: torch.Tensor, labels: torch.Tensor
         raise ValueError("digits-gmm needs components >= 1, rank >= 1 and min_var > 0")
     x = images.reshape(len(images), -1).double().numpy()
     y = labels.numpy()
+    with threadpool_limits(1):  # small matrices: BLAS threads only contend (40x slower on 2 cores)
+        return _fit(spec, x, y)
+
+
+def _fit(spec: LawSpec, x: np.ndarray, y: np.ndarray) -> KnownLaw:
+    from sklearn.mixture import GaussianMixture as SkMixture
+
     weights, means, covs, classes = [], [], [], []
     for c in range(NUM_CLASSES):
         xc = x[y == c]
