@@ -14,7 +14,8 @@ Measured (analysis.backbone_probes):
   float64, so every rounding error r_i enters at a unit; its output error against the
   first-order prediction sum_i J_{i->out} r_i (one forward-mode pass, the discrete
   variation-of-constants formula; proof in proofs/C8_trained-propagation.md), as the relative
-  residual |delta - sum_i J r_i| / |delta| per sample;
+  residual |delta - sum_i J r_i| / |delta| per sample (and the same at every unit's output,
+  eq. (3) of the proof: ``linear_response_residual_units_max``, the largest per-unit mean);
 * amplification: |J_{i->out} v| / |v| for a standard normal direction v at each unit's output,
   per sample.
 
@@ -90,9 +91,13 @@ def measure(config: CheckpointConfig, skip_units: tuple[int, ...] = ()) -> dict:
         lowp = lowp_units_pass(net64, x, t, y, dtype)
         delta = lowp.trace.output - ref.output
         perturb = {i: r for i, r in enumerate(lowp.local_errors) if i not in skip_units}
-        predicted = linear_response(net64, x, t, y, perturb).output
+        response = linear_response(net64, x, t, y, perturb)
+        predicted = response.output
         out[f"units_only_{tag}"] = per_sample_norm(delta, B) / per_sample_norm(ref.output, B)
         out[f"residual_{tag}"] = per_sample_norm(delta - predicted, B) / per_sample_norm(delta, B)
+        out[f"residual_units_{tag}"] = torch.stack([
+            per_sample_norm(lo - r - c, B) / per_sample_norm(lo - r, B) for lo, r, c in
+            zip(lowp.trace.outputs, ref.outputs, response.outputs, strict=True)])
     net32 = cast_model(subject.net, torch.float32)
     auto = run_traced(net32, x.float(), t.float(), y, autocast=_autocast(dev))
     out["units_autocast"], out["output_autocast"] = errors(auto)
@@ -117,6 +122,8 @@ def run(config: CheckpointConfig, skip_units: tuple[int, ...] = ()) -> CheckResu
         mean_se(raw["residual_bf16"])
     metrics["linear_response_residual_fp16"], metrics["linear_response_residual_fp16_se"] = \
         mean_se(raw["residual_fp16"])
+    metrics["linear_response_residual_units_max"] = \
+        float(raw["residual_units_bf16"].mean(1).max())
     amp = raw["amplification"]
     per_unit = [mean_se(row) for row in amp]
     worst = int(np.argmax([m for m, _ in per_unit]))
