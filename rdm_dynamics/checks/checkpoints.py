@@ -119,12 +119,13 @@ def _load(ckpt: str, device: str) -> Subject:
         cfg = TrainConfig.from_json(c.meta.get("train_config") or {})
         net = load_model(c, "ema", factory=cfg.model_factory).to(device)
         sde = make_sde(cfg.sde, **cfg.sde_options)
-    except (CheckpointError, ModelLoadError, KeyError, TypeError, ValueError) as exc:
+        stored = c.state_dict(LAW_PREFIX)
+        law = law_from_tensors(stored) if stored else None
+    except (CheckpointError, ModelLoadError, KeyError, TypeError, ValueError,
+            RuntimeError) as exc:
         raise UsageError(f"--ckpt {ckpt}: {exc}") from None
     if not hasattr(net, "residual_units"):
         raise UsageError(f"--ckpt {ckpt}: the model has no residual units to check")
-    stored = c.state_dict(LAW_PREFIX)
-    law = law_from_tensors(stored) if stored else None
     labelled = bool(c.meta.get("labelled", net.config.get("num_classes", 1) > 1))
     return Subject(net.requires_grad_(False), cfg, sde, law, c.step, c.path, labelled)
 
