@@ -21,7 +21,8 @@ Quadrature.  K is computed by a composite Gauss-Legendre rule on x in [-10, 10] 
 nodes, Gaussian weight folded in; the mass beyond |x| = 10 is 1.5e-23).  Gauss-Hermite is not used:
 tanh(sqrt(q) x) has poles at x = i pi / (2 sqrt(q)), which approach the real axis as q grows, and
 64-node Gauss-Hermite is off by 3e-9 at q = 1 and 1e-4 at q = 4 (the composite rule: below 1e-13
-up to q = 64, tested against scipy's adaptive quad).  The SDE solver evaluates K at every step for every sample, so :class:`KappaTable`
+up to q = 64, tested against scipy's adaptive quad; beyond, K = 1 - E sech^2(sqrt(q) xi) is
+integrated in y = sqrt(q) x, where sech^2 has a fixed width).  The SDE solver evaluates K at every step for every sample, so :class:`KappaTable`
 tabulates K and dK/ds on a grid of s = sqrt(q) and interpolates by cubic Hermite polynomials
 (error below 1e-8), falling back to the quadrature itself beyond the grid.
 
@@ -48,7 +49,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchsde
-from torchsde._brownian import BaseBrownian
 
 from ..stack import GatedResidualStack
 from .fields import tanh_residual
@@ -64,23 +64,44 @@ __all__ = ["TanhWeightLaw", "tanh_square_mean", "tanh_square_mean_slope", "Kappa
 _PANELS, _NODES, _X_MAX = 200, 8, 10.0
 
 
-def _gaussian_rule() -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights of the composite Gauss-Legendre rule for E phi(xi), xi ~ N(0, 1)."""
+def _composite_rule(x_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the composite Gauss-Legendre rule for int_{-x_max}^{x_max} dx."""
     gx, gw = np.polynomial.legendre.leggauss(_NODES)
-    edges = np.linspace(-_X_MAX, _X_MAX, _PANELS + 1)
+    edges = np.linspace(-x_max, x_max, _PANELS + 1)
     half = 0.5 * (edges[1] - edges[0])
-    x = (0.5 * (edges[1:] + edges[:-1])[:, None] + half * gx).ravel()
-    w = np.tile(half * gw, _PANELS) * np.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
-    return x, w
+    return (0.5 * (edges[1:] + edges[:-1])[:, None] + half * gx).ravel(), np.tile(half * gw,
+                                                                                  _PANELS)
 
 
-_RULE_X, _RULE_W = _gaussian_rule()
+_RULE_X, _dx = _composite_rule(_X_MAX)
+_RULE_W = _dx * np.exp(-0.5 * _RULE_X**2) / math.sqrt(2 * math.pi)  # for E phi(xi)
+
+
+#: Beyond s = sqrt(q) = 8 the integrand varies on the scale 1/s, finer than the rule's panels:
+#: there K = 1 - E sech^2(s xi) = 1 - (1/s) int sech^2(y) phi(y / s) dy, integrated in y.
+_WIDE = 8.0
+_Y_MAX = 40.0  # sech^2(40) = 7e-35
+
+
+_Y, _DY = _composite_rule(_Y_MAX)
+
+
+def _sech_square_mean_wide(s: np.ndarray) -> np.ndarray:
+    y, w = _Y, _DY
+    sech2 = 1.0 / np.cosh(y) ** 2
+    phi = np.exp(-0.5 * (y / s[..., None]) ** 2) / math.sqrt(2 * math.pi)
+    return (sech2 * phi) @ w / s
 
 
 def tanh_square_mean(variance) -> np.ndarray:
     """K(q) = E tanh^2(sqrt(q) xi), xi ~ N(0, 1), for q >= 0 (array in, array out)."""
     s = np.sqrt(np.asarray(variance, dtype=np.float64))
-    return (np.tanh(s[..., None] * _RULE_X) ** 2) @ _RULE_W
+    narrow = np.minimum(s, _WIDE)
+    out = (np.tanh(narrow[..., None] * _RULE_X) ** 2) @ _RULE_W
+    wide = s > _WIDE
+    if np.any(wide):
+        out = np.where(wide, 1.0 - _sech_square_mean_wide(np.maximum(s, _WIDE)), out)
+    return out
 
 
 def tanh_square_mean_slope(std) -> np.ndarray:
@@ -234,7 +255,7 @@ def layer_noise(increments: torch.Tensor, depth: int) -> torch.Tensor:
         * math.sqrt(depth)
 
 
-class GridBrownian(BaseBrownian):
+class GridBrownian(torchsde.BaseBrownian):
     """A torchsde Brownian motion given by its increments on a uniform grid of [0, 1]: queries
     W(tb) - W(ta) at grid times (what torchsde's fixed-step solvers ask for)."""
 
