@@ -26,7 +26,7 @@ def expect_polynomial(expr, gaussians: dict) -> sp.Expr:
     total = sp.Integer(0)
     for powers, coeff in poly.terms():
         term = coeff
-        for (sym, var), k in zip(gaussians.items(), powers, strict=True):
+        for var, k in zip(gaussians.values(), powers, strict=True):
             term *= gaussian_moment(k, var)
         total += term
     return sp.simplify(total)
@@ -51,7 +51,7 @@ def main() -> None:
              all(is_zero(expect_polynomial(u[j] * u[k], law)) for j in range(n)
                  for k in range(n) if j != k))
 
-    # --- Step 2: E F = 0, third moments 0, Sigma = K(q) I ------------------------------------------
+    # --- Step 2: E F = 0, third moments 0, Sigma = K(q) I ----------------------------------------
     phi = sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)
     for k in (1, 3):
         integrand = sp.tanh(sp.sqrt(q) * x) ** k * phi

@@ -12,11 +12,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import integrate
 
-from rdm_dynamics.analysis.iid_limit import (IIDLimitSDE, KappaTable, TanhWeightLaw,
-                                             brownian_increments, iid_stack_output,
-                                             jackknife_se, kappa_table, layer_noise,
-                                             solve_limit_sde, tanh_square_mean,
-                                             tanh_square_mean_slope)
+from rdm_dynamics.analysis.iid_limit import (
+    IIDLimitSDE,
+    KappaTable,
+    TanhWeightLaw,
+    brownian_increments,
+    iid_stack_output,
+    jackknife_se,
+    kappa_table,
+    layer_noise,
+    solve_limit_sde,
+    tanh_square_mean,
+    tanh_square_mean_slope,
+)
 from rdm_dynamics.checks import CheckConfig, iid_depth_limit, registry
 from rdm_dynamics.stats import mean_se
 

@@ -17,25 +17,26 @@ Gaussian integral (:func:`tanh_square_mean`).  With alpha_L = 1/sqrt(L) one unit
 mean-zero increment of covariance Sigma(z) / L, and z_L converges in law to z(1) of the Ito SDE
 dz = Sigma(z)^{1/2} dB = sqrt(kappa(|z|)) dB (proofs/C7_iid-depth-limit.md).
 
-Quadrature.  K is computed by a composite Gauss-Legendre rule on x in [-10, 10] (200 panels of 8
-nodes, Gaussian weight folded in; the mass beyond |x| = 10 is 1.5e-23).  Gauss-Hermite is not used:
+Quadrature. K is computed by a composite Gauss-Legendre rule on x in [-10, 10] (200 panels of 8
+nodes, Gaussian weight folded in; the mass beyond |x| = 10 is 1.5e-23). Gauss-Hermite is not used:
 tanh(sqrt(q) x) has poles at x = i pi / (2 sqrt(q)), which approach the real axis as q grows, and
-64-node Gauss-Hermite is off by 3e-9 at q = 1 and 1e-4 at q = 4 (the composite rule: below 1e-13
-up to q = 64, tested against scipy's adaptive quad; beyond, K = 1 - E sech^2(sqrt(q) xi) is
-integrated in y = sqrt(q) x, where sech^2 has a fixed width).  The SDE solver evaluates K at every step for every sample, so :class:`KappaTable`
-tabulates K and dK/ds on a grid of s = sqrt(q) and interpolates by cubic Hermite polynomials
-(error below 1e-8), falling back to the quadrature itself beyond the grid.
+64-node Gauss-Hermite is off by 3e-9 at q = 1 and 1e-4 at q = 4 (the composite rule: below 1e-13 up
+to q = 64, tested against scipy's adaptive quad; beyond, K = 1 - E sech^2(sqrt(q) xi) is integrated
+in y = sqrt(q) x, where sech^2 has a fixed width). The SDE solver evaluates K at every step for
+every sample, so :class:`KappaTable` tabulates K and dK/ds on a grid of s = sqrt(q) and
+interpolates by cubic Hermite polynomials (error below 1e-8), falling back to the quadrature itself
+beyond the grid.
 
-Coupled weight draws.  To measure a weak error of order 1e-3 between the stack and the SDE, both
-are driven by one Brownian path per sample (common random numbers).  :meth:`TanhWeightLaw.draw_coupled`
+Coupled weight draws. To measure a weak error of order 1e-3 between the stack and the SDE, both are
+driven by one Brownian path per sample (common random numbers). :meth:`TanhWeightLaw.draw_coupled`
 draws (W_i, b_i) from their exact law *conditioned on* the standardised pre-activation at the
 current state, xi_i = (W_i z_i + b_i) / sqrt(q(z_i)), being the Brownian increment of that layer
 (normalised): with G = W sqrt(d) / s_w and g = b / s_b standard normal, xi = cos(t) G e + sin(t) g
 (e = z / |z|, tan t = s_b sqrt(d) / (s_w |z|)) is a standard normal linear function of (G, g), and
 (G, g) = (G', g') + (xi - xi') (cos(t) e^T, sin(t)) with (G', g') fresh and xi' their own
-combination is an exact draw of (G, g) given xi.  Since xi_i ~ N(0, I) is independent of the past,
+combination is an exact draw of (G, g) given xi. Since xi_i ~ N(0, I) is independent of the past,
 so is (W_i, b_i): the weights are i.i.d. across depth and independent of z_0, exactly as in the
-uncoupled stack, and the law of z_L is the same (tested).  Only the joint law with the reference
+uncoupled stack, and the law of z_L is the same (tested). Only the joint law with the reference
 path is chosen, which no expectation of z_L alone can see.
 """
 

@@ -1,11 +1,11 @@
 """C7 `iid-depth-limit`: with weights i.i.d. across depth and 1/sqrt(L) branches, the stack
 converges in law to the SDE dz = sqrt(kappa(|z|)) dB, at weak order 1.
 
-Setting (``analysis.iid_limit``): z in R^8, F_i(z) = tanh(W_i z + b_i), W_i ~ N(0, s_w^2 / d),
-b_i ~ N(0, s_b^2), s_w = 2, s_b = 0.003, drawn afresh at every layer and for every sample;
-1200 inputs z_0 ~ N(0, (0.03^2 / d) I) (800 with --quick).  Three branch scalings, named by the gate schedules that give them:
-``inv-sqrt`` alpha = 1/sqrt(L) (the claim), ``euler`` alpha = 1/L and ``plain`` alpha = 1 (the
-controls).  The check runs all three itself, so ``--gating`` does not change it.
+Setting (``analysis.iid_limit``): z in R^8, F_i(z) = tanh(W_i z + b_i), W_i ~ N(0, s_w^2 / d), b_i
+~ N(0, s_b^2), s_w = 2, s_b = 0.003, drawn afresh at every layer and for every sample; 1200 inputs
+z_0 ~ N(0, (0.03^2 / d) I) (800 with --quick). Three branch scalings, named by the gate schedules
+that give them: ``inv-sqrt`` alpha = 1/sqrt(L) (the claim), ``euler`` alpha = 1/L and ``plain``
+alpha = 1 (the controls). The check runs all three itself, so ``--gating`` does not change it.
 
 Reference: the limit SDE solved by torchsde (Euler-Maruyama, diagonal noise sqrt(kappa(|z|)),
 kappa by quadrature) with M = 4 x depth and M/2 steps on the same Brownian path, combined by
@@ -42,9 +42,16 @@ import math
 import numpy as np
 import torch
 
-from ..analysis.iid_limit import (IIDLimitSDE, TanhWeightLaw, brownian_increments,
-                                  iid_stack_output, jackknife_se, layer_noise, solve_limit_sde,
-                                  two_point_order)
+from ..analysis.iid_limit import (
+    IIDLimitSDE,
+    TanhWeightLaw,
+    brownian_increments,
+    iid_stack_output,
+    jackknife_se,
+    layer_noise,
+    solve_limit_sde,
+    two_point_order,
+)
 from ..stats import fit_order, mean_se
 from . import CheckConfig
 from .report import CheckResult, Series, order_axes
@@ -158,8 +165,9 @@ def measure(config: CheckConfig, *, reference_law: TanhWeightLaw | None = None,
                     flat, lambda m, i=i: _orders(ladder, dist(m))[i])
             for j, f in enumerate(FUNCTIONS):
                 metrics[f"weak_error_{f}"], metrics[f"weak_error_{f}_se"] = mean_se(D[:, -1, j])
-                order_f = lambda m, j=j: fit_order(ladder, np.abs(m.reshape(D.shape[1:])[:, j]
-                                                                  )).order  # noqa: E731
+                def order_f(m, j=j, shape=D.shape[1:]):
+                    return fit_order(ladder, np.abs(m.reshape(shape)[:, j])).order
+
                 metrics[f"weak_order_{f}"] = order_f(flat.mean(0))
                 metrics[f"weak_order_{f}_se"] = jackknife_se(flat, order_f)
             correction = (fine - half).cpu().numpy().mean(0)
