@@ -202,7 +202,7 @@ def measure(config: CheckConfig, *, reference_law: TanhWeightLaw | None = None,
         f"+/- {m['weak_error_se']:.1e} at L = {depth}; end-to-end order "
         f"{m['weak_order_ends']:.3f}); with 1/L the stack collapses to the identity (|z_L - z_0| "
         f"falls at order {m['inv_depth_collapse_order']:.3f}, distance to the SDE order "
-        f"{m['inv_depth_weak_order']:.2f}), with alpha = 1 it diverges (E|z_L - z_0|^2 grows as "
+        f"{m['inv_depth_weak_order']:.3f}), with alpha = 1 it diverges (E|z_L - z_0|^2 grows as "
         f"L^{m['plain_growth_order']:.2f}). C7 runs all three scalings itself, so --gating does "
         f"not change it.")
     return CheckResult(
