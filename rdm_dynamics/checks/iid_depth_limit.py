@@ -237,7 +237,7 @@ def weak_error_figure(ladder, curves, diffs, scale):
         right.set_xscale("log", base=2)
         right.set_yscale("log")
         right.set_xlabel("depth L")
-        right.set_title("alpha = 1/sqrt(L), per test function")
+        right.set_title("1/sqrt(L): each test function")
         right.grid(True, which="both", alpha=0.3)
         right.legend(fontsize=7)
         fig.suptitle("C7 iid-depth-limit (all three scalings; --gating not used)")
