@@ -43,6 +43,7 @@ from .rules import Rule, judge
 
 CLAIM = "C5"
 ID = "error-propagation"
+MIN_DEPTH = 32  # its experiments compare depths 16, 32, ..., --depth (propagation_depths)
 TITLE = "Error propagation: the discrete Gronwall bound holds; gated amplification stays bounded"
 
 RATIO_RANGE = (0.5, 2.0)

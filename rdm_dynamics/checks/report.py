@@ -6,7 +6,10 @@ expected, summary``.  ``metrics`` maps names to numbers (a sample estimate ``x``
 standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
 verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no
 value can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed``
-lists the metrics whose rule failed.
+lists the metrics whose rule failed.  ``status`` (top level and per check) is ``pass``,
+``fail`` or ``error``: a check that crashed is an error of the toolkit, not a failed claim; it
+has ``error`` (the exception in one line) and ``traceback``, no metrics and empty ``expected``
+(no rule was applied), and ``passed`` false.  The report lists the ``figures`` it wrote.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "Series", "order_figure", "format_table", "save_figure",
-           "order_axes", "depth_axes", "error_trend", "depth_trend_words"]
+__all__ = ["CheckResult", "build_report", "overall_status", "wrap_summary", "WIDTH", "Series",
+           "order_figure", "format_table", "save_figure", "render_figure", "order_axes",
+           "depth_axes", "error_trend", "depth_trend_words"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -80,10 +84,19 @@ class CheckResult:
     #: Short strings for the table: what was measured and what theory says.
     measured_text: str = ""
     theory_text: str = ""
+    #: Set when the check crashed (an error of the toolkit, not a failed claim): the exception
+    #: in one line, and its traceback for the report.
+    error: str | None = None
+    traceback: str | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
-        return self.verdict.passed
+        return self.verdict.passed and self.error is None
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail`` (the rules rejected the metrics) or ``error`` (the check crashed)."""
+        return "error" if self.error is not None else "pass" if self.passed else "fail"
 
     @property
     def expected(self) -> dict[str, list]:
@@ -94,7 +107,9 @@ class CheckResult:
                 "seconds": round(float(self.seconds), 3),
                 "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
                 "expected": {k: [_json_number(v) for v in iv] for k, iv in self.expected.items()},
-                "failed": list(self.verdict.failed), "summary": self.summary}
+                "failed": list(self.verdict.failed), "summary": self.summary,
+                "status": self.status,
+                **({"error": self.error, "traceback": self.traceback} if self.error else {})}
 
 
 def _json_number(v):
@@ -104,6 +119,12 @@ def _json_number(v):
         return int(v)
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def overall_status(results: Sequence[CheckResult]) -> str:
+    """``error`` if a check crashed, else ``fail`` if one failed, else ``pass``."""
+    statuses = {r.status for r in results}
+    return "error" if "error" in statuses else "fail" if "fail" in statuses else "pass"
 
 
 def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
@@ -118,7 +139,8 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
 
     return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
             "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
-            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
+            "passed": all(r.passed for r in results), "status": overall_status(results),
+            "seconds": round(seconds, 3),
             "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
                          "torchdiffeq": torchdiffeq.__version__,
                          "torchsde": torchsde.__version__, "numpy": numpy.__version__,
@@ -130,20 +152,49 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
 # Output
 # ------------------------------------------------------------------------------------------------
 
-def format_table(results: Sequence[CheckResult]) -> str:
-    """One row per check: id, claim, what was measured, what theory says, PASS/FAIL."""
-    rows = [("check", "claim", "measured", "theory", "verdict")]
-    for r in results:
-        rows.append((r.id, r.claim, r.measured_text, r.theory_text, "PASS" if r.passed else "FAIL"))
-    widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+#: The printed table and summaries fit this many columns.
+WIDTH = 100
+
+
+def format_table(results: Sequence[CheckResult], width: int = WIDTH) -> str:
+    """One row per check: id, claim, what was measured, what theory says, PASS/FAIL/ERROR;
+    the measured and theory cells are wrapped so that every line fits ``width`` columns."""
+    import textwrap
+
+    head = ("check", "claim", "measured", "theory", "verdict")
+    rows = [(r.id, r.claim, r.measured_text, r.theory_text, r.status.upper()) for r in results]
+    fixed = [max(len(head[c]), *(len(row[c]) for row in rows)) for c in (0, 1, 4)]
+    room = max(20, width - sum(fixed) - 2 * 4)  # what the measured and theory columns share
+    natural = [max(len(head[c]), *(len(row[c]) for row in rows)) for c in (2, 3)]
+    if sum(natural) <= room:
+        wide = natural
+    else:  # the theory column keeps its width up to a third of the room; measured takes the rest
+        theory = min(natural[1], max(room // 3, 8))
+        wide = [room - theory, theory]
+    widths = [fixed[0], fixed[1], wide[0], wide[1], fixed[2]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(head, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    for row in rows:
+        cells = [textwrap.wrap(cell, w, break_long_words=True) or [""]
+                 for cell, w in zip(row, widths, strict=True)]
+        for k in range(max(map(len, cells))):
+            parts = [(c[k] if k < len(c) else "").ljust(w)
+                     for c, w in zip(cells, widths, strict=True)]
+            lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
-def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
-    """Draw a figure with ``drawer`` and save it as PNG atomically."""
+def wrap_summary(result: CheckResult, width: int = WIDTH) -> str:
+    """``[PASS] id: summary`` wrapped to ``width`` columns, continuation lines indented."""
+    import textwrap
+
+    return textwrap.fill(f"[{result.status.upper()}] {result.id}: {result.summary}", width,
+                         subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def render_figure(drawer: FigureDrawer) -> bytes:
+    """Draw a figure with ``drawer``; its PNG bytes."""
     import io
 
     import matplotlib
@@ -155,7 +206,12 @@ def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
     drawer(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
+    """Draw a figure with ``drawer`` and save it as PNG atomically."""
+    atomic_write_bytes(path, render_figure(drawer))
 
 
 @dataclass
