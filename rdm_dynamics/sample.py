@@ -95,7 +95,7 @@ def build_parser():
                    help="module:function that built the model, if not rdm_dynamics.models "
                         "(imported because you name it here)")
     p.add_argument("--progress", default=True, action=argparse.BooleanOptionalAction,
-                   help="tqdm progress bar on stderr (default on)")
+                   help="tqdm progress bar on stderr, when it is a terminal (default on)")
     return p
 
 
@@ -217,6 +217,8 @@ def _main(argv) -> int:
     if args.out is None:
         out = _default_out(ckpt.path.parent, ckpt.step, args, video)
     else:
+        if Path(args.out).is_dir():
+            raise UsageError(f"--out {args.out!r} is a folder, not a file")
         try:
             out = _new_file(sample_path(args.out, video), "--out")
         except ValueError as exc:
@@ -228,7 +230,7 @@ def _main(argv) -> int:
                  labels=labels, guidance=args.guidance, sampler=args.sampler,
                  steps=args.steps, method=args.method, rtol=args.rtol, atol=args.atol,
                  seed=args.seed, device=device, batch_size=args.batch_size,
-                 autocast=trained.bf16, disable=not args.progress)
+                 autocast=trained.bf16, disable=None if args.progress else True)
     path = save_samples(x, out, labels=labels)
     if npz is not None:
         buf = io.BytesIO()

@@ -241,8 +241,8 @@ def _main(argv) -> int:
     for r in results:
         print(wrap_summary(r))
     n_pass = sum(r.passed for r in results)
-    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; "
-          f"report: {out / 'report.json'}")
+    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; report:\n"
+          f"{out / 'report.json'}")
     crashed = [r for r in results if r.error is not None]
     for r in crashed:
         print(f"{PROG}: error: check {r.id} crashed (an error of the toolkit, not a failed "

@@ -117,7 +117,7 @@ def resolve_ids(spec: str, checks: dict[str, ModuleType]) -> list[str]:
 
 def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True) -> list:
     """Run each check (``registry()`` entries), timing it; a tqdm bar on stderr unless
-    ``progress`` is false.
+    ``progress`` is false (and on a terminal only).
 
     A check that raises is an error of the toolkit, not a failed claim: its result has
     ``error`` set (the exception in one line, ``traceback`` the full text, kept for the report),
@@ -129,7 +129,8 @@ def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: boo
     from .rules import Verdict
 
     results = []
-    bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
+    bar = tqdm(list(checks.items()), desc="verify", unit="check",
+               disable=None if progress else True,  # None: shown on a terminal only
                file=sys.stderr, leave=False)
     for cid, module in bar:
         bar.set_postfix_str(cid)

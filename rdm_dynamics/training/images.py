@@ -110,14 +110,14 @@ def save_gif(x: torch.Tensor, path: str | Path, columns: int | None = None,
 def sample_path(path: str | Path, video: bool) -> Path:
     """The file samples are written to: ``path`` if its suffix is a format this kind can be
     written as (IMAGE_FORMATS, VIDEO_FORMATS), the default suffix appended if it has none of the
-    known suffixes ("guidance-1.5" becomes "guidance-1.5.png"); ValueError for a known suffix
-    of the wrong kind (a video asked for as PNG)."""
+    format suffix ("guidance-1.5" becomes "guidance-1.5.png"); ValueError for any other format
+    (a video asked for as PNG, an image as BMP)."""
     path = Path(path)
     formats = VIDEO_FORMATS if video else IMAGE_FORMATS
     suffix = path.suffix.lower()
     if suffix in formats:
         return path
-    if suffix in IMAGE_FORMATS or suffix in VIDEO_FORMATS:
+    if any(c.isalpha() for c in suffix):  # a format asked for (.png, .bmp), not a number (.5)
         kind = "videos" if video else "images"
         raise ValueError(f"{kind} are written as {', '.join(sorted(set(formats.values())))} "
                          f"({', '.join(formats)}), not {suffix}")
