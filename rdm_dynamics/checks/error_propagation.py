@@ -193,7 +193,8 @@ def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
     low-precision forward error against depth with its bound (plain runs stop at overflow)."""
 
     def draw(fig):
-        left, right = fig.subplots(1, 2)
+        fig.set_size_inches(7.5, 7.5)
+        left, right = fig.subplots(2, 1)
         curves = {g: [float(np.mean(row)) for row in a["amp"]] for g, a in amp.items()}
         bounds = {g: a["bound"] for g, a in amp.items()}
         top = _top(list(bounds[gating]) + curves.get("inv-sqrt", []))

@@ -28,7 +28,7 @@ from .rules import Verdict
 
 __all__ = ["CheckResult", "build_report", "overall_status", "wrap_summary", "WIDTH", "Series",
            "order_figure", "format_table", "save_figure", "render_figure", "order_axes",
-           "depth_axes", "error_trend", "depth_trend_words"]
+           "depth_axes", "error_trend", "depth_trend_words", "legend_outside", "MARKERS"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -230,30 +230,49 @@ def order_figure(title: str, series: Sequence[Series], *, reference_order: float
     reference slope ``-reference_order`` through the first series' last point."""
 
     def draw(fig):
+        fig.set_size_inches(8.0, 4.4)  # room for the legend beside the axes
         order_axes(fig.add_subplot(), title, series, reference_order=reference_order,
                    ylabel=ylabel, xlabel=xlabel)
 
     return draw
 
 
+#: Marker shapes cycled over the series of a figure, so that series on top of each other stay
+#: distinguishable (open markers of different shapes and sizes).
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+
+
+def legend_outside(ax, fontsize: float = 7) -> None:
+    """The legend to the right of the axes, where it covers no point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=fontsize, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def order_axes(ax, title: str, series: Sequence[Series], *, reference_order: float = 1.0,
-               ylabel: str = "error", xlabel: str = "depth L") -> None:
-    """Draw :func:`order_figure`'s content on one matplotlib axes (for multi-panel figures)."""
-    for s in series:
+               ylabel: str = "error", xlabel: str = "depth L", legend: bool = True) -> None:
+    """Draw :func:`order_figure`'s content on one matplotlib axes (for multi-panel figures):
+    each series with its own open marker (shape and size differ, so coinciding series stay
+    visible) and its fitted line; a reference slope drawn a factor 2 below the lowest series,
+    where it hides none; the legend outside the axes (``legend``)."""
+    lowest = math.inf
+    for k, s in enumerate(series):
         d = np.asarray(s.depths, dtype=float)
         e = np.asarray(s.errors, dtype=float)
         label = s.label
         if s.fit is not None and math.isfinite(s.fit.order):
             label += f" (order {s.fit.order:.3f})"
-        (line,) = ax.loglog(d, e, "o", label=label)
+        (line,) = ax.loglog(d, e, MARKERS[k % len(MARKERS)], label=label, mfc="none",
+                            ms=9 - 4 * k / max(len(series) - 1, 1), mew=1.4)
         if s.fit is not None and math.isfinite(s.fit.order):
-            ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
-    if series:
+            ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.6, lw=1)
+        if len(e) and math.isfinite(e[-1]) and e[-1] > 0:
+            lowest = min(lowest, float(e[-1]))
+    if series and math.isfinite(lowest):
         d = np.asarray(series[0].depths, dtype=float)
-        e_end = float(series[0].errors[-1])
-        if math.isfinite(e_end) and e_end > 0:
-            ref = e_end * (d / d[-1]) ** (-reference_order)
-            ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
+        ref = 0.5 * lowest * (d / d[-1]) ** (-reference_order)
+        ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
     if series:
         from matplotlib.ticker import NullFormatter
 
@@ -264,29 +283,55 @@ def order_axes(ax, title: str, series: Sequence[Series], *, reference_order: flo
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend:
+        legend_outside(ax)
 
 
 def depth_axes(ax, title: str, depths: Sequence[float], curves: dict, *, ylabel: str,
                bounds: dict | None = None, ylim_top: float | None = None) -> None:
     """Quantities against depth on a log-log2 axes: ``curves`` maps a label to values per depth
     (markers and lines), ``bounds`` a label to values drawn dashed in the same colour.  Values
-    that overflowed (inf, or beyond 1e150) are not drawn."""
+    that overflowed (inf, or beyond 1e150) are not drawn, and a line with nothing to draw gets
+    no legend entry.  With ``ylim_top``, a line that leaves the axes says so in its label (its
+    largest value and where), and the y range ends a factor 3 below the smallest value drawn.
+    The legend is outside the axes."""
     def finite(values):  # overflowed values (inf, or beyond 1e150) are left out of the plot
         values = np.asarray(values, dtype=float)
         return np.where(np.isfinite(values) & (np.abs(values) < 1e150), values, np.nan)
 
-    for label, values in curves.items():
-        (line,) = ax.plot(depths, finite(values), "o-", label=label)
+    drawn = []
+
+    def plot(values, label, *style, **kw):
+        v = finite(values)
+        if not np.isfinite(v).any():
+            return None
+        above = np.zeros(len(v), dtype=bool)
+        if ylim_top is not None and np.nanmax(v) > ylim_top:
+            i = int(np.nanargmax(v))
+            label += f" (^ above the axes: up to {v[i]:.1e} at L = {depths[i]:g})"
+            above = np.isfinite(v) & (v > ylim_top)
+        inside = np.where(above, np.nan, v)
+        drawn.extend(inside[np.isfinite(inside) & (inside > 0)])
+        (line,) = ax.plot(depths, inside, *style, label=label, **kw)
+        if above.any():  # off-scale values as arrows at the top edge, in the line's colour
+            bound = "--" in style  # a bound's arrows are open and a little lower
+            ax.plot(np.asarray(depths)[above], np.full(above.sum(), ylim_top / (2.5 if bound
+                                                                                else 1.6)),
+                    "^", color=line.get_color(), ms=6, mfc="none" if bound else None)
+        return line
+
+    for k, (label, values) in enumerate(curves.items()):
+        line = plot(values, label, "-", marker=MARKERS[k % len(MARKERS)], mfc="none", mew=1.4)
         if bounds and label in bounds:
-            ax.plot(depths, finite(bounds[label]), "--", color=line.get_color(), lw=1,
-                    label=f"{label}: bound")
+            plot(bounds[label], f"{label}: bound", "--",
+                 color=None if line is None else line.get_color(), lw=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    if ylim_top is not None:
-        ax.set_ylim(top=ylim_top)
+    if drawn:
+        top = ylim_top if ylim_top is not None else 3 * max(drawn)
+        ax.set_ylim(bottom=min(min(drawn) / 3, top / 10), top=top)
     ax.set_xlabel("depth L")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=6)
