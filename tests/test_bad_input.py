@@ -301,6 +301,9 @@ OK_CASES = [
          with_run, writes=("g.png",)),
 ]
 
+OK_CASES.append(Case("train", ["--out", "new", *TINY], 0, "", writes=("new",),
+                     check=lambda ws: (ws / "new/samples/step-00000002.png").is_file()))
+
 ALL = VERIFY + TRAIN + SAMPLE_CASES + OK_CASES
 
 
@@ -498,4 +501,24 @@ def test_every_flag_of_every_command_has_a_help_text(module):
 
 def test_the_count():
     """The note's count: every case of the tables above is a case tried."""
-    assert len(ALL) >= 60
+    assert len(ALL) >= 75
+
+
+def test_a_long_verify_run_prints_its_estimate_first(tmp_path, monkeypatch, capsys):
+    assert verify_cli.estimated_seconds(4096, False, 6, 6) > verify_cli.ANNOUNCE_SECONDS
+    monkeypatch.setattr(verify_cli, "ANNOUNCE_SECONDS", 0.0)
+    assert verify_cli.main(["--only", "C1", "--depth", "8", "--quick", "--no-figures",
+                            "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "depth 8: estimated" in err[0], err
+
+
+def test_grids_caption_every_cell_with_its_class_and_the_summary_names_the_grid(tmp_path,
+                                                                                capsys):
+    out = tmp_path / "run"
+    assert train_cli.main(["--out", str(out), *TINY]) == 0
+    grid = out / "samples" / "step-00000002.png"
+    assert f"samples {grid}" in capsys.readouterr().out
+    img = Image.open(grid).convert("L")
+    low, high = img.crop((0, 0, img.width, 12)).getextrema()
+    assert low == 0 and high > 200  # a black caption strip with white digits above the row
