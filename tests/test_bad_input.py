@@ -311,8 +311,20 @@ def case_id(case: Case) -> str:
     return f"{case.command}:{' '.join(a for a in case.argv if a not in TINY + SAMPLE)[:60]}"
 
 
+class Fixtures(dict):
+    """The shared runs, built only when a case asks for them."""
+
+    def __init__(self, request):
+        super().__init__()
+        self.request = request
+
+    def __missing__(self, name):
+        self[name] = self.request.getfixturevalue(name)
+        return self[name]
+
+
 @pytest.mark.parametrize("case", ALL, ids=[f"{i}-{case_id(c)}" for i, c in enumerate(ALL)])
-def test_each_case_is_one_line_an_exit_code_and_no_lost_file(case, trained, reported, tmp_path,
+def test_each_case_is_one_line_an_exit_code_and_no_lost_file(case, request, tmp_path,
                                                              monkeypatch, capsys):
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -322,9 +334,10 @@ def test_each_case_is_one_line_an_exit_code_and_no_lost_file(case, trained, repo
     monkeypatch.setenv("RDM_MARK", str(mark))
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)
+    fx = Fixtures(request)
     if case.prepare is not None:
-        case.prepare(ws, {"trained": trained, "reported": reported})
-    before, shared = tree(ws), (tree(trained), tree(reported))
+        case.prepare(ws, fx)
+    before, shared = tree(ws), {name: tree(path) for name, path in fx.items()}
     code = COMMANDS[case.command](case.argv)
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
@@ -342,7 +355,8 @@ def test_each_case_is_one_line_an_exit_code_and_no_lost_file(case, trained, repo
     assert {k: after.get(k) for k in kept} == kept, "a user's file changed"
     if case.code != 0:
         assert after == before, "a refused command wrote something"
-    assert (tree(trained), tree(reported)) == shared, "wrote outside the folder it was given"
+    assert {name: tree(fx[name]) for name in shared} == shared, \
+        "wrote outside the folder it was given"
     if case.check is not None:
         assert case.check(ws)
 
