@@ -33,8 +33,21 @@ class Interrupted(Exception):
     """Ctrl-C, with what the user should know (what was kept): one line, exit code 130."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines wrapped at spaces only, so names such as RDM-DiT-T/2 stay whole."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad argument raises UsageError instead of printing usage and exiting."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UsageError(message)
