@@ -3,7 +3,7 @@
     python benchmarks/train_digits.py                       # 10 minutes per model (the target)
     python benchmarks/train_digits.py --minutes 2 --out /tmp/digits-bench
 
-For each model (by default a small flow-shaped RDM-DiT-T/2, see DEFAULT_MODELS, and the U-shaped
+For each model (by default the small flow-shaped RDM-DiT-N/2, see DEFAULT_MODELS, and the U-shaped
 RDM-UNet-T, both with ``rdm`` gates) it runs ``rdm_dynamics.training.loop.train`` for at most
 ``--minutes`` of training time, then draws ``--n`` class-conditional samples (labels cycling 0..9)
 from the EMA weights at each guidance scale and scores them with
@@ -44,10 +44,11 @@ from rdm_dynamics.training.sampling import cycle_labels, generate
 from rdm_dynamics.training.settings import TrainConfig
 
 #: The models trained by default, with their architecture overrides.  The flow-shaped one is
-#: RDM-DiT-T/2 made shallower and narrower (4 blocks of width 96, 0.65M parameters): on a 2-core
-#: CPU the named T size (6 x 128, 1.7M) gets half the steps in the same time, and in a 4-5 minute
-#: contended run that cost more than the size gained (class accuracy 0.19 against 0.68 at w = 1).
-DEFAULT_MODELS = {"RDM-DiT-T/2": {"depth": 4, "width": 96, "heads": 4}, "RDM-UNet-T": {}}
+#: RDM-DiT-N/2 (RDM-DiT-T/2 made shallower and narrower: 4 blocks of width 96, 0.65M parameters):
+#: on a 2-core CPU the named T size (6 x 128, 1.7M) gets half the steps in the same time, and in a
+#: 4-5 minute contended run that cost more than the size gained (class accuracy 0.19 against 0.68
+#: at w = 1).
+DEFAULT_MODELS = {"RDM-DiT-N/2": {}, "RDM-UNet-T": {}}
 TARGET_ACCURACY = 0.90
 TARGET_FD_RATIO = 3.0
 

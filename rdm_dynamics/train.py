@@ -2,16 +2,19 @@
 
     python -m rdm_dynamics.train --model RDM-DiT-T/2 --data digits --steps 2000 --out runs/dit
     python -m rdm_dynamics.train --config run.yaml --lr 3e-4          # flags override the file
-    python -m rdm_dynamics.train --out runs/dit --resume               # continue a killed run
+    python -m rdm_dynamics.train --resume runs/dit                    # continue a killed run
     torchrun --nproc_per_node 2 -m rdm_dynamics.train ...             # data-parallel (DDP)
 
 The settings are those of ``training.settings.TrainConfig`` (one flag each; defaults, then a YAML
 or TOML file given by ``--config``, then the flags); the loop is ``training.loop.train``.  The run
 folder (``--out``) receives ``log.jsonl`` (one JSON object per logged step), sample grids under
-``samples/`` and checkpoints (safetensors + JSON, never unpickled).
+``samples/`` and checkpoints (safetensors + JSON, never unpickled).  A new run refuses a folder
+that holds another run's files; a resumed run writes where its checkpoint was found.
 
 Exit codes: 0 done; 1 the loss or gradient norm became NaN or infinite (the message names the last
-good checkpoint); 2 bad input (flags, config file, data, checkpoint), one line on stderr.
+good checkpoint); 2 bad input (flags, config file, data, checkpoint, a folder that cannot be
+written), one line on stderr; 130 interrupted (Ctrl-C), one line naming the checkpoint a resume
+starts from.  Under torchrun only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .cli import UsageError
+from .cli import UsageError, run_command
 from .training.checkpoint import CheckpointError
 from .training.loop import TrainingDiverged, train
 from .training.settings import resolve_config
@@ -30,19 +33,25 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    return run_command(PROG, lambda: _main(sys.argv[1:] if argv is None else argv, main_rank),
+                       quiet=not main_rank)
+
+
+def _main(argv, main_rank: bool) -> int:
     try:  # bad input is one line and exit code 2, a diverged run exit code 1
-        cfg, resume = resolve_config(sys.argv[1:] if argv is None else argv, PROG,
-                                     __doc__.splitlines()[0])
+        cfg, resume = resolve_config(argv, PROG, __doc__.splitlines()[0])
         summary = train(cfg, resume)
-    except (UsageError, CheckpointError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
     except TrainingDiverged as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if main_rank:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
+        grid = f"; samples {summary['grid']}" if summary.get("grid") else ""
         print(f"trained to step {summary['step']} (loss {summary['loss']:.5f}) in "
-              f"{summary['seconds']:.1f} s; checkpoint {summary['checkpoint']}")
+              f"{summary['seconds']:.1f} s; checkpoint {summary['checkpoint']}{grid}")
     return 0
 
 

@@ -1,19 +1,31 @@
 """``python -m rdm_dynamics.verify``: run every theory check and report PASS/FAIL.
 
 Prints one row per check, writes ``report.json`` (the contract of DESIGN.md section 4) and one PNG
-figure per check to ``--out``, and exits 0 only if every check passed (1 otherwise).  Bad
-arguments get one line on stderr and exit code 2.
+figure per check to ``--out``, and exits 0 only if every check passed: 1 a check failed, 2 bad
+input or an OS error (one line on stderr), 3 a check crashed (an error of the toolkit, not a
+failed claim: its status in the report is ``error``), 130 interrupted (Ctrl-C: the previous
+report is left as it was; the report is written at the end, atomically).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .cli import Parser, UsageError, parse_device, parse_int
+from .cli import (
+    MAX_SEED,
+    Interrupted,
+    Parser,
+    UsageError,
+    parse_device,
+    parse_int,
+    parse_seed,
+    run_command,
+)
 from .stack import GATINGS, get_gating
 
 PROG = "python -m rdm_dynamics.verify"
@@ -23,13 +35,14 @@ DTYPES = ("float64", "float32")
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--depth", default="256",
-                   help="depth L of the deepest stack; the ladder is L/16, ..., L (default 256)")
+                   help="depth L of the deepest stack; the ladder is L/16, ..., L (default 256; "
+                        f"32 to {MAX_DEPTH}, divisible by 4)")
     p.add_argument("--only", default=None, metavar="ID[,ID]",
                    help="run only these checks (ids such as depth-limit, or claims such as C1)")
     p.add_argument("--gating", default="rdm",
                    help=f"gate schedule: {', '.join(GATINGS)} (default rdm; plain is a negative "
                         "control and must fail)")
-    p.add_argument("--seed", default="0", help="random seed (default 0)")
+    p.add_argument("--seed", default="0", help=f"random seed, 0 to {MAX_SEED} (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
     p.add_argument("--out", default="rdm-verify-report",
@@ -48,6 +61,16 @@ def build_parser() -> Parser:
     return p
 
 
+#: Above this depth the checks' memory (C6 backpropagation stores O(L) states) and time (hours)
+#: are out of proportion; the estimate printed before a long run uses SECONDS_PER_DEPTH.
+MAX_DEPTH = 65536
+#: Measured wall time per unit of --depth of a full run (one thread of an idle 2-core CPU:
+#: 271 s at depth 4096), and of a --quick run (about half).
+SECONDS_PER_DEPTH = {False: 0.066, True: 0.035}
+#: Print the estimate when a run is expected to take longer than this.
+ANNOUNCE_SECONDS = 120.0
+
+
 def _check_writable_dir(path: Path, flag: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -58,19 +81,51 @@ def _check_writable_dir(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {str(path)!r} cannot be written: {exc.strerror or exc}") from None
 
 
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` holds a report this command wrote (so it may be replaced)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and isinstance(old.get("checks"), list) and "versions" in old
+
+
+def validate_depth(depth: int, checks: dict) -> None:
+    """--depth must give every selected check a ladder it can fit an order on (at least
+    ``MIN_RUNGS`` depths, and each check's ``MIN_DEPTH``), and stay below MAX_DEPTH."""
+    from .checks import MIN_RUNGS, depth_ladder, min_depth
+
+    if depth > MAX_DEPTH:
+        raise UsageError(f"--depth {depth} is above {MAX_DEPTH}: the checks would need hours "
+                         "and more memory than they are worth (C6 stores every layer)")
+    need = max(min_depth(m) for m in checks.values())
+    needers = [m.CLAIM for m in checks.values() if min_depth(m) == need]
+    if depth < need:
+        raise UsageError(f"--depth {depth} is too small: the smallest that works is {need} "
+                         f"(for {', '.join(needers)}, whose depth ladders must allow an order fit)")
+    if len(depth_ladder(depth)) < MIN_RUNGS:
+        ok = next(d for d in range(depth, 4 * depth + 8) if len(depth_ladder(d)) >= MIN_RUNGS)
+        raise UsageError(f"--depth {depth} gives a ladder of {len(depth_ladder(depth))} "
+                         f"depth(s) ({', '.join(map(str, depth_ladder(depth)))}), too few to fit "
+                         f"an order: it must be divisible by {1 << (MIN_RUNGS - 1)} (e.g. {ok}; "
+                         "best by 16, for a ladder of 5 depths)")
+
+
+def estimated_seconds(depth: int, quick: bool, n_checks: int, n_all: int) -> float:
+    """A rough wall-time estimate: SECONDS_PER_DEPTH, scaled by the share of checks run."""
+    return SECONDS_PER_DEPTH[quick] * depth * n_checks / max(n_all, 1)
+
+
 def parse_args(argv):
     """Parse and validate the command line; raises UsageError on any bad argument."""
     import torch
 
-    from .checks import CheckConfig, depth_ladder, registry, resolve_ids
+    from .checks import CheckConfig, registry, resolve_ids
 
     args = build_parser().parse_args(argv)
-    depth = parse_int(args.depth, "depth", 2)
-    if len(depth_ladder(depth)) < 2:
-        raise UsageError(f"--depth {depth} has no depth ladder: it must be even "
-                         "(best divisible by 16, for a ladder of 5 depths)")
-    seed = parse_int(args.seed, "seed", 0)
-    threads = parse_int(args.threads, "threads", 1)
+    depth = parse_int(args.depth, "depth", 1)
+    seed = parse_seed(args.seed)
+    threads = parse_int(args.threads, "threads", 1, 1024)
     try:
         get_gating(args.gating)
     except ValueError as exc:
@@ -90,6 +145,9 @@ def parse_args(argv):
         ids = resolve_ids(args.only, checks) if args.only is not None else list(checks)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    selected = {cid: checks[cid] for cid in ids}
+    if not args.list:
+        validate_depth(depth, selected)
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -101,6 +159,12 @@ def parse_args(argv):
         if not json_path.parent.is_dir():
             raise UsageError(f"--json {args.json!r}: folder {str(json_path.parent)!r} "
                              "does not exist")
+        if json_path.exists() and not _is_report(json_path):
+            raise UsageError(f"--json {args.json!r} exists and is not a verify report: "
+                             "choose another path (it is left as it is)")
+    if (out / "report.json").exists() and not _is_report(out / "report.json"):
+        raise UsageError(f"--out {args.out!r} holds a report.json that verify did not write: "
+                         "choose another folder (it is left as it is)")
     if not args.list:
         _check_writable_dir(out, "--out")
         if json_path is not None:
@@ -110,38 +174,75 @@ def parse_args(argv):
                                        dtype=getattr(torch, args.dtype), device=str(device),
                                        quick=args.quick)
     torch.set_num_threads(threads)
-    return args, config, {cid: checks[cid] for cid in ids}, out, json_path
+    return args, config, selected, out, json_path, len(checks)
+
+
+def render_figures(results) -> dict[str, bytes]:
+    """{file name: PNG bytes} of every result's figure, drawn before any file is written."""
+    from .checks.report import render_figure
+
+    return {f"{r.id}.png": render_figure(r.figure) for r in results if r.figure is not None}
+
+
+def write_outputs(out: Path, json_path: Path | None, report: dict,
+                  figures: dict[str, bytes]) -> None:
+    """The figures, then the report (atomically: a reader sees the old or the new one), then
+    the removal of figures that an earlier report in ``out`` listed and this run did not draw
+    (so no figure is left beside a report it does not belong to)."""
+    from .files import atomic_write_bytes, atomic_write_json
+
+    old = []
+    if _is_report(out / "report.json"):
+        previous = json.loads((out / "report.json").read_text())
+        old = previous.get("figures") or [f"{c.get('id')}.png" for c in previous["checks"]
+                                          if isinstance(c, dict)]
+    for name, data in figures.items():
+        atomic_write_bytes(out / name, data)
+    report["figures"] = sorted(figures)
+    atomic_write_json(out / "report.json", report)
+    if json_path is not None:
+        atomic_write_json(json_path, report)
+    for name in old:
+        if isinstance(name, str) and name not in figures and name == Path(name).name \
+                and name.endswith(".png"):
+            (out / name).unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 every check passed, 1 a check failed, 2 bad input (one line on stderr),
+    3 a check crashed (an error of the toolkit; the report says which), 130 interrupted."""
+    return run_command(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv) -> int:
     start = time.perf_counter()
-    try:
-        args, config, checks, out, json_path = parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    args, config, checks, out, json_path, n_all = parse_args(argv)
     if args.list:
         for cid, module in checks.items():
             print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
         return 0
 
     from .checks import run_checks
-    from .checks.report import build_report, format_table, save_figure
-    from .files import atomic_write_json
+    from .checks.report import build_report, format_table, wrap_summary
 
-    results = run_checks(config, checks)
+    estimate = estimated_seconds(config.depth, config.quick, len(checks), n_all)
+    if estimate > ANNOUNCE_SECONDS:
+        print(f"{PROG}: depth {config.depth}: estimated {estimate / 60:.0f} min (about "
+              f"{SECONDS_PER_DEPTH[config.quick]} s per unit of depth on one CPU thread)",
+              file=sys.stderr)
     try:
-        if not args.no_figures:
-            for r in results:
-                if r.figure is not None:
-                    save_figure(r.figure, out / f"{r.id}.png")
-        report = build_report(config, results, time.perf_counter() - start)
-        atomic_write_json(out / "report.json", report)
-        if json_path is not None:
-            atomic_write_json(json_path, report)
+        results = run_checks(config, checks)
+        figures = {} if args.no_figures else render_figures(results)
+    except KeyboardInterrupt:
+        kept = "the previous report there was left as it was" if (out / "report.json").exists() \
+            else "no report was written"
+        raise Interrupted(f"interrupted before the report in {str(out)!r} was written; "
+                          f"{kept}") from None
+    report = build_report(config, results, time.perf_counter() - start)
+    try:
+        write_outputs(out, json_path, report, figures)
     except OSError as exc:
-        print(f"{PROG}: error: cannot write the report: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot write the report: {exc.strerror or exc}") from None
 
     ladder = ", ".join(map(str, config.ladder))
     print(f"rdm_dynamics verify: depth {config.depth} (ladder {ladder}), gating {config.gating}, "
@@ -149,11 +250,15 @@ def main(argv=None) -> int:
     print(format_table(results))
     print()
     for r in results:
-        print(f"[{'PASS' if r.passed else 'FAIL'}] {r.id}: {r.summary}")
+        print(wrap_summary(r))
     n_pass = sum(r.passed for r in results)
-    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; "
-          f"report: {out / 'report.json'}")
-    return 0 if report["passed"] else 1
+    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; report:\n"
+          f"{out / 'report.json'}")
+    crashed = [r for r in results if r.error is not None]
+    for r in crashed:
+        print(f"{PROG}: error: check {r.id} crashed (an error of the toolkit, not a failed "
+              f"claim): {r.error}; traceback in {out / 'report.json'}", file=sys.stderr)
+    return 3 if crashed else 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def test_result_json_contract_and_table(tmp_path):
                     seconds=1.23456, measured_text="order 1", theory_text="1")
     js = r.to_json()
     assert list(js) == ["id", "claim", "passed", "seconds", "metrics", "expected", "failed",
-                        "summary"]
+                        "summary", "status"]
+    assert js["status"] == "pass"
     assert js["passed"] is True and js["failed"] == []
     assert js["metrics"]["bad"] is None and js["expected"]["n"] == [0, None]
     path = tmp_path / "r.json"

@@ -206,12 +206,16 @@ def test_sample_cli_writes_a_png_grid(image_run, tmp_path, capsys, sampler):
                                                                                     4, 5]
 
 
-def test_sample_files_get_the_right_suffix(tmp_path):
+def test_sample_files_are_written_in_the_format_asked_or_refused(tmp_path):
     img, vid = torch.zeros(2, 1, 4, 4), torch.zeros(2, 3, 1, 4, 4)
     assert save_samples(img, tmp_path / "w-1.5").name == "w-1.5.png"
-    assert save_samples(vid, tmp_path / "v.png").name == "v.gif"
-    assert save_samples(img, tmp_path / "g.gif").name == "g.png"
-    assert {p.name for p in tmp_path.iterdir()} == {"w-1.5.png", "v.gif", "g.png"}
+    assert save_samples(vid, tmp_path / "v").name == "v.gif"
+    assert save_samples(img, tmp_path / "g.gif").name == "g.gif"
+    assert save_samples(img, tmp_path / "j.jpg").name == "j.jpg"
+    with pytest.raises(ValueError, match="videos are written as GIF"):
+        save_samples(vid, tmp_path / "v.png")
+    assert {p.name: Image.open(p).format for p in tmp_path.iterdir()} == {
+        "w-1.5.png": "PNG", "v.gif": "GIF", "g.gif": "GIF", "j.jpg": "JPEG"}
 
 
 def test_sample_cli_writes_a_gif_for_videos(tmp_path, capsys):
@@ -219,7 +223,7 @@ def test_sample_cli_writes_a_gif_for_videos(tmp_path, capsys):
     train(config(run, data="moving-digits", image_size=12, frames=3, steps=1, ckpt_every=1))
     rc, err = run_main(sample_cli.main, ["--ckpt", str(run), "--n", "4", "--sampler", "ddpm",
                                          "--steps", "2",
-                                         "--out", str(tmp_path / "v.png")], capsys)
+                                         "--out", str(tmp_path / "v.gif")], capsys)
     assert rc == 0, err
     gif = Image.open(tmp_path / "v.gif")
     assert gif.format == "GIF" and gif.n_frames == 3

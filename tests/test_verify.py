@@ -9,8 +9,10 @@ import pytest
 from rdm_dynamics.checks import registry
 from rdm_dynamics.verify import main
 
-TOP = ["depth", "gating", "seed", "dtype", "device", "passed", "seconds", "versions", "checks"]
-CHECK = ["id", "claim", "passed", "seconds", "metrics", "expected", "failed", "summary"]
+TOP = ["depth", "gating", "seed", "dtype", "device", "passed", "status", "seconds", "versions",
+       "checks", "figures"]
+CHECK = ["id", "claim", "passed", "seconds", "metrics", "expected", "failed", "summary",
+         "status"]
 
 
 def run_cli(*args):
@@ -55,12 +57,17 @@ def test_only_selects_checks(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--depth", "1"], "--depth must be at least 2"),
-    (["--depth", "0"], "--depth must be at least 2"),
-    (["--depth", "-5"], "--depth must be at least 2"),
+    (["--depth", "1"], "the smallest that works is 32"),
+    (["--depth", "0"], "--depth must be at least 1"),
+    (["--depth", "-5"], "--depth must be at least 1"),
+    (["--depth", "2"], "the smallest that works is 32"),
+    (["--depth", "2", "--only", "C1"], "the smallest that works is 4"),
+    (["--depth", "34"], "too few to fit an order"),
+    (["--depth", str(2**40)], "is above 65536"),
+    (["--seed", str(2**70)], "--seed must be at most"),
     (["--depth", "2.5"], "--depth must be an integer"),
     (["--depth", "abc"], "--depth must be an integer"),
-    (["--depth", "7"], "no depth ladder"),
+    (["--depth", "7"], "too small"),
     (["--only", "nope"], "unknown check 'nope'"),
     (["--gating", "wild"], "--gating: unknown gating"),
     (["--dtype", "float16"], "unknown --dtype"),

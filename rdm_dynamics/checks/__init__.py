@@ -22,7 +22,11 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["CheckConfig", "KINDS", "registry", "depth_ladder", "resolve_ids", "run_checks"]
+__all__ = ["CheckConfig", "KINDS", "registry", "depth_ladder", "resolve_ids", "run_checks",
+           "min_depth", "MIN_RUNGS"]
+
+#: An order is a least-squares slope with a standard error: it needs at least three depths.
+MIN_RUNGS = 3
 
 
 def depth_ladder(depth: int, rungs: int = 5) -> list[int]:
@@ -67,6 +71,12 @@ class CheckConfig:
     def reference_placement(self) -> dict:
         """float64 on the config's device: where the references run, whatever ``dtype`` is."""
         return {"dtype": torch.float64, "device": self.device}
+
+
+def min_depth(module: ModuleType) -> int:
+    """The smallest --depth a check can measure its claim at: its ``MIN_DEPTH`` if it declares
+    one, else the smallest whose ladder has :data:`MIN_RUNGS` depths."""
+    return int(getattr(module, "MIN_DEPTH", 1 << (MIN_RUNGS - 1)))
 
 
 def _claim_number(module: ModuleType) -> tuple[int, str]:
@@ -116,16 +126,21 @@ def resolve_ids(spec: str, checks: dict[str, ModuleType]) -> list[str]:
 
 
 def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True) -> list:
-    """Run each check (``registry()`` entries), timing it; a check that raises is a FAIL with the
-    error in its summary and its traceback on stderr.  A tqdm bar on stderr unless
-    ``progress`` is false."""
+    """Run each check (``registry()`` entries), timing it; a tqdm bar on stderr unless
+    ``progress`` is false (and on a terminal only).
+
+    A check that raises is an error of the toolkit, not a failed claim: its result has
+    ``error`` set (the exception in one line, ``traceback`` the full text, kept for the report),
+    no metrics and no bands (``expected`` is empty: no rule was applied).  Ctrl-C is not caught.
+    """
     from tqdm.auto import tqdm
 
     from .report import CheckResult
     from .rules import Verdict
 
     results = []
-    bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
+    bar = tqdm(list(checks.items()), desc="verify", unit="check",
+               disable=None if progress else True,  # None: shown on a terminal only
                file=sys.stderr, leave=False)
     for cid, module in bar:
         bar.set_postfix_str(cid)
@@ -133,11 +148,14 @@ def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: boo
         try:
             result = module.run(config)
         except Exception as exc:  # a crashed check is reported, never silently passed
-            traceback.print_exc(file=sys.stderr)
+            text = str(exc).strip().splitlines()
+            error = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
             result = CheckResult(id=cid, claim=module.CLAIM, metrics={},
-                                 verdict=Verdict(passed=False), summary=f"the check crashed: "
-                                 f"{type(exc).__name__}: {exc}",
-                                 measured_text="crashed", theory_text="-")
+                                 verdict=Verdict(passed=False),
+                                 summary=f"the check crashed (an error of the toolkit, not a "
+                                         f"measurement): {error}",
+                                 measured_text="crashed", theory_text="-", error=error,
+                                 traceback=traceback.format_exc())
         result.seconds = time.perf_counter() - start
         results.append(result)
     return results

@@ -43,6 +43,7 @@ from .rules import Rule, judge
 
 CLAIM = "C5"
 ID = "error-propagation"
+MIN_DEPTH = 32  # its experiments compare depths 16, 32, ..., --depth (propagation_depths)
 TITLE = "Error propagation: the discrete Gronwall bound holds; gated amplification stays bounded"
 
 RATIO_RANGE = (0.5, 2.0)
@@ -192,7 +193,8 @@ def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
     low-precision forward error against depth with its bound (plain runs stop at overflow)."""
 
     def draw(fig):
-        left, right = fig.subplots(1, 2)
+        fig.set_size_inches(7.5, 7.5)
+        left, right = fig.subplots(2, 1)
         curves = {g: [float(np.mean(row)) for row in a["amp"]] for g, a in amp.items()}
         bounds = {g: a["bound"] for g, a in amp.items()}
         top = _top(list(bounds[gating]) + curves.get("inv-sqrt", []))

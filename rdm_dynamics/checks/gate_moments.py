@@ -443,7 +443,8 @@ def measure(config: CheckConfig, *, time_shift: float = 0.0) -> CheckResult:
         + (f"; failed: {', '.join(verdict.failed)}" if verdict.failed else "") + ".")
     return CheckResult(
         id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
-        figure=_figure(gating, config.ladder, exact, ns, gate_errors, rate, tol),
+        figure=_figure(gating, config.ladder, exact, ns, gate_errors, rate, tol,
+                       {"least squares": (ls_err, ls_se), "gradient descent": (gd_err, gd_se)}),
         measured_text=(f"closed form {exact.closed_form_error:.0e}; euler order "
                        f"{vp.order:.2f}/{ve.order:.2f}; learned {ls_err:+.2f}+/-{ls_se:.2f}, "
                        f"gd {gd_err:+.2f}+/-{gd_se:.2f}, rate {rate.order:.2f}"),
@@ -454,14 +455,19 @@ def run(config: CheckConfig) -> CheckResult:
     return measure(config, time_shift=0.0)
 
 
-def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol):
-    """Left: transport error against depth (closed-form and Euler gates).  Right: the median
-    relative error of least-squares gates against the number of pairs."""
+def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol, biases):
+    """Left: transport error against depth (closed-form and Euler gates).  Right, top: the median
+    relative error of least-squares gates against the number of pairs; right, bottom: the
+    squared bias of the learned gates (least squares, gradient descent) in sampling variances,
+    with 1 and Z_MAX standard errors, against the pass band around 0."""
     import numpy as np
     from matplotlib.ticker import NullFormatter
 
     def draw(fig):
-        left, right = fig.subplots(1, 2)
+        fig.set_size_inches(8.0, 5.2)
+        grid = fig.add_gridspec(2, 2)
+        left = fig.add_subplot(grid[:, 0])
+        right, bias = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
         depths = exact.depths
         left.loglog(depths, [max(exact.closed_by_depth[L], np.finfo(float).tiny) for L in depths],
                     "o-", label=f"closed-form gates ({gating})")
@@ -469,7 +475,7 @@ def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol):
                             ("ve_sde", "E-M law, VE")):
             fit = exact.euler_fits[name]
             (line,) = left.loglog(ladder, exact.euler[name], "s" if "sde" in name else "o",
-                                  label=f"{label} (order {fit.order:.2f})")
+                                  label=f"{label} (order {fit.order:.2f})", mfc="none")
             if math.isfinite(fit.order):
                 rungs = exact.euler_rungs[name]
                 left.loglog(rungs, fit.predict(rungs), "-", color=line.get_color(), alpha=0.6)
@@ -477,19 +483,33 @@ def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol):
         left.set_xlabel("depth L")
         left.set_ylabel("relative error vs exact transport")
         left.set_title("C4: exact gates vs Euler")
-        left.legend(fontsize=6)
+        left.legend(fontsize=6, loc="center right")
         right.loglog(ns, gate_errors, "o", label=f"least squares (rate {rate_fit.order:.2f})")
         if math.isfinite(rate_fit.order):
             right.loglog(ns, rate_fit.predict(ns), "-", alpha=0.6)
-        ref = gate_errors[-1] * (np.asarray(ns, float) / ns[-1]) ** -0.5
-        right.loglog(ns, ref, "k--", lw=1, label="n^(-1/2)")
+        ref = 0.5 * gate_errors[-1] * (np.asarray(ns, float) / ns[-1]) ** -0.5
+        right.loglog(ns, ref, "k--", lw=1, label="slope n^(-1/2)")
         right.set_xlabel("pairs per unit n")
-        right.set_ylabel("median relative gate error")
-        right.set_title("learned gates")
-        right.legend(fontsize=7)
+        right.set_ylabel("median rel. gate error", fontsize=8)
+        right.set_title("learned gates", fontsize=9)
+        right.legend(fontsize=6, loc="upper right")
         for ax, ticks in ((left, depths), (right, ns)):
             ax.set_xticks(ticks, [f"{x:g}" for x in ticks], fontsize=7, rotation=45)
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(True, which="both", alpha=0.3)
+        names = list(biases)
+        for k, name in enumerate(names):
+            value, se = biases[name]
+            bias.errorbar([value], [k], xerr=[[Z_MAX * se], [Z_MAX * se]], fmt="o", capsize=3,
+                          color=f"C{k}", label=f"{name}: {value:+.3f} +/- {se:.3f}")
+            bias.errorbar([value], [k], xerr=[[se], [se]], fmt="none", lw=3, color=f"C{k}")
+        bias.axvline(0.0, color="k", lw=1, ls="--", label="unbiased gates (pass: 0 within "
+                     f"{Z_MAX:g} se)")
+        bias.set_yticks(range(len(names)), names, fontsize=7)
+        bias.set_ylim(-0.8, len(names) - 0.2)
+        bias.set_xlabel("squared bias / sampling variance (bars: 1 and "
+                        f"{Z_MAX:g} se)", fontsize=8)
+        bias.legend(fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+        bias.grid(True, axis="x", alpha=0.3)
 
     return draw

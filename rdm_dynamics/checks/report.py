@@ -6,9 +6,13 @@ expected, summary``.  ``metrics`` maps names to numbers (a sample estimate ``x``
 standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
 verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no
 value can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed``
-lists the metrics whose rule failed.  A check that does not apply to what it ran on has
-``"applicable": false`` and a ``reason``, no metrics and no rules (so it passes vacuously and does
-not fail the run); the reports of checkpoint checks also name the ``checkpoint``.
+lists the metrics whose rule failed.  ``status`` (top level and per check) is ``pass``,
+``fail``, ``n/a`` or ``error``.  A check that crashed is an error of the toolkit, not a failed
+claim: it has ``error`` (the exception in one line) and ``traceback``, no metrics and empty
+``expected`` (no rule was applied), and ``passed`` false.  A check that does not apply to what it
+ran on (``n/a``) has ``"applicable": false`` and a ``reason``, no metrics and no rules (so it
+passes vacuously and does not fail the run).  The report lists the ``figures`` it wrote; the
+reports of checkpoint checks also name the ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "Series", "order_figure", "format_table", "save_figure",
-           "order_axes", "depth_axes", "error_trend", "depth_trend_words"]
+__all__ = ["CheckResult", "build_report", "overall_status", "wrap_summary", "WIDTH", "Series",
+           "order_figure", "format_table", "save_figure", "render_figure", "order_axes",
+           "depth_axes", "error_trend", "depth_trend_words", "legend_outside", "MARKERS"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -97,14 +102,29 @@ class CheckResult:
     @property
     def applicable(self) -> bool:
         return not self.not_applicable
+    #: Set when the check crashed (an error of the toolkit, not a failed claim): the exception
+    #: in one line, and its traceback for the report.
+    error: str | None = None
+    traceback: str | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
-        return self.verdict.passed
+        return self.verdict.passed and self.error is None
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail`` (the rules rejected the metrics), ``n/a`` (the check does not apply)
+        or ``error`` (the check crashed)."""
+        if self.error is not None:
+            return "error"
+        if not self.applicable:
+            return "n/a"
+        return "pass" if self.passed else "fail"
 
     @property
     def verdict_word(self) -> str:
-        return "N/A" if not self.applicable else "PASS" if self.passed else "FAIL"
+        """The status as the table prints it: PASS, FAIL, N/A or ERROR."""
+        return self.status.upper()
 
     @property
     def expected(self) -> dict[str, list]:
@@ -116,8 +136,10 @@ class CheckResult:
                 "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
                 "expected": {k: [_json_number(v) for v in iv] for k, iv in self.expected.items()},
                 "failed": list(self.verdict.failed), "summary": self.summary,
+                "status": self.status,
                 **({} if self.applicable else {"applicable": False,
-                                               "reason": self.not_applicable})}
+                                               "reason": self.not_applicable}),
+                **({"error": self.error, "traceback": self.traceback} if self.error else {})}
 
 
 def _json_number(v):
@@ -127,6 +149,12 @@ def _json_number(v):
         return int(v)
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def overall_status(results: Sequence[CheckResult]) -> str:
+    """``error`` if a check crashed, else ``fail`` if one failed, else ``pass``."""
+    statuses = {r.status for r in results}
+    return "error" if "error" in statuses else "fail" if "fail" in statuses else "pass"
 
 
 def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
@@ -141,7 +169,8 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
 
     return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
             "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
-            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
+            "passed": all(r.passed for r in results), "status": overall_status(results),
+            "seconds": round(seconds, 3),
             "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
                          "torchdiffeq": torchdiffeq.__version__,
                          "torchsde": torchsde.__version__, "numpy": numpy.__version__,
@@ -154,20 +183,49 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
 # Output
 # ------------------------------------------------------------------------------------------------
 
-def format_table(results: Sequence[CheckResult]) -> str:
-    """One row per check: id, claim, what was measured, what theory says, PASS/FAIL."""
-    rows = [("check", "claim", "measured", "theory", "verdict")]
-    for r in results:
-        rows.append((r.id, r.claim, r.measured_text, r.theory_text, r.verdict_word))
-    widths = [max(len(row[c]) for row in rows) for c in range(5)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+#: The printed table and summaries fit this many columns.
+WIDTH = 100
+
+
+def format_table(results: Sequence[CheckResult], width: int = WIDTH) -> str:
+    """One row per check: id, claim, what was measured, what theory says, PASS/FAIL/ERROR;
+    the measured and theory cells are wrapped so that every line fits ``width`` columns."""
+    import textwrap
+
+    head = ("check", "claim", "measured", "theory", "verdict")
+    rows = [(r.id, r.claim, r.measured_text, r.theory_text, r.verdict_word) for r in results]
+    fixed = [max(len(head[c]), *(len(row[c]) for row in rows)) for c in (0, 1, 4)]
+    room = max(20, width - sum(fixed) - 2 * 4)  # what the measured and theory columns share
+    natural = [max(len(head[c]), *(len(row[c]) for row in rows)) for c in (2, 3)]
+    if sum(natural) <= room:
+        wide = natural
+    else:  # the theory column keeps its width up to a third of the room; measured takes the rest
+        theory = min(natural[1], max(room // 3, 8))
+        wide = [room - theory, theory]
+    widths = [fixed[0], fixed[1], wide[0], wide[1], fixed[2]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(head, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    for row in rows:
+        cells = [textwrap.wrap(cell, w, break_long_words=True) or [""]
+                 for cell, w in zip(row, widths, strict=True)]
+        for k in range(max(map(len, cells))):
+            parts = [(c[k] if k < len(c) else "").ljust(w)
+                     for c, w in zip(cells, widths, strict=True)]
+            lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
-def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
-    """Draw a figure with ``drawer`` and save it as PNG atomically."""
+def wrap_summary(result: CheckResult, width: int = WIDTH) -> str:
+    """``[PASS] id: summary`` wrapped to ``width`` columns, continuation lines indented."""
+    import textwrap
+
+    return textwrap.fill(f"[{result.verdict_word}] {result.id}: {result.summary}", width,
+                         subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def render_figure(drawer: FigureDrawer) -> bytes:
+    """Draw a figure with ``drawer``; its PNG bytes."""
     import io
 
     import matplotlib
@@ -179,7 +237,12 @@ def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
     drawer(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
+    """Draw a figure with ``drawer`` and save it as PNG atomically."""
+    atomic_write_bytes(path, render_figure(drawer))
 
 
 @dataclass
@@ -198,30 +261,49 @@ def order_figure(title: str, series: Sequence[Series], *, reference_order: float
     reference slope ``-reference_order`` through the first series' last point."""
 
     def draw(fig):
+        fig.set_size_inches(8.0, 4.4)  # room for the legend beside the axes
         order_axes(fig.add_subplot(), title, series, reference_order=reference_order,
                    ylabel=ylabel, xlabel=xlabel)
 
     return draw
 
 
+#: Marker shapes cycled over the series of a figure, so that series on top of each other stay
+#: distinguishable (open markers of different shapes and sizes).
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+
+
+def legend_outside(ax, fontsize: float = 7) -> None:
+    """The legend to the right of the axes, where it covers no point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=fontsize, loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def order_axes(ax, title: str, series: Sequence[Series], *, reference_order: float = 1.0,
-               ylabel: str = "error", xlabel: str = "depth L") -> None:
-    """Draw :func:`order_figure`'s content on one matplotlib axes (for multi-panel figures)."""
-    for s in series:
+               ylabel: str = "error", xlabel: str = "depth L", legend: bool = True) -> None:
+    """Draw :func:`order_figure`'s content on one matplotlib axes (for multi-panel figures):
+    each series with its own open marker (shape and size differ, so coinciding series stay
+    visible) and its fitted line; a reference slope drawn a factor 2 below the lowest series,
+    where it hides none; the legend outside the axes (``legend``)."""
+    lowest = math.inf
+    for k, s in enumerate(series):
         d = np.asarray(s.depths, dtype=float)
         e = np.asarray(s.errors, dtype=float)
         label = s.label
         if s.fit is not None and math.isfinite(s.fit.order):
             label += f" (order {s.fit.order:.3f})"
-        (line,) = ax.loglog(d, e, "o", label=label)
+        (line,) = ax.loglog(d, e, MARKERS[k % len(MARKERS)], label=label, mfc="none",
+                            ms=9 - 4 * k / max(len(series) - 1, 1), mew=1.4)
         if s.fit is not None and math.isfinite(s.fit.order):
-            ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.7)
-    if series:
+            ax.loglog(d, s.fit.predict(d), "-", color=line.get_color(), alpha=0.6, lw=1)
+        if len(e) and math.isfinite(e[-1]) and e[-1] > 0:
+            lowest = min(lowest, float(e[-1]))
+    if series and math.isfinite(lowest):
         d = np.asarray(series[0].depths, dtype=float)
-        e_end = float(series[0].errors[-1])
-        if math.isfinite(e_end) and e_end > 0:
-            ref = e_end * (d / d[-1]) ** (-reference_order)
-            ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
+        ref = 0.5 * lowest * (d / d[-1]) ** (-reference_order)
+        ax.loglog(d, ref, "k--", lw=1, label=f"reference slope -{reference_order:g}")
     if series:
         from matplotlib.ticker import NullFormatter
 
@@ -232,29 +314,55 @@ def order_axes(ax, title: str, series: Sequence[Series], *, reference_order: flo
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if legend:
+        legend_outside(ax)
 
 
 def depth_axes(ax, title: str, depths: Sequence[float], curves: dict, *, ylabel: str,
                bounds: dict | None = None, ylim_top: float | None = None) -> None:
     """Quantities against depth on a log-log2 axes: ``curves`` maps a label to values per depth
     (markers and lines), ``bounds`` a label to values drawn dashed in the same colour.  Values
-    that overflowed (inf, or beyond 1e150) are not drawn."""
+    that overflowed (inf, or beyond 1e150) are not drawn, and a line with nothing to draw gets
+    no legend entry.  With ``ylim_top``, a line that leaves the axes says so in its label (its
+    largest value and where), and the y range ends a factor 3 below the smallest value drawn.
+    The legend is outside the axes."""
     def finite(values):  # overflowed values (inf, or beyond 1e150) are left out of the plot
         values = np.asarray(values, dtype=float)
         return np.where(np.isfinite(values) & (np.abs(values) < 1e150), values, np.nan)
 
-    for label, values in curves.items():
-        (line,) = ax.plot(depths, finite(values), "o-", label=label)
+    drawn = []
+
+    def plot(values, label, *style, **kw):
+        v = finite(values)
+        if not np.isfinite(v).any():
+            return None
+        above = np.zeros(len(v), dtype=bool)
+        if ylim_top is not None and np.nanmax(v) > ylim_top:
+            i = int(np.nanargmax(v))
+            label += f" (^ above the axes: up to {v[i]:.1e} at L = {depths[i]:g})"
+            above = np.isfinite(v) & (v > ylim_top)
+        inside = np.where(above, np.nan, v)
+        drawn.extend(inside[np.isfinite(inside) & (inside > 0)])
+        (line,) = ax.plot(depths, inside, *style, label=label, **kw)
+        if above.any():  # off-scale values as arrows at the top edge, in the line's colour
+            bound = "--" in style  # a bound's arrows are open and a little lower
+            ax.plot(np.asarray(depths)[above], np.full(above.sum(), ylim_top / (2.5 if bound
+                                                                                else 1.6)),
+                    "^", color=line.get_color(), ms=6, mfc="none" if bound else None)
+        return line
+
+    for k, (label, values) in enumerate(curves.items()):
+        line = plot(values, label, "-", marker=MARKERS[k % len(MARKERS)], mfc="none", mew=1.4)
         if bounds and label in bounds:
-            ax.plot(depths, finite(bounds[label]), "--", color=line.get_color(), lw=1,
-                    label=f"{label}: bound")
+            plot(bounds[label], f"{label}: bound", "--",
+                 color=None if line is None else line.get_color(), lw=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    if ylim_top is not None:
-        ax.set_ylim(top=ylim_top)
+    if drawn:
+        top = ylim_top if ylim_top is not None else 3 * max(drawn)
+        ax.set_ylim(bottom=min(min(drawn) / 3, top / 10), top=top)
     ax.set_xlabel("depth L")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=6)

@@ -39,6 +39,7 @@ from .rules import Rule, judge
 
 CLAIM = "C6"
 ID = "residual-sensitivity"
+MIN_DEPTH = 32  # its experiments compare depths 16, 32, ..., --depth (propagation_depths)
 TITLE = "Residual-Sensitivity ODE: backprop through the stack converges to the adjoint at order 1"
 
 ORDER_RANGE = (0.85, 1.15)

@@ -56,7 +56,7 @@ from .problems import (
     reference_config,
     sample_prior,
 )
-from .report import CheckResult, Series, extremes, order_axes, trend
+from .report import CheckResult, Series, extremes, legend_outside, order_axes, trend
 from .rules import Rule, judge
 
 CLAIM = "C3"
@@ -274,17 +274,27 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
 
 def _figure(gating, ladder, strong, weak, layer):
     def draw(fig):
+        import numpy as np
         from matplotlib.ticker import NullFormatter
 
-        grid = fig.add_gridspec(2, 2)
-        panels = ((grid[0, :], f"C3 reverse-sde ({gating} gates): strong error at eps", strong,
-                   "RMS |z_L - x(eps)|", ""),
-                  (grid[1, 0], "weak error (exact moments)", weak, "|dm| + |dS|_F", "depth L"),
-                  (grid[1, 1], "layers: max_i W2(z_i, p_t_i)", layer, "", "depth L"))
-        for cell, title, series, ylabel, xlabel in panels:
-            ax = fig.add_subplot(cell)
-            order_axes(ax, title, series, ylabel=ylabel, xlabel=xlabel)
-            ax.legend(fontsize=6)
+        fig.set_size_inches(7.5, 9.0)
+        panels = ((f"C3 reverse-sde ({gating} gates): strong error at eps", strong,
+                   "RMS |z_L - x(eps)|"),
+                  ("weak error (exact moments)", weak, "|dm| + |dS|_F"),
+                  ("layers: max_i W2(z_i, p_t_i)", layer, "max_i W2"))
+        for k, (title, series, ylabel) in enumerate(panels):
+            ax = fig.add_subplot(3, 1, k + 1)
+            order_axes(ax, title, series, ylabel=ylabel, xlabel="depth L" if k == 2 else "",
+                       legend=False)
+            ve = [s for s in series if s.label.startswith("ve")] if k == 1 else []
+            if ve and ve[0].errors[-1] > 0:  # VE's weak order is 2 (proof step 4): say so
+                d = np.asarray(ve[0].depths, dtype=float)
+                ax.loglog(d, 0.5 * ve[0].errors[-1] * (d / d[-1]) ** -2.0, "k:", lw=1,
+                          label="reference slope -2 (VE: its first-order\nweak term is ~0, "
+                                "proof step 4)")
+                ax.set_xticks(d, [f"{x:g}" for x in d])  # loglog reset them
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            legend_outside(ax, fontsize=7)
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.title.set_fontsize(9)
 

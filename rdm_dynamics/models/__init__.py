@@ -108,7 +108,8 @@ def model_builder(factory: str | None = None):
 def load_model(ckpt, weights: str = "ema", factory: str | None = None) -> nn.Module:
     """Rebuild the checkpoint's model (``build(**ckpt.meta["model_config"])``), load its
     ``weights`` (``ema`` or ``model``) strictly and return it in eval mode."""
-    saved = (ckpt.meta.get("train_config") or {}).get("model_factory")
+    stored = ckpt.meta.get("train_config")
+    saved = stored.get("model_factory") if isinstance(stored, dict) else None
     if saved and factory != saved:
         raise ModelLoadError(f"this checkpoint's model was built by {saved!r}; name that "
                              f"factory to rebuild it (--model-factory {saved})")

@@ -12,7 +12,9 @@ between spatial attention (over the N tokens of a frame) and temporal attention 
 frames at one spatial position).  Every unit works on tokens of shape (B T, N, D).
 
 Named configurations (``DIT_CONFIGS``) follow DiT's table (S, B, L, XL with p = 2, 4, 8) plus a
-tiny size T for the CPU: ``RDM-DiT-T/2`` ... ``RDM-DiT-XL/8`` (and ``RDM-DiT-T/1``).
+tiny size T (6 blocks of width 128, 4 heads) and a nano size N (4 blocks of width 96, 4 heads: the
+digits benchmark's) for the CPU: ``RDM-DiT-N/2``, ``RDM-DiT-T/2`` ... ``RDM-DiT-XL/8`` (and
+``RDM-DiT-N/1``, ``RDM-DiT-T/1``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .layers import (
 __all__ = ["RDMDiT", "DIT_CONFIGS"]
 
 DIT_SIZES = {  # depth (blocks), width (hidden size), heads
+    "N": {"depth": 4, "width": 96, "heads": 4},  # the digits benchmark's (benchmarks/)
     "T": {"depth": 6, "width": 128, "heads": 4},
     "S": {"depth": 12, "width": 384, "heads": 6},
     "B": {"depth": 12, "width": 768, "heads": 12},
@@ -41,8 +44,8 @@ DIT_SIZES = {  # depth (blocks), width (hidden size), heads
     "XL": {"depth": 28, "width": 1152, "heads": 16},
 }
 DIT_CONFIGS = {f"RDM-DiT-{size}/{p}": {"backbone": "dit", "patch_size": p, **dims}
-               for size, dims in DIT_SIZES.items() for p in ((1, 2, 4, 8) if size == "T"
-                                                             else (2, 4, 8))}
+               for size, dims in DIT_SIZES.items()
+               for p in ((1, 2, 4, 8) if size in ("N", "T") else (2, 4, 8))}
 
 
 class Block(nn.Module):

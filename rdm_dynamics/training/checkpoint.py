@@ -32,10 +32,12 @@ from ..files import atomic_write_bytes, atomic_write_json
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
            "find_checkpoints", "latest_checkpoint", "rng_state", "set_rng_state",
-           "optimizer_state", "load_optimizer_state", "FORMAT"]
+           "optimizer_state", "load_optimizer_state", "FORMAT", "CHECKPOINT_FILE"]
 
 FORMAT = "rdm_dynamics.checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.json$")
+#: The names of a checkpoint's two files and of the run's log (for files.remove_stale_temporaries).
+CHECKPOINT_FILE = r"(ckpt-\d{8}\.(json|safetensors)|log\.jsonl)"
 
 
 class CheckpointError(ValueError):

@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -314,7 +316,7 @@ def load_array(path: str | Path) -> ArrayDataset:
         raise DataError(f"array file {str(path)!r} does not exist")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"cannot read array file {str(path)!r}: {_reason(exc)}") from None
     labels = None
     try:
@@ -332,7 +334,7 @@ def load_array(path: str | Path) -> ArrayDataset:
                 images = loaded[key]
                 lkey = next((k for k in ("labels", "y") if k in keys and k != key), None)
                 labels = None if lkey is None else loaded[lkey]
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"cannot read array file {str(path)!r}: {_reason(exc)}") from None

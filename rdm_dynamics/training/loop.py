@@ -23,7 +23,13 @@ uninterrupted run's losses exactly, and with N processes every rank takes its sl
 global draws: the gradient DDP averages is the single-process gradient of the global batch.
 
 Failures.  A loss or gradient norm that is NaN or infinite stops the run before the optimizer
-step with :class:`TrainingDiverged`, naming the last good checkpoint.
+step with :class:`TrainingDiverged`, naming the last good checkpoint.  Ctrl-C stops it with
+:class:`TrainingInterrupted` (a KeyboardInterrupt) naming the checkpoint a resume starts from.
+
+Files.  Everything is written into ``cfg.out`` (for a resumed run: the folder its checkpoint was
+found in); hidden temporary files that killed atomic writes left there are removed at the start.
+A model factory (``cfg.model_factory``) is imported only because the caller set it, and the run
+says so on stderr.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -41,10 +48,12 @@ import torch
 from torch import nn
 
 from ..cli import UsageError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, remove_stale_temporaries
 from ..models import model_builder
 from ..sde import SDE, make_sde
 from .checkpoint import (
+    CHECKPOINT_FILE,
+    find_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     load_optimizer_state,
@@ -60,12 +69,16 @@ from .known_law import LAW_PREFIX, KnownLawData, LawModule, LawSpec
 from .sampling import cycle_labels, generate
 from .settings import TrainConfig, check
 
-__all__ = ["train", "setup", "restore", "Run", "TrainingDiverged", "EMA", "learning_rate",
-           "gate_statistics", "build_network", "law_spec"]
+__all__ = ["train", "setup", "restore", "Run", "TrainingDiverged", "TrainingInterrupted", "EMA",
+           "learning_rate", "gate_statistics", "build_network", "law_spec"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message names the checkpoint a resume starts from."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,6 +186,10 @@ def setup(cfg: TrainConfig) -> Run:
     """Check ``cfg`` and build the run (module docstring); writes nothing.  Raises UsageError."""
     try:
         check(cfg)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if cfg.batch_size % world:  # before the process group: every rank stops at once
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} "
+                             "processes")
         dist = Distributed(cfg.device)
         try:
             return _build(cfg, dist)
@@ -204,10 +221,10 @@ def _build(cfg: TrainConfig, dist: Distributed) -> Run:
                optimizer, torch.Generator(dist.device).manual_seed(cfg.seed))
 
 
-def restore(run: Run) -> tuple[int, Path]:
-    """Load the run folder's latest checkpoint into the run; (its step, its path).  Raises
-    CheckpointError if it does not fit."""
-    path = latest_checkpoint(run.out)
+def restore(run: Run, path: Path | None = None) -> tuple[int, Path]:
+    """Load the checkpoint ``path`` (by default the run folder's latest) into the run; (its step,
+    its path).  Raises CheckpointError if it does not fit."""
+    path = path or latest_checkpoint(run.out)
     ckpt = load_checkpoint(path)  # on the CPU; load_state_dict copies to the device
     run.model.load_state_dict(ckpt.state_dict("model"), strict=True)
     run.ema.module.load_state_dict(ckpt.state_dict("ema"), strict=True)
@@ -221,7 +238,16 @@ def _prepare_out(run: Run, start: int) -> None:
     drops what its killed predecessor logged after the checkpoint; a new run starts afresh)."""
     if not run.dist.main:
         return
-    (run.out / "samples").mkdir(parents=True, exist_ok=True)
+    try:
+        (run.out / "samples").mkdir(parents=True, exist_ok=True)
+        probe = run.out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {str(run.out)!r} cannot be written: {exc.strerror or exc}") \
+            from None
+    remove_stale_temporaries(run.out, CHECKPOINT_FILE)
+    remove_stale_temporaries(run.out / "samples", SAMPLE_FILE)
     path = run.out / "log.jsonl"
     if not path.is_file():
         return
@@ -315,37 +341,60 @@ def save(run: Run, step: int) -> Path | None:
     return path
 
 
-def draw_samples(run: Run, step: int) -> None:
-    """The sample grid of ``step`` from the EMA weights (main process only)."""
+#: The names of the sample grids (and of the log) in a run folder.
+SAMPLE_FILE = r"step-\d{8}\.(png|gif)"
+
+
+def draw_samples(run: Run, step: int, progress: bool = False) -> Path | None:
+    """The sample grid of ``step`` from the EMA weights, each cell captioned with the class it
+    was asked for (main process only); its path.  ``progress``: a tqdm bar."""
     if not run.dist.main:
-        return
+        return None
     cfg = run.cfg
     labels = cycle_labels(cfg.n_samples, run.dataset.num_classes)
     x = generate(run.ema.module, cfg.n_samples, sde=run.sde, prediction=cfg.prediction,
                  t_min=cfg.t_min, labels=labels, guidance=cfg.guidance, sampler=cfg.sampler,
                  steps=cfg.sample_steps, seed=cfg.seed, device=run.dist.device,
-                 autocast=cfg.bf16, disable=True)
-    save_samples(x, run.out / "samples" / f"step-{step:08d}")
+                 autocast=cfg.bf16, disable=not progress)
+    path = save_samples(x, run.out / "samples" / f"step-{step:08d}", labels=labels)
     run.model.train()
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
-    """Run (or continue) training; returns {step, loss, checkpoint, seconds (of training),
-    skipped (unreadable data files)}.
+def _resume_point(run: Run, step: int) -> str:
+    """Where a resume of this interrupted run would start, in words."""
+    found = find_checkpoints(run.out) if run.dist.main else []
+    if not found:
+        return f"interrupted at step {step}; no checkpoint was written, so there is nothing " \
+               "to resume (a new run starts from step 0)"
+    return f"interrupted at step {step}; --resume {run.out} will start from {found[-1]}"
 
-    ``on_step(step, loss)`` is called after every optimizer step (tests use it to stop a run).
-    Raises UsageError for bad settings, CheckpointError for a checkpoint that does not fit and
-    TrainingDiverged for a non-finite loss.
+
+def train(cfg: TrainConfig, resume: bool | Path = False, on_step=None) -> dict:
+    """Run (or continue) training; returns {step, loss, checkpoint, grid (the final sample
+    grid, None if no step was done), seconds (of training), skipped (unreadable data files)}.
+
+    ``resume``: False for a new run; True (the newest checkpoint in ``cfg.out``) or the path of
+    the checkpoint to continue from.  ``on_step(step, loss)`` is called after every optimizer
+    step (tests use it to stop a run).  Raises UsageError for bad settings, CheckpointError for a
+    checkpoint that does not fit, TrainingDiverged for a non-finite loss and TrainingInterrupted
+    on Ctrl-C.
     """
     from tqdm.auto import tqdm
 
     run = setup(cfg)
+    done = 0
     try:
-        start, last_ckpt = restore(run) if resume else (0, None)
+        if cfg.model_factory and run.dist.main:
+            print(f"note: the model is built by {cfg.model_factory} (the model factory the "
+                  "caller named)", file=sys.stderr)
+        start, last_ckpt = restore(run, resume if isinstance(resume, Path) else None) \
+            if resume else (0, None)
+        done = start
         _prepare_out(run, start)
         net = _wrap(run)
         dist = run.dist
@@ -375,9 +424,10 @@ def train(cfg: TrainConfig, resume: bool = False, on_step=None) -> dict:
                 draw_samples(run, done)
         bar.close()
         seconds = time.perf_counter() - began  # training only, not the final sample grid
-        if start < done:
-            draw_samples(run, done)
-        return {"step": done, "loss": loss, "checkpoint": last_ckpt, "seconds": seconds,
-                "skipped": run.dataset.skipped}
+        grid = draw_samples(run, done, progress=cfg.progress) if start < done else None
+        return {"step": done, "loss": loss, "checkpoint": last_ckpt, "grid": grid,
+                "seconds": seconds, "skipped": run.dataset.skipped}
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_resume_point(run, done)) from None
     finally:
         run.dist.close()

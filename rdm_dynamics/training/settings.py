@@ -35,11 +35,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import Parser, UsageError
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from ..cli import MAX_SEED, Parser, UsageError
+from ..models import MODEL_CONFIGS
+from .checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 
 __all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce",
-           "load_config_file", "add_arguments", "build_parser", "resolve_config"]
+           "load_config_file", "add_arguments", "build_parser", "resolve_config",
+           "newest_intact_checkpoint", "FLAG_ONLY"]
 
 _KINDS = (bool, int, float, str, dict)
 
@@ -71,16 +73,19 @@ class Setting:
             ("(", self.above) if self.above is not None else None
         high = (self.maximum, "]") if self.maximum is not None else \
             (self.below, ")") if self.below is not None else None
+        def num(v):  # integers exactly, floats short
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
         if low and high:
-            return f"lie in {low[0]}{low[1]:g}, {high[0]:g}{high[1]}"
+            return f"lie in {low[0]}{num(low[1])}, {num(high[0])}{high[1]}"
         if low == ("[", 0):
             return "be non-negative"
         if low == ("(", 0):
             return "be a positive number"
         if low:
-            return f"be {'at least' if low[0] == '[' else 'greater than'} {low[1]:g}"
+            return f"be {'at least' if low[0] == '[' else 'greater than'} {num(low[1])}"
         if high:
-            return f"be {'at most' if high[1] == ']' else 'less than'} {high[0]:g}"
+            return f"be {'at most' if high[1] == ']' else 'less than'} {num(high[0])}"
         return "be a finite number" if self.finite else None
 
     def accepts(self, value) -> bool:
@@ -119,13 +124,16 @@ class TrainConfig:
     """Everything a run depends on.  Stored in every checkpoint; ``--resume`` reuses it."""
 
     # model
-    model: str = setting("RDM-DiT-T/2", "named configuration of rdm_dynamics.models "
-                         "(MODEL_CONFIGS)")
+    model: str = setting("RDM-DiT-T/2", "named configuration of rdm_dynamics.models: "
+                         + ", ".join(MODEL_CONFIGS) + " (RDM-DiT-T/2: 6 blocks of width 128, 4 "
+                         "heads, patch 2; RDM-DiT-N/2: 4 blocks of width 96, the benchmark's)")
     gate: str = setting("rdm", "residual gate: plain, post-ln, rezero, adaln-zero or rdm")
     model_options: dict = setting({}, "architecture override passed to build_model "
                                   "(repeatable)", items=True, flag="--model-option")
     model_factory: str | None = setting(None, "module:function with build_model's signature, "
-                                        "for your own model")
+                                        "for your own model (imported only when given here on "
+                                        "the command line or in the Python API, never from a "
+                                        "config file or a checkpoint; default: none)")
     # data
     data: str = setting("digits", "digits, moving-digits, digits-gmm (a Gaussian mixture fitted "
                         "to the digits: known law, fresh images every step), a folder of "
@@ -139,9 +147,11 @@ class TrainConfig:
                                  "covariance", above=0, finite=True)
     law_seed: int = setting(0, "digits-gmm: seed of the mixture fit (EM with several "
                             "components)", minimum=0)
-    image_size: int | None = setting(None, "resize to this size (digits 8, moving-digits "
-                                     "canvas 16, folders 32)", minimum=1)
-    frames: int | None = setting(None, "moving-digits video length (default 8)", minimum=1)
+    image_size: int | None = setting(None, "resize to this size (default: digits 8, "
+                                     "moving-digits canvas 16, folders 32)", minimum=1,
+                                     maximum=1024)
+    frames: int | None = setting(None, "moving-digits video length (default 8)", minimum=1,
+                                 maximum=256)
     channels: int = setting(1, "image folders: 1 (grey) or 3 (RGB)", choices=(1, 3))
     # diffusion
     sde: str = setting("vp", "forward SDE of rdm_dynamics.sde: vp, subvp or ve")
@@ -163,7 +173,7 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "clip the gradient norm to this", above=0)
     ema_decay: float = setting(0.999, "EMA decay of the weights used for sampling", minimum=0,
                                below=1)
-    seed: int = setting(0, "seed of every random draw", minimum=0)
+    seed: int = setting(0, "seed of every random draw", minimum=0, maximum=MAX_SEED)
     # hardware
     device: str = setting("auto", "auto, cpu or cuda[:N] (torchrun: cuda means each rank's "
                           "local GPU)", resumable=True)
@@ -178,11 +188,18 @@ class TrainConfig:
     keep: int = setting(2, "checkpoints kept", minimum=1, resumable=True)
     sample_every: int = setting(0, "sample grid every N steps (0: only at the end)", minimum=0,
                                 resumable=True)
-    n_samples: int = setting(64, "samples per grid", minimum=1, resumable=True)
-    sampler: str = setting("ddpm", "euler-maruyama, pf-ode or ddpm", resumable=True)
-    sample_steps: int = setting(100, "sampler steps for the grids", minimum=1, resumable=True)
-    guidance: float = setting(2.0, "classifier-free guidance scale for the grids", finite=True,
-                              resumable=True)
+    # the grids are a quick look during training: ddpm (fixed steps, cheap) at guidance 2
+    # (clearly class-conditional digits); `sample` defaults to pf-ode (dopri5, adaptive) at
+    # guidance 1 (the model's own conditional law), the setting the measurements use
+    n_samples: int = setting(64, "samples per grid", minimum=1, maximum=4096, resumable=True)
+    sampler: str = setting("ddpm", "sampler of the grids: euler-maruyama, pf-ode or ddpm "
+                           "(ddpm: fixed steps, cheap during training; `sample` defaults to "
+                           "pf-ode)", resumable=True)
+    sample_steps: int = setting(100, "sampler steps for the grids", minimum=1, maximum=100000,
+                                resumable=True)
+    guidance: float = setting(2.0, "classifier-free guidance scale of the grids (2: clearly "
+                              "class-conditional; `sample` defaults to 1, the model's own "
+                              "conditional law)", minimum=0, finite=True, resumable=True)
     progress: bool = setting(True, "tqdm progress bar", resumable=True)
 
     def to_json(self) -> dict:
@@ -193,7 +210,10 @@ class TrainConfig:
     def from_json(cls, stored: dict) -> TrainConfig:
         """A configuration from a stored mapping (a checkpoint's ``train_config``): each known
         key read as its setting's type, the declared defaults for the missing ones, unknown keys
-        (settings of other versions) ignored."""
+        (settings of other versions) ignored.  UsageError if ``stored`` is not a mapping."""
+        if not isinstance(stored, dict):
+            raise UsageError(f"the stored train_config is not a mapping but "
+                             f"{type(stored).__name__}")
         return cls(**{k: coerce(k, v) for k, v in stored.items() if k in SETTINGS})
 
 
@@ -270,13 +290,24 @@ def check(cfg: TrainConfig) -> None:
             raise UsageError(f"{name} must {s.requirement()}, got {value}")
 
 
+#: Settings a file may not set, and why: a file the user opens never causes an import.
+FLAG_ONLY = {"model_factory": "a model factory is code to import, so it is taken only from the "
+                              "command line (--model-factory) or the Python API"}
+
+
 def load_config_file(path: str | Path) -> dict:
     """A flat mapping of TrainConfig keys ('-' or '_') from a .yaml/.yml or .toml file, each
     value read as its setting's type."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start})") \
+            from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -301,6 +332,8 @@ def load_config_file(path: str | Path) -> dict:
         name = str(key).replace("-", "_")
         if name not in SETTINGS:
             raise UsageError(f"unknown setting {key!r} in {str(path)!r}")
+        if name in FLAG_ONLY:
+            raise UsageError(f"{key} in {str(path)!r}: {FLAG_ONLY[name]}")
         out[name] = coerce(name, value)
     return out
 
@@ -316,7 +349,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(s.flag, dest=name, action="append", default=None,
                                 metavar="KEY=VALUE", help=s.help)
             continue
-        text = f"{s.help} (default {s.default})"
+        text = s.help if s.default is None else f"{s.help} (default {s.default})"
         if s.kind is bool:
             parser.add_argument(s.flag, dest=name, default=None,
                                 action=argparse.BooleanOptionalAction, help=text)
@@ -327,9 +360,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser(prog: str | None = None, description: str | None = None) -> Parser:
     """--config, --resume and the flags of every setting."""
     p = Parser(prog=prog, description=description)
-    p.add_argument("--config", default=None, help="YAML or TOML file of settings")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--config", default=None, help="YAML or TOML file of settings (a flat "
+                   "mapping of the names below, with - or _)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                   help="continue the run in RUN (or --out) from its newest intact checkpoint; "
+                        "it keeps writing there, wherever the run was first trained")
     add_arguments(p)
     return p
 
@@ -345,11 +380,62 @@ def _item(s: Setting, text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def _toolkit_files(out: Path) -> list[str]:
+    """What a run writes that a new run in ``out`` would overwrite or mix with."""
+    found = [p.name for p in (out / "log.jsonl", out / "samples") if p.exists()]
+    found += [p.name for p in sorted(out.glob("ckpt-*"))[:1]] if out.is_dir() else []
+    return found
+
+
+def _check_out_folder(out: Path, flag: str = "--out") -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {str(out)!r} is a file, not a folder")
+
+
+def newest_intact_checkpoint(folder: Path, warn=None, flag: str = "--resume"):
+    """(path, checkpoint, its TrainConfig) of the newest checkpoint in ``folder`` that loads
+    and holds a training configuration; ``warn(message)`` for each newer one that does not.
+    UsageError if none does."""
+    found = find_checkpoints(folder)
+    if not found:
+        raise UsageError(f"{flag}: no checkpoint in {str(folder)!r}")
+    skipped = []
+    for path in reversed(found):
+        try:
+            ckpt = load_checkpoint(path)
+            if "train_config" not in ckpt.meta:
+                raise CheckpointError(f"{str(path)!r} holds no training configuration")
+            cfg = TrainConfig.from_json(ckpt.meta["train_config"])
+        except (CheckpointError, UsageError) as exc:
+            skipped.append((path, exc))
+            continue
+        for bad, exc in skipped if warn is not None else ():
+            warn(f"the checkpoint {bad.name} is unreadable ({exc}); resuming from the newest "
+                 f"intact one, {path.name}")
+        return path, ckpt, cfg
+    reasons = [str(exc) for _, exc in skipped]
+    raise UsageError(f"{flag}: no intact checkpoint in {str(folder)!r} ({reasons[0]})")
+
+
+def _warn(message: str) -> None:
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr)
+
+
 def resolve_config(argv, prog: str | None = None,
-                   description: str | None = None) -> tuple[TrainConfig, bool]:
+                   description: str | None = None) -> tuple[TrainConfig, Path | bool]:
     """(configuration, resume) from command-line arguments: defaults < config file < flags; with
-    --resume, the checkpoint's configuration with only the resumable settings changed.  The
-    constraints are not checked here (:func:`check`, in ``training.loop.setup``)."""
+    --resume, the checkpoint's configuration with only the resumable settings changed, and
+    ``resume`` the path of the checkpoint to resume from (False for a new run).
+
+    A resumed run writes where its checkpoint was found (``out`` is that folder, whatever the
+    checkpoint recorded: a run folder may be moved), falls back with a warning to the newest
+    intact checkpoint when newer ones are corrupt, and imports the checkpoint's model factory
+    only when the command line names it.  A new run refuses a folder that already holds a run's
+    files.  The constraints are not checked here (:func:`check`, in ``training.loop.setup``)."""
     args = build_parser(prog, description).parse_args(argv)
     given = load_config_file(args.config) if args.config else {}
     for name, s in SETTINGS.items():
@@ -360,23 +446,32 @@ def resolve_config(argv, prog: str | None = None,
             given[name] = {**given.get(name, {}), **dict(_item(s, v) for v in value)}
         else:
             given[name] = coerce(name, value)
-    if not args.resume:
+    if args.resume is None:
         cfg = TrainConfig(**given)
-        if latest_checkpoint(cfg.out) is not None:
+        out = Path(cfg.out)
+        _check_out_folder(out)
+        if find_checkpoints(out):
             raise UsageError(f"{cfg.out!r} already holds a run: pass --resume to continue it or "
                              "choose another --out")
+        clash = _toolkit_files(out)
+        if clash:
+            raise UsageError(f"{cfg.out!r} already holds {', '.join(clash)} but no checkpoint: "
+                             "choose another --out (nothing there is overwritten)")
         return cfg, False
-    out = Path(given.get("out", SETTINGS["out"].default))
-    found = latest_checkpoint(out)
-    if found is None:
-        raise UsageError(f"--resume: no checkpoint in {str(out)!r}")
-    try:
-        base = TrainConfig.from_json(load_checkpoint(found).meta["train_config"])
-    except (CheckpointError, KeyError) as exc:
-        raise UsageError(f"--resume: {exc}") from None
+    if args.resume and "out" in given and Path(given["out"]) != Path(args.resume):
+        raise UsageError(f"--resume {args.resume!r} and --out {given['out']!r} name two "
+                         "folders: give one")
+    out = Path(args.resume or given.get("out", SETTINGS["out"].default))
+    _check_out_folder(out, "--resume" if args.resume else "--out")
+    found, _, base = newest_intact_checkpoint(out, warn=_warn)
+    given["out"] = str(out)  # a resumed run writes where its checkpoint was found
+    if base.model_factory and given.get("model_factory") != base.model_factory:
+        raise UsageError(f"this run's model was built by {base.model_factory!r}; a checkpoint "
+                         "never chooses code to import: name it to resume "
+                         f"(--model-factory {base.model_factory})")
     changed = sorted(k for k, v in given.items()
                      if not SETTINGS[k].resumable and v != getattr(base, k))
     if changed:
         raise UsageError(f"--resume cannot change {', '.join(changed)} (the checkpoint's "
                          "run was trained with other values)")
-    return dataclasses.replace(base, **given), True
+    return dataclasses.replace(base, **given), found
