@@ -38,6 +38,11 @@ def build_parser() -> Parser:
     p.add_argument("--threads", default="1",
                    help="CPU threads for torch (default 1: the checks run many small tensor "
                         "operations, which extra threads slow down)")
+    p.add_argument("--jobs", default=None, metavar="N",
+                   help="worker processes running checks in parallel, each with --threads "
+                        "threads (default: one per CPU core, at most one per check; 1 runs them "
+                        "one after another in this process); the report's numbers do not "
+                        "depend on it")
     p.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
@@ -59,6 +64,7 @@ def parse_args(argv):
     import torch
 
     from .checks import CheckConfig, depth_ladder, registry, resolve_ids
+    from .checks.runner import default_jobs
 
     args = build_parser().parse_args(argv)
     depth = parse_int(args.depth, "depth", 2)
@@ -67,6 +73,7 @@ def parse_args(argv):
                          "(best divisible by 16, for a ladder of 5 depths)")
     seed = parse_int(args.seed, "seed", 0)
     threads = parse_int(args.threads, "threads", 1)
+    jobs = None if args.jobs is None else parse_int(args.jobs, "jobs", 1)
     try:
         get_gating(args.gating)
     except ValueError as exc:
@@ -99,6 +106,7 @@ def parse_args(argv):
     config = CheckConfig(depth=depth, gating=args.gating, seed=seed,
                          dtype=getattr(torch, args.dtype), device=str(device), quick=args.quick)
     torch.set_num_threads(threads)
+    args.jobs = default_jobs(len(ids)) if jobs is None else jobs
     return args, config, {cid: checks[cid] for cid in ids}, out, json_path
 
 
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
     from .checks.report import build_report, format_table, save_figure
     from .files import atomic_write_json
 
-    results = run_checks(config, checks)
+    results = run_checks(config, checks, jobs=args.jobs, figures=not args.no_figures)
     try:
         if not args.no_figures:
             for r in results:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-import time
-import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -105,29 +103,35 @@ def resolve_ids(spec: str, checks: dict[str, ModuleType]) -> list[str]:
     return [cid for cid in checks if cid in wanted]
 
 
-def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True) -> list:
-    """Run each check (``registry()`` entries), timing it; a check that raises is a FAIL with the
-    error in its summary and its traceback on stderr.  A tqdm bar on stderr unless
-    ``progress`` is false."""
+def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True, *,
+               jobs: int = 1, figures: bool = True) -> list:
+    """Run each check (``registry()`` entries), timing it; results in the order of ``checks``.
+
+    ``jobs`` > 1 runs them in that many worker processes (``runner.run_in_processes``: the same
+    numbers as a serial run; the figures come back rendered, or not at all when ``figures`` is
+    false); ``jobs`` = 1 runs them one after another in this process.  A check that raises, or
+    whose worker dies, is a FAIL with the error in its summary and its traceback on stderr.  A
+    tqdm bar on stderr unless ``progress`` is false.
+    """
     from tqdm.auto import tqdm
 
-    from .report import CheckResult
-    from .rules import Verdict
+    from .runner import run_check, run_in_processes
 
-    results = []
-    bar = tqdm(list(checks.items()), desc="verify", unit="check", disable=not progress,
-               file=sys.stderr, leave=False)
-    for cid, module in bar:
-        bar.set_postfix_str(cid)
-        start = time.perf_counter()
-        try:
-            result = module.run(config)
-        except Exception as exc:  # a crashed check is reported, never silently passed
-            traceback.print_exc(file=sys.stderr)
-            result = CheckResult(id=cid, claim=module.CLAIM, metrics={},
-                                 verdict=Verdict(passed=False), summary=f"the check crashed: "
-                                 f"{type(exc).__name__}: {exc}",
-                                 measured_text="crashed", theory_text="-")
-        result.seconds = time.perf_counter() - start
-        results.append(result)
-    return results
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: worker processes are forked while it runs
+
+    jobs = max(1, min(jobs, len(checks)))
+    with Bar(total=len(checks), desc="verify", unit="check", disable=not progress,
+             file=sys.stderr, leave=False) as bar:
+        if jobs > 1:
+            def on_done(result, running):
+                bar.set_postfix_str(",".join(running))
+                bar.update()
+
+            return run_in_processes(config, checks, jobs, figures=figures, on_done=on_done)
+        results = []
+        for cid, module in checks.items():
+            bar.set_postfix_str(cid)
+            results.append(run_check(cid, module, config))
+            bar.update()
+        return results

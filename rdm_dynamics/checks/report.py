@@ -24,6 +24,7 @@ from ..stats import OrderFit
 from .rules import Verdict
 
 __all__ = ["CheckResult", "build_report", "Series", "order_figure", "format_table", "save_figure",
+           "render_figure", "RenderedFigure",
            "order_axes", "depth_axes", "error_trend", "depth_trend_words"]
 
 
@@ -76,7 +77,7 @@ class CheckResult:
     verdict: Verdict
     summary: str
     seconds: float = 0.0
-    figure: FigureDrawer | None = field(default=None, repr=False)
+    figure: FigureDrawer | RenderedFigure | None = field(default=None, repr=False)
     #: Short strings for the table: what was measured and what theory says.
     measured_text: str = ""
     theory_text: str = ""
@@ -142,8 +143,16 @@ def format_table(results: Sequence[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
-    """Draw a figure with ``drawer`` and save it as PNG atomically."""
+@dataclass(frozen=True)
+class RenderedFigure:
+    """A figure already drawn, as PNG bytes (what a worker process sends back in place of the
+    drawer, a closure that cannot cross processes); ``save_figure`` writes it as it is."""
+
+    png: bytes
+
+
+def render_figure(drawer: FigureDrawer) -> RenderedFigure:
+    """Draw a figure with ``drawer`` into PNG bytes (6.4 x 4.4 inches, 110 dpi)."""
     import io
 
     import matplotlib
@@ -155,7 +164,14 @@ def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
     drawer(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
+    return RenderedFigure(buf.getvalue())
+
+
+def save_figure(drawer: FigureDrawer | RenderedFigure, path: str | os.PathLike) -> None:
+    """Draw a figure with ``drawer`` (or take one already rendered) and save it as PNG
+    atomically."""
+    figure = drawer if isinstance(drawer, RenderedFigure) else render_figure(drawer)
+    atomic_write_bytes(path, figure.png)
 
 
 @dataclass

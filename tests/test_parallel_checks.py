@@ -1,0 +1,137 @@
+"""Checks in worker processes (``verify --jobs N``): the same report numbers as a serial run,
+results in registry order, a crash reported per check, no worker outliving Ctrl-C."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+from rdm_dynamics.checks import CheckConfig, run_checks
+from rdm_dynamics.checks.report import CheckResult, RenderedFigure, save_figure
+from rdm_dynamics.checks.rules import Verdict
+from rdm_dynamics.checks.runner import default_jobs, run_in_processes, start_method
+
+pytestmark = pytest.mark.skipif(start_method("cpu") != "fork",
+                                reason="the fake check modules reach workers by fork")
+
+
+def fake_check(name, run):
+    """A check module made in memory (workers are forked, so they find it in sys.modules)."""
+    module = types.ModuleType(f"fake_checks_{name.replace('-', '_')}")
+    module.CLAIM, module.ID, module.TITLE, module.run = "C0", name, name, run
+    sys.modules[module.__name__] = module
+    return module
+
+
+def passing(config):
+    def draw(fig):
+        fig.add_subplot().plot([0, 1], [config.depth, config.seed])
+
+    return CheckResult(id="ok", claim="C0", metrics={"depth": config.depth, "seed": config.seed},
+                       verdict=Verdict(passed=True), summary="fine", figure=draw)
+
+
+def raising(config):
+    raise RuntimeError("planted fault")
+
+
+def exiting(config):
+    os._exit(3)
+
+
+def killed(config):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleeping(config):
+    time.sleep(60)
+    return passing(config)
+
+
+def test_a_crash_is_reported_for_its_check_and_the_others_go_on(tmp_path):
+    checks = {name: fake_check(name, run) for name, run in
+              [("ok-1", passing), ("raises", raising), ("exits", exiting), ("killed", killed),
+               ("ok-2", passing)]}
+    results = run_in_processes(CheckConfig(depth=32, seed=5), checks, jobs=2)
+    assert [r.id for r in results] == ["ok", "raises", "exits", "killed", "ok"]
+    by_check = dict(zip(checks, results, strict=True))
+    for name in ("ok-1", "ok-2"):
+        r = by_check[name]
+        assert r.passed and r.metrics == {"depth": 32, "seed": 5} and r.seconds > 0
+        assert isinstance(r.figure, RenderedFigure) and r.figure.png[:4] == b"\x89PNG"
+        save_figure(r.figure, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes() == r.figure.png
+    assert "RuntimeError: planted fault" in by_check["raises"].summary
+    assert "exited with code 3" in by_check["exits"].summary
+    assert "SIGKILL" in by_check["killed"].summary
+    for name in ("raises", "exits", "killed"):
+        assert not by_check[name].passed and by_check[name].metrics == {}
+    assert not multiprocessing.active_children()
+
+
+def test_no_figures_and_serial_runs():
+    checks = {"ok": fake_check("ok", passing)}
+    assert run_in_processes(CheckConfig(), checks, jobs=2, figures=False)[0].figure is None
+    serial = run_checks(CheckConfig(), {"raises": fake_check("raises", raising)}, progress=False,
+                        jobs=4)  # one check: runs here, in this process
+    assert "planted fault" in serial[0].summary
+
+
+def test_an_interrupt_terminates_every_worker():
+    checks = {name: fake_check(name, run) for name, run in
+              [("ok", passing), ("sleeps-1", sleeping), ("sleeps-2", sleeping)]}
+
+    def interrupt(result, running):
+        raise KeyboardInterrupt
+
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_processes(CheckConfig(), checks, jobs=3, figures=False, on_done=interrupt)
+    assert time.perf_counter() - start < 30
+    assert not multiprocessing.active_children()
+
+
+def test_default_jobs_is_one_per_core_at_most_one_per_check():
+    assert default_jobs(1) == 1
+    assert 1 <= default_jobs(100) <= (os.cpu_count() or 1)
+
+
+def run_verify(*args):
+    return subprocess.run([sys.executable, "-m", "rdm_dynamics.verify", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_parallel_report_is_bit_identical_to_the_serial_one(tmp_path):
+    """Every check's metrics, bands, verdict and summary (the numbers printed to 17 digits by
+    json) are the same with --jobs 1 and --jobs 2; only the timings differ."""
+    reports = {}
+    for jobs in ("1", "2"):
+        path = tmp_path / f"jobs-{jobs}.json"
+        done = run_verify("--depth", "32", "--quick", "--no-figures", "--jobs", jobs,
+                          "--out", str(tmp_path / jobs), "--json", str(path))
+        assert done.returncode in (0, 1), done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        reports[jobs] = json.loads(path.read_text())
+    serial, parallel = reports["1"], reports["2"]
+    assert [c["id"] for c in parallel["checks"]] == [c["id"] for c in serial["checks"]]
+    for a, b in zip(serial["checks"], parallel["checks"], strict=True):
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b, a["id"]
+    assert serial["passed"] == parallel["passed"]
+
+
+@pytest.mark.parametrize("jobs,needle", [("0", "--jobs must be at least 1, got 0"),
+                                         ("two", "--jobs must be an integer")])
+def test_bad_jobs_is_one_line_and_exit_two(jobs, needle, capsys, tmp_path):
+    from rdm_dynamics.verify import main
+
+    assert main(["--jobs", jobs, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
