@@ -15,34 +15,56 @@ level is one vectorised tensor operation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-from torchdiffeq import odeint, odeint_adjoint
-
-# torchdiffeq's solver table and base classes: the one place the toolkit reads torchdiffeq's
-# internals (it exports no public list of methods), so a method is classified by its class.
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver as _AdaptiveRK
-from torchdiffeq._impl.solvers import FixedGridODESolver as _FixedGrid
 
 __all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
-           "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS", "is_adaptive"]
+           "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS",  # noqa: F822 (module __getattr__)
+           "is_adaptive"]
 
-#: The torchdiffeq methods ``solve_ode`` takes: the adaptive Runge-Kutta methods (which can be
-#: made to step onto every output time) and the fixed-grid methods (which step on the times).
-#: Other torchdiffeq methods (``scipy_solver``) interpolate their outputs and are not offered.
-ODE_METHODS = tuple(sorted(name for name, solver in _TORCHDIFFEQ_SOLVERS.items()
-                           if issubclass(solver, (_AdaptiveRK, _FixedGrid))))
+
+def _torchdiffeq_solvers() -> tuple[dict, type, type]:
+    """torchdiffeq's solver table and base classes: the one place the toolkit reads
+    torchdiffeq's internals (it exports no public list of methods), so a method is classified
+    by its class.  Imported on first use: torchdiffeq pulls in scipy.integrate (about half a
+    second), which a command that solves no ODE (``train``, ``sample`` with a stochastic
+    sampler) need not pay."""
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+    from torchdiffeq._impl.solvers import FixedGridODESolver
+
+    return SOLVERS, RKAdaptiveStepsizeODESolver, FixedGridODESolver
+
+
+@functools.cache
+def _ode_methods() -> tuple[str, ...]:
+    solvers, adaptive, fixed = _torchdiffeq_solvers()
+    return tuple(sorted(name for name, solver in solvers.items()
+                        if issubclass(solver, (adaptive, fixed))))
+
+
+def __getattr__(name: str):
+    """``ODE_METHODS``: the torchdiffeq methods ``solve_ode`` takes: the adaptive Runge-Kutta
+    methods (which can be made to step onto every output time) and the fixed-grid methods (which
+    step on the times).  Other torchdiffeq methods (``scipy_solver``) interpolate their outputs
+    and are not offered.  Read from torchdiffeq on first access (PEP 562)."""
+    if name == "ODE_METHODS":
+        return _ode_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_adaptive(method: str) -> bool:
     """Whether a torchdiffeq method controls its step size by (rtol, atol): true for torchdiffeq's
     adaptive Runge-Kutta solver classes, false for its fixed-grid ones.  ValueError for a method
     that ``solve_ode`` does not take."""
-    if method not in ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ODE_METHODS)}")
-    return issubclass(_TORCHDIFFEQ_SOLVERS[method], _AdaptiveRK)
+    if method not in _ode_methods():
+        raise ValueError(f"unknown ODE method {method!r}; choose one of "
+                         f"{', '.join(_ode_methods())}")
+    solvers, adaptive, _ = _torchdiffeq_solvers()
+    return issubclass(solvers[method], adaptive)
+
 
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
@@ -110,6 +132,8 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
     every later one unenforced and the solver steps past the end.  Fixed-grid methods step on
     ``times`` and ignore the tolerances.  ``method`` is one of :data:`ODE_METHODS`.
     """
+    from torchdiffeq import odeint
+
     if not is_adaptive(method):
         return odeint(field, z0, times, method=method)
     states = [z0]
@@ -128,6 +152,8 @@ def solve_ode_adjoint(field, z0: torch.Tensor, times: torch.Tensor, *, params=No
     the adjoint ODE backwards (same method, tolerances and options), storing no forward graph,
     so memory does not grow with the number of steps.  ``field`` is an nn.Module; ``params`` are
     the tensors to differentiate (default: its parameters)."""
+    from torchdiffeq import odeint_adjoint
+
     return odeint_adjoint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options,
                           adjoint_rtol=rtol, adjoint_atol=atol,
                           adjoint_params=None if params is None else tuple(params))
