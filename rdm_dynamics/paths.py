@@ -96,11 +96,19 @@ class BrownianPath:
                            device=self.device)
 
     def _refine(self, coarse: torch.Tensor) -> torch.Tensor:
+        """The next level: left = D / 2 + (sqrt(dt) / 2) Z, right = D - left, interleaved.
+
+        Written into one preallocated (n, 2, ...) tensor (no temporaries, no stack copy); the
+        arithmetic is that of the formula, rounding for rounding (each product and sum rounded
+        once, in this order), so the path is the same for a seed as with the plain formula."""
         n = coarse.shape[0]
         dt = self.span / n
-        left = 0.5 * coarse + 0.5 * math.sqrt(dt) * self._normal(n)
-        right = coarse - left
-        return torch.stack([left, right], dim=1).reshape(2 * n, *self.shape)
+        fine = torch.empty((n, 2, *self.shape), dtype=coarse.dtype, device=coarse.device)
+        left, right = fine[:, 0], fine[:, 1]
+        torch.mul(coarse, 0.5, out=right)  # D / 2, kept in `right` until right = D - left
+        torch.add(right, self._normal(n).mul_(0.5 * math.sqrt(dt)), out=left)
+        torch.sub(coarse, left, out=right)
+        return fine.reshape(2 * n, *self.shape)
 
     def increments(self, steps: int) -> torch.Tensor:
         """Increments W(t_{i+1}) - W(t_i) on the grid of ``steps`` steps; (steps, *shape)."""
