@@ -96,7 +96,14 @@ def spread(values) -> dict:
 def main(argv=None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        results = measure(args)
+    if args.json:
+        atomic_write_json(args.json, results)
+    return 0
+
+
+def measure(args) -> dict:
     g = torch.Generator().manual_seed(0)
     config = CheckConfig(gating="euler")
     sde, law = make_sde("vp"), Gaussian.random(4, generator=g)
@@ -213,9 +220,7 @@ def main(argv=None) -> int:
     print(f"  F is {100 * results['field_share_of_stack']:.0f}% of the stack's time, its noise "
           f"{100 * results['noise_share_of_stack']:.0f}%; target "
           f"speedup {TARGET:g}: {'met' if speedups['stack']['median'] >= TARGET else 'not met'}")
-    if args.json:
-        atomic_write_json(args.json, results)
-    return 0
+    return results
 
 
 if __name__ == "__main__":
