@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
+__all__ = ["BrownianPath", "standard_normal", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
            "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS",  # noqa: F822 (module __getattr__)
            "is_adaptive"]
 
@@ -66,6 +66,16 @@ def is_adaptive(method: str) -> bool:
     return issubclass(solvers[method], adaptive)
 
 
+def standard_normal(shape, *, generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """N(0, I) draws of ``shape`` from ``generator``, made on the generator's own device and
+    then moved to ``device``: a seeded CPU generator gives the same numbers whether the result
+    lives on the CPU or on a GPU (and torch refuses a generator of another device anyway)."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
 REFERENCE_ATOL = 1e-12
@@ -92,8 +102,8 @@ class BrownianPath:
         self._levels = [math.sqrt(dt) * self._normal(self.base_steps)]
 
     def _normal(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.shape), generator=self.generator, dtype=self.dtype,
-                           device=self.device)
+        return standard_normal((n, *self.shape), generator=self.generator, dtype=self.dtype,
+                               device=self.device)
 
     def _refine(self, coarse: torch.Tensor) -> torch.Tensor:
         """The next level: left = D / 2 + (sqrt(dt) / 2) Z, right = D - left, interleaved.

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .paths import standard_normal
+
 Coefficient = Callable[[torch.Tensor], torch.Tensor]
 Residual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -231,8 +233,8 @@ class GatedResidualStack(nn.Module):
                 z_{i+1} = unit_i(z_i) + e_i (to study how per-layer errors propagate).
         """
         if self.stochastic and xi is None:
-            xi = torch.randn((self.depth, *z0.shape), generator=generator, dtype=z0.dtype,
-                             device=z0.device)
+            xi = standard_normal((self.depth, *z0.shape), generator=generator, dtype=z0.dtype,
+                                 device=z0.device)
         if xi is not None and xi.shape != (self.depth, *z0.shape):
             raise ValueError(f"xi must have shape {(self.depth, *z0.shape)}, got {tuple(xi.shape)}")
         if perturbations is not None and perturbations.shape != (self.depth, *z0.shape):

@@ -80,3 +80,36 @@ def test_forward_is_the_units_applied_one_by_one(gating, sample_shape, noise):
     if gating == "rdm" and noise is not None:  # the noise gates still learn
         stack(z0, xi=xi).sum().backward()
         assert stack.gamma.grad is not None and stack.gamma.grad.abs().sum() > 0
+
+
+def test_noise_from_a_cpu_generator_reaches_another_device():
+    """A seeded CPU generator serves a path or a stack on another device.  ``meta`` stands in for
+    CUDA on a machine without one: like CUDA it refuses to mix its tensors with CPU tensors
+    (other than 0-d), so a CPU tensor hidden in the arithmetic would raise here.  (Unlike CUDA it
+    accepts CPU generators: that the draws are made on the generator's device is tested on CUDA
+    below.)"""
+    path = BrownianPath(1.0, (4, 2), base_steps=2, generator=torch.Generator().manual_seed(0),
+                        device="meta")
+    assert path.normalised_increments(16).device.type == "meta"
+    stack = GatedResidualStack(lambda z, t: -z, 8, noise=lambda t: 1 + 0 * t, device="meta")
+    out = stack(torch.zeros(3, 2, dtype=F64, device="meta"),
+                generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == (3, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_path_has_the_cpu_path_numbers():
+    """On CUDA (torch refuses a CPU generator for CUDA draws, hence draws on the CPU and a move)
+    the path is the CPU path: the draws bit for bit, the refined levels to rounding."""
+    def path(device):
+        return BrownianPath(0.9, (64, 3), generator=torch.Generator().manual_seed(4),
+                            device=device)
+
+    cpu, cuda = path("cpu"), path("cuda")
+    assert torch.equal(cuda.increments(1).cpu(), cpu.increments(1))
+    assert torch.allclose(cuda.increments(256).cpu(), cpu.increments(256), rtol=0, atol=1e-14)
+    stack = GatedResidualStack(lambda z, t: -z, 8, noise=lambda t: 1 + 0 * t, device="cuda")
+    z0 = torch.zeros(3, 2, dtype=F64, device="cuda")
+    a = stack(z0, generator=torch.Generator().manual_seed(0))
+    b = stack.cpu()(z0.cpu(), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(a.cpu(), b, rtol=0, atol=1e-14)
