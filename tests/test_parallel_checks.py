@@ -135,3 +135,22 @@ def test_bad_jobs_is_one_line_and_exit_two(jobs, needle, capsys, tmp_path):
     assert main(["--jobs", jobs, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["forkserver"])
+def test_workers_from_a_forkserver_give_the_same_numbers(method, monkeypatch):
+    """CUDA runs start workers from a forkserver (spawn where there is none; the same code
+    path): they import the check module by name and get the config by pickling; the numbers are
+    the in-process ones.  (About 10 s: the forkserver imports torch and the checks once.)"""
+    from rdm_dynamics.checks import registry, runner
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    monkeypatch.setattr(runner, "start_method", lambda device: method)
+    config = CheckConfig(depth=16, quick=True)
+    checks = {"depth-limit": registry()["depth-limit"]}
+    here = run_checks(config, checks, progress=False, jobs=1)[0]
+    there = run_in_processes(config, checks, jobs=2)[0]
+    assert there.metrics == here.metrics and there.summary == here.summary
+    assert isinstance(there.figure, RenderedFigure)
