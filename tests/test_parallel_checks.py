@@ -154,3 +154,39 @@ def test_workers_from_a_forkserver_give_the_same_numbers(method, monkeypatch):
     there = run_in_processes(config, checks, jobs=2)[0]
     assert there.metrics == here.metrics and there.summary == here.summary
     assert isinstance(there.figure, RenderedFigure)
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    """SIGKILL gives the parent no chance to terminate its workers: they notice and exit."""
+    pid_file = tmp_path / "worker.pid"
+    script = f"""
+import os, sys, time, types
+from rdm_dynamics.checks import CheckConfig
+from rdm_dynamics.checks.runner import run_in_processes
+def run(config):
+    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(120)
+module = types.ModuleType("fake_sleeper")
+module.CLAIM, module.ID, module.TITLE, module.run = "C0", "sleeper", "sleeper", run
+sys.modules["fake_sleeper"] = module
+run_in_processes(CheckConfig(), {{"a": module, "b": module}}, jobs=2, figures=False)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and parent.poll() is None, "no worker started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived its parent by 15 s")

@@ -17,7 +17,8 @@ processes) and sends back the result with the figure as PNG bytes
 ``checks`` whatever order the workers finish in.  A worker that dies without a result (a
 segfault, the out-of-memory killer) makes its check a FAIL that says how it died; the others
 go on.  Workers ignore SIGINT: on Ctrl-C (KeyboardInterrupt in this process) every live worker
-is terminated and the KeyboardInterrupt goes on to the caller.
+is terminated and the KeyboardInterrupt goes on to the caller.  A worker whose parent dies
+without that chance (SIGTERM, SIGKILL) exits within a second (a watchdog thread).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import wait
@@ -73,9 +75,19 @@ def start_method(device: str) -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def _exit_when_orphaned(parent: int, poll_s: float = 1.0) -> None:
+    """Watchdog thread of a worker: exit once its parent is gone (killed by SIGTERM or SIGKILL,
+    which leave it no chance to terminate its workers), rather than compute for nobody."""
+    while True:
+        time.sleep(poll_s)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _worker(conn, cid: str, module_name: str, config, threads: int, figures: bool) -> None:
     """The body of a worker process: run one check, send (result, None) or (None, error)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     import torch
 
     from .report import render_figure
