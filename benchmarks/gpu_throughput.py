@@ -1,6 +1,6 @@
 """Training throughput and model FLOP utilisation (MFU) of a Neural-RDM transformer on one GPU.
 
-    python benchmarks/gpu_throughput.py [--out gpu_throughput.json]    # on an H100 / H200
+    python benchmarks/gpu_throughput.py [--json gpu_throughput.json]   # on an H100 / H200
     python benchmarks/gpu_throughput.py --smoke                         # tiny, on the CPU
 
 Default: RDM-DiT-B/2 (12 blocks, width 768, 12 heads) on 32 x 32 x 4 inputs (the latent size of
@@ -104,7 +104,8 @@ def parse(argv):
     p.add_argument("--budget-s", type=float, default=270.0,
                    help="skip the runs that would start after this many seconds")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--out", default="gpu_throughput.json")
+    p.add_argument("--json", "--out", dest="out", default="gpu_throughput.json", metavar="PATH",
+                   help="where the figures go, as JSON (default gpu_throughput.json)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny settings that run in seconds on a CPU (RDM-DiT-T/2, 8 x 8 x 1, "
                         "batch 4, 2 steps, the dynamo-only 'eager' compile backend, one CPU "

@@ -15,34 +15,66 @@ level is one vectorised tensor operation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-from torchdiffeq import odeint, odeint_adjoint
 
-# torchdiffeq's solver table and base classes: the one place the toolkit reads torchdiffeq's
-# internals (it exports no public list of methods), so a method is classified by its class.
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver as _AdaptiveRK
-from torchdiffeq._impl.solvers import FixedGridODESolver as _FixedGrid
+__all__ = ["BrownianPath", "standard_normal", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
+           "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS",  # noqa: F822 (module __getattr__)
+           "is_adaptive"]
 
-__all__ = ["BrownianPath", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
-           "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS", "is_adaptive"]
 
-#: The torchdiffeq methods ``solve_ode`` takes: the adaptive Runge-Kutta methods (which can be
-#: made to step onto every output time) and the fixed-grid methods (which step on the times).
-#: Other torchdiffeq methods (``scipy_solver``) interpolate their outputs and are not offered.
-ODE_METHODS = tuple(sorted(name for name, solver in _TORCHDIFFEQ_SOLVERS.items()
-                           if issubclass(solver, (_AdaptiveRK, _FixedGrid))))
+def _torchdiffeq_solvers() -> tuple[dict, type, type]:
+    """torchdiffeq's solver table and base classes: the one place the toolkit reads
+    torchdiffeq's internals (it exports no public list of methods), so a method is classified
+    by its class.  Imported on first use: torchdiffeq pulls in scipy.integrate (about half a
+    second), which a command that solves no ODE (``train``, ``sample`` with a stochastic
+    sampler) need not pay."""
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+    from torchdiffeq._impl.solvers import FixedGridODESolver
+
+    return SOLVERS, RKAdaptiveStepsizeODESolver, FixedGridODESolver
+
+
+@functools.cache
+def _ode_methods() -> tuple[str, ...]:
+    solvers, adaptive, fixed = _torchdiffeq_solvers()
+    return tuple(sorted(name for name, solver in solvers.items()
+                        if issubclass(solver, (adaptive, fixed))))
+
+
+def __getattr__(name: str):
+    """``ODE_METHODS``: the torchdiffeq methods ``solve_ode`` takes: the adaptive Runge-Kutta
+    methods (which can be made to step onto every output time) and the fixed-grid methods (which
+    step on the times).  Other torchdiffeq methods (``scipy_solver``) interpolate their outputs
+    and are not offered.  Read from torchdiffeq on first access (PEP 562)."""
+    if name == "ODE_METHODS":
+        return _ode_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_adaptive(method: str) -> bool:
     """Whether a torchdiffeq method controls its step size by (rtol, atol): true for torchdiffeq's
     adaptive Runge-Kutta solver classes, false for its fixed-grid ones.  ValueError for a method
     that ``solve_ode`` does not take."""
-    if method not in ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ODE_METHODS)}")
-    return issubclass(_TORCHDIFFEQ_SOLVERS[method], _AdaptiveRK)
+    if method not in _ode_methods():
+        raise ValueError(f"unknown ODE method {method!r}; choose one of "
+                         f"{', '.join(_ode_methods())}")
+    solvers, adaptive, _ = _torchdiffeq_solvers()
+    return issubclass(solvers[method], adaptive)
+
+
+def standard_normal(shape, *, generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """N(0, I) draws of ``shape`` from ``generator``, made on the generator's own device and
+    then moved to ``device``: a seeded CPU generator gives the same numbers whether the result
+    lives on the CPU or on a GPU (and torch refuses a generator of another device anyway)."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
+
 
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
@@ -70,15 +102,23 @@ class BrownianPath:
         self._levels = [math.sqrt(dt) * self._normal(self.base_steps)]
 
     def _normal(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.shape), generator=self.generator, dtype=self.dtype,
-                           device=self.device)
+        return standard_normal((n, *self.shape), generator=self.generator, dtype=self.dtype,
+                               device=self.device)
 
     def _refine(self, coarse: torch.Tensor) -> torch.Tensor:
+        """The next level: left = D / 2 + (sqrt(dt) / 2) Z, right = D - left, interleaved.
+
+        Written into one preallocated (n, 2, ...) tensor (no temporaries, no stack copy); the
+        arithmetic is that of the formula, rounding for rounding (each product and sum rounded
+        once, in this order), so the path is the same for a seed as with the plain formula."""
         n = coarse.shape[0]
         dt = self.span / n
-        left = 0.5 * coarse + 0.5 * math.sqrt(dt) * self._normal(n)
-        right = coarse - left
-        return torch.stack([left, right], dim=1).reshape(2 * n, *self.shape)
+        fine = torch.empty((n, 2, *self.shape), dtype=coarse.dtype, device=coarse.device)
+        left, right = fine[:, 0], fine[:, 1]
+        torch.mul(coarse, 0.5, out=right)  # D / 2, kept in `right` until right = D - left
+        torch.add(right, self._normal(n).mul_(0.5 * math.sqrt(dt)), out=left)
+        torch.sub(coarse, left, out=right)
+        return fine.reshape(2 * n, *self.shape)
 
     def increments(self, steps: int) -> torch.Tensor:
         """Increments W(t_{i+1}) - W(t_i) on the grid of ``steps`` steps; (steps, *shape)."""
@@ -110,6 +150,8 @@ def solve_ode(field, z0: torch.Tensor, times: torch.Tensor, *, method: str = "do
     every later one unenforced and the solver steps past the end.  Fixed-grid methods step on
     ``times`` and ignore the tolerances.  ``method`` is one of :data:`ODE_METHODS`.
     """
+    from torchdiffeq import odeint
+
     if not is_adaptive(method):
         return odeint(field, z0, times, method=method)
     states = [z0]
@@ -128,6 +170,8 @@ def solve_ode_adjoint(field, z0: torch.Tensor, times: torch.Tensor, *, params=No
     the adjoint ODE backwards (same method, tolerances and options), storing no forward graph,
     so memory does not grow with the number of steps.  ``field`` is an nn.Module; ``params`` are
     the tensors to differentiate (default: its parameters)."""
+    from torchdiffeq import odeint_adjoint
+
     return odeint_adjoint(field, z0, times, method=method, rtol=rtol, atol=atol, options=options,
                           adjoint_rtol=rtol, adjoint_atol=atol,
                           adjoint_params=None if params is None else tuple(params))

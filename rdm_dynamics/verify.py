@@ -51,6 +51,11 @@ def build_parser() -> Parser:
     p.add_argument("--threads", default="1",
                    help="CPU threads for torch (default 1: the checks run many small tensor "
                         "operations, which extra threads slow down)")
+    p.add_argument("--jobs", default=None, metavar="N",
+                   help="worker processes running checks in parallel, each with --threads "
+                        "threads (default: one per CPU core, at most one per check; 1 runs them "
+                        "one after another in this process); the report's numbers do not "
+                        "depend on it")
     p.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
@@ -121,11 +126,13 @@ def parse_args(argv):
     import torch
 
     from .checks import CheckConfig, registry, resolve_ids
+    from .checks.runner import default_jobs
 
     args = build_parser().parse_args(argv)
     depth = parse_int(args.depth, "depth", 1)
     seed = parse_seed(args.seed)
     threads = parse_int(args.threads, "threads", 1, 1024)
+    jobs = None if args.jobs is None else parse_int(args.jobs, "jobs", 1, 1024)
     try:
         get_gating(args.gating)
     except ValueError as exc:
@@ -174,14 +181,15 @@ def parse_args(argv):
                                        dtype=getattr(torch, args.dtype), device=str(device),
                                        quick=args.quick)
     torch.set_num_threads(threads)
+    args.jobs = default_jobs(len(selected)) if jobs is None else jobs
     return args, config, selected, out, json_path, len(checks)
 
 
 def render_figures(results) -> dict[str, bytes]:
     """{file name: PNG bytes} of every result's figure, drawn before any file is written."""
-    from .checks.report import render_figure
+    from .checks.report import figure_bytes
 
-    return {f"{r.id}.png": render_figure(r.figure) for r in results if r.figure is not None}
+    return {f"{r.id}.png": figure_bytes(r.figure) for r in results if r.figure is not None}
 
 
 def write_outputs(out: Path, json_path: Path | None, report: dict,
@@ -231,7 +239,7 @@ def _main(argv) -> int:
               f"{SECONDS_PER_DEPTH[config.quick]} s per unit of depth on one CPU thread)",
               file=sys.stderr)
     try:
-        results = run_checks(config, checks)
+        results = run_checks(config, checks, jobs=args.jobs, figures=not args.no_figures)
         figures = {} if args.no_figures else render_figures(results)
     except KeyboardInterrupt:
         kept = "the previous report there was left as it was" if (out / "report.json").exists() \

@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-import time
-import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -125,37 +123,37 @@ def resolve_ids(spec: str, checks: dict[str, ModuleType]) -> list[str]:
     return [cid for cid in checks if cid in wanted]
 
 
-def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True) -> list:
-    """Run each check (``registry()`` entries), timing it; a tqdm bar on stderr unless
-    ``progress`` is false (and on a terminal only).
+def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: bool = True, *,
+               jobs: int = 1, figures: bool = True) -> list:
+    """Run each check (``registry()`` entries), timing it; results in the order of ``checks``.
 
-    A check that raises is an error of the toolkit, not a failed claim: its result has
-    ``error`` set (the exception in one line, ``traceback`` the full text, kept for the report),
-    no metrics and no bands (``expected`` is empty: no rule was applied).  Ctrl-C is not caught.
+    ``jobs`` > 1 runs them in that many worker processes (``runner.run_in_processes``: the same
+    numbers as a serial run; the figures come back rendered, or not at all when ``figures`` is
+    false); ``jobs`` = 1 runs them one after another in this process.  A check that raises, or
+    whose worker dies, is an error of the toolkit, not a failed claim: its result has ``error``
+    set (one line; ``traceback`` the full text, kept for the report), no metrics and no bands.
+    A tqdm bar on stderr unless ``progress`` is false (and on a terminal only).  Ctrl-C is not
+    caught.
     """
     from tqdm.auto import tqdm
 
-    from .report import CheckResult
-    from .rules import Verdict
+    from .runner import run_check, run_in_processes
 
-    results = []
-    bar = tqdm(list(checks.items()), desc="verify", unit="check",
-               disable=None if progress else True,  # None: shown on a terminal only
-               file=sys.stderr, leave=False)
-    for cid, module in bar:
-        bar.set_postfix_str(cid)
-        start = time.perf_counter()
-        try:
-            result = module.run(config)
-        except Exception as exc:  # a crashed check is reported, never silently passed
-            text = str(exc).strip().splitlines()
-            error = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-            result = CheckResult(id=cid, claim=module.CLAIM, metrics={},
-                                 verdict=Verdict(passed=False),
-                                 summary=f"the check crashed (an error of the toolkit, not a "
-                                         f"measurement): {error}",
-                                 measured_text="crashed", theory_text="-", error=error,
-                                 traceback=traceback.format_exc())
-        result.seconds = time.perf_counter() - start
-        results.append(result)
-    return results
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: worker processes are forked while it runs
+
+    jobs = max(1, min(jobs, len(checks)))
+    with Bar(total=len(checks), desc="verify", unit="check", disable=None if progress else True,
+             file=sys.stderr, leave=False) as bar:
+        if jobs > 1:
+            def on_done(result, running):
+                bar.set_postfix_str(",".join(running))
+                bar.update()
+
+            return run_in_processes(config, checks, jobs, figures=figures, on_done=on_done)
+        results = []
+        for cid, module in checks.items():
+            bar.set_postfix_str(cid)
+            results.append(run_check(cid, module, config))
+            bar.update()
+        return results

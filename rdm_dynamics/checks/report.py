@@ -30,8 +30,9 @@ from ..stats import OrderFit
 from .rules import Verdict
 
 __all__ = ["CheckResult", "build_report", "overall_status", "wrap_summary", "WIDTH", "Series",
-           "order_figure", "format_table", "save_figure", "render_figure", "order_axes",
-           "depth_axes", "error_trend", "depth_trend_words", "legend_outside", "MARKERS"]
+           "order_figure", "format_table", "save_figure", "render_figure", "RenderedFigure",
+           "figure_bytes", "order_axes", "depth_axes", "error_trend", "depth_trend_words",
+           "legend_outside", "MARKERS"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -83,7 +84,7 @@ class CheckResult:
     verdict: Verdict
     summary: str
     seconds: float = 0.0
-    figure: FigureDrawer | None = field(default=None, repr=False)
+    figure: FigureDrawer | RenderedFigure | None = field(default=None, repr=False)
     #: Short strings for the table: what was measured and what theory says.
     measured_text: str = ""
     theory_text: str = ""
@@ -224,8 +225,16 @@ def wrap_summary(result: CheckResult, width: int = WIDTH) -> str:
                          break_on_hyphens=False)
 
 
-def render_figure(drawer: FigureDrawer) -> bytes:
-    """Draw a figure with ``drawer``; its PNG bytes."""
+@dataclass(frozen=True)
+class RenderedFigure:
+    """A figure already drawn, as PNG bytes (what a worker process sends back in place of the
+    drawer, a closure that cannot cross processes); ``save_figure`` writes it as it is."""
+
+    png: bytes
+
+
+def render_figure(drawer: FigureDrawer) -> RenderedFigure:
+    """Draw a figure with ``drawer`` into PNG bytes (6.4 x 4.4 inches, 110 dpi)."""
     import io
 
     import matplotlib
@@ -237,12 +246,19 @@ def render_figure(drawer: FigureDrawer) -> bytes:
     drawer(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return RenderedFigure(buf.getvalue())
 
 
-def save_figure(drawer: FigureDrawer, path: str | os.PathLike) -> None:
-    """Draw a figure with ``drawer`` and save it as PNG atomically."""
-    atomic_write_bytes(path, render_figure(drawer))
+def save_figure(drawer: FigureDrawer | RenderedFigure, path: str | os.PathLike) -> None:
+    """Draw a figure with ``drawer`` (or take one already rendered) and save it as PNG
+    atomically."""
+    figure = drawer if isinstance(drawer, RenderedFigure) else render_figure(drawer)
+    atomic_write_bytes(path, figure.png)
+
+
+def figure_bytes(figure: FigureDrawer | RenderedFigure) -> bytes:
+    """The PNG bytes of a figure, drawing it first if it is a drawer."""
+    return (figure if isinstance(figure, RenderedFigure) else render_figure(figure)).png
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""The benchmark scripts run and write their figures as JSON (``--json PATH``), at their smallest
+settings.  No timing is asserted: the figures of a shared test machine mean nothing; what is
+asserted is that each script works and says what its JSON promises.
+
+``train_digits.py`` is not run here: its smallest run trains a model and a digit classifier and
+scores samples (about 45 s on a loaded 2-core machine); its ``--json`` writes the same report as
+its ``results.json``."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reverse_sde_simulation_writes_its_paired_speedup(tmp_path, capsys):
+    path = tmp_path / "sim.json"
+    assert load("reverse_sde_simulation").main(
+        ["--batch", "8", "--steps", "16", "--reps", "3", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    speedup = out["median_paired_speedup_vs_torchsde"]
+    assert speedup > 0 and speedup == out["paired_speedup_vs_torchsde"]["stack"]["median"]
+    assert set(out["median_seconds"]) == {"stack", "torchsde", "loop", "tabulated", "field",
+                                          "path", "randn"}
+    assert out["checks"]["stack_vs_loop_max_abs"] == 0.0  # the same arithmetic, bit for bit
+    assert "torchsde / this" in capsys.readouterr().out
+
+
+def test_reverse_sde_simulation_bad_arguments(capsys):
+    module = load("reverse_sde_simulation")
+    assert module.run_main(module.main, ["--steps", "12"]) == 2
+    assert "power of 2" in capsys.readouterr().err
+
+
+def test_adjoint_memory_and_gate_overhead_write_json(tmp_path):
+    path = tmp_path / "adjoint.json"
+    assert load("adjoint_memory").main(["--depths", "8,16", "--no-rss",
+                                        "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["method"], r["depth"]) for r in rows} == {(m, d) for m in ("backprop", "adjoint")
+                                                         for d in (8, 16)}
+    path = tmp_path / "gates.json"
+    assert load("gate_overhead").main(["--models", "RDM-DiT-T/2", "--input-size", "8",
+                                       "--batch", "2", "--reps", "2", "--warmup", "1",
+                                       "--json", str(path)]) == 0
+    gates = json.loads(path.read_text())["models"][0]["gates"]
+    assert set(gates) == {"plain", "rdm"} and gates["plain"]["paired_ratio"] == 1.0
+
+
+def test_gpu_throughput_smoke_writes_json(tmp_path):
+    path = tmp_path / "throughput.json"
+    assert load("gpu_throughput").main(["--smoke", "--modes", "eager", "--device", "cpu",
+                                        "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert {(r["gate"], r["mode"]) for r in out["runs"]} == {("rdm", "eager"),
+                                                             ("plain", "eager")}
+    assert all(r["images_per_s"] > 0 for r in out["runs"])
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_on_the_cpu(tmp_path):
+    """The GPU machine's script, on the CPU at its smallest settings: every stage runs (or says
+    why not) and suite.json records it (about 25 s idle, a minute loaded: seven subprocesses,
+    each importing torch)."""
+    module = load("gpu_suite")
+    code = module.main([str(tmp_path), "--device", "cpu", "--smoke"])
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    stages = suite["stages"]
+    assert code == 0, {k: v.get("stderr_tail") for k, v in stages.items()}
+    assert {"verify_cpu_float64", "verify_cpu_float32", "gpu_throughput", "train",
+            "verify_ckpt", "study"} <= set(stages)
+    for name in ("verify_cpu_float64", "verify_cpu_float32"):
+        assert stages[name]["status"] == "ok" and stages[name]["wall_s"] > 0
+        assert stages[name]["verdicts"]["depth-limit"] in (True, False)
+        assert stages[name]["verdicts_match_cpu_float64"] in (True, False)
+    assert stages["gpu_throughput"]["figures"]["runs"]
+    assert stages["train"]["status"] == "ok"
+    for name in ("verify_ckpt", "study"):
+        assert stages[name]["status"] in ("ok", "not available", "skipped")
+
+
+def test_gpu_suite_skips_stages_past_its_budget(tmp_path):
+    module = load("gpu_suite")
+    suite = module.Suite(module.parse([str(tmp_path), "--device", "cpu", "--budget-s", "1"]))
+    entry = suite.run("verify_x", [sys.executable, "-c", "pass"], "verify", need_s=5)
+    assert entry["status"] == "skipped" and "budget" in entry["why"]
+    suite.args.budget_s = 100
+    entry = suite.run("verify_y", [sys.executable, "-c", "import sys; sys.exit(1)"], "verify")
+    assert entry["status"] == "ok" and entry["returncode"] == 1  # a FAIL verdict is a result
+    entry = suite.run("train", [sys.executable, "-c", "import sys; sys.exit(3)"], "train")
+    assert entry["status"] == "failed"
+    saved = json.loads((tmp_path / "suite.json").read_text())["stages"]
+    assert [saved[k]["status"] for k in ("verify_x", "verify_y", "train")] == \
+        ["skipped", "ok", "failed"]
