@@ -69,9 +69,11 @@ def run(config: CheckConfig) -> CheckResult:
 
     fit, iid_fit = fit_order(config.ladder, errors), fit_order(config.ladder, iid_errors)
     metrics, rules = order_rules("order", config.ladder, errors, ORDER_RANGE)
-    metrics.update(error=errors[-1], iid_order=iid_fit.order, iid_error=iid_errors[-1],
+    metrics.update(order_fit_se=fit.stderr, error=errors[-1], iid_order=iid_fit.order,
+                   iid_error=iid_errors[-1],
                    iid_order_deep=fit_order(config.ladder[-2:], iid_errors[-2:]).order)
-    rules += [Rule("iid_order", (None, IID_ORDER_MAX)), Rule("iid_order_deep", (None, IID_ORDER_MAX))]
+    rules += [Rule("iid_order", (None, IID_ORDER_MAX)),
+              Rule("iid_order_deep", (None, IID_ORDER_MAX))]
     verdict = judge(metrics, rules)
 
     ladder = f"L = {config.ladder[0]}..{depth}"

@@ -22,11 +22,12 @@ amplification at --depth over that at depth 16; must lie in [1/2, 2] with its 3-
 its 3-SE band must be > 0); ``lowp_bound_ratio`` (largest measured / bound of the low-precision
 runs at --depth: must be <= 1).  inv-sqrt gates are reported for comparison.
 
-Where the bound is nearly attained (``tight_experiment``: a unit whose Jacobian at a fixed point
-is symmetric, perturbed along its top eigenvector, at --depth): ``tight_bound_ratio`` (largest
-measured / bound over layers, <= 1: no violation) and ``tight_bound_ratio_final`` (at layer L,
->= 0.9: not vacuous).  And every certified Lipschitz constant of the deepest stack against an
-independent lower estimate (finite-difference Jacobians, ``lipschitz_lower_estimates``):
+Where the bound is nearly attained (``tight_experiment``: units whose Jacobian at a fixed
+point is symmetric, perturbed along the direction of largest growth, at --depth; one diagonal
+with per-channel gains, one rotated): ``tight_bound_ratio`` (largest measured / bound over
+layers, <= 1: no violation) and ``tight_bound_ratio_final`` (at layer L, >= 0.9: not vacuous).
+And every certified Lipschitz constant of the deepest stack against an independent lower
+estimate (finite-difference Jacobians, ``lipschitz_lower_estimates``):
 ``lipschitz_certified_over_estimate`` >= 1 - 1e-6.
 """
 
@@ -42,6 +43,7 @@ from ..analysis.fields import TanhLayer, frozen_layers
 from ..analysis.lipschitz import certified_lipschitz
 from ..analysis.propagation import propagation_run
 from ..analysis.rounding import RoundingModel, elementary_violations, local_errors
+from ..laws import random_rotation
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, mean_se
 from . import CheckConfig
@@ -91,24 +93,37 @@ class Problem:
 
 
 def tight_experiment(problem: Problem, depth: int) -> dict:
-    """Where the Gronwall bound is attained: F(z) = 0.5 z + tanh(S z), S symmetric positive
-    semi-definite, z_0 = 0 (a fixed point, beta = 0) and delta_0 = 1e-6 v along S's top
-    eigenvector, Euler gates alpha_i = h.  To first order
-    delta_{i+1} = (I + h (0.5 I + S)) delta_i = (1 + h (0.5 + ||S||)) delta_i, which is the
-    bound's factor 1 + h Lip F exactly, so measured / bound = 1 - O(delta_0^2): an underestimated
-    Lipschitz constant or gain violates it, a loose bound falls below ``TIGHT_RATIO_FLOOR``."""
+    """Where the Gronwall bound is attained, twice.  F(z) = 0.5 z + tanh(S z) with S symmetric
+    positive semi-definite, z_0 = 0 (a fixed point, beta = 0), Euler gates alpha_i = h a and
+    delta_0 = 1e-6 v, so that to first order delta_{i+1} = (I + h diag(a) (0.5 I + S)) delta_i:
+
+    * ``channels``: S = diag(lambda), lambda_c in [0, 2] ascending, per-channel gains
+      a_c = 1 + 0.5 c / (d - 1) (largest in the channel of the largest lambda), v = e_d: the
+      growth factor 1 + h a_d (0.5 + lambda_d) is the bound's 1 + h max|a| (0.5 + ||S||_2);
+    * ``rotated``: S = Q diag(lambda) Q^T (Q Haar-random), a = 1, v = Q e_d (the top
+      eigenvector): the growth factor 1 + h (0.5 + lambda_d) is again the bound's.
+
+    So measured / bound = 1 - O(delta_0^2) in both: an underestimated Lipschitz constant or gain
+    violates it; a loose one (a norm that is not the spectral norm, a gain too large) falls below
+    ``TIGHT_RATIO_FLOOR``."""
     g, d = problem.generator, problem.dim
-    A = torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    S = A @ A.T / 2
-    vecs = torch.linalg.eigh(S)[1]
-    layer = TanhLayer(S, torch.zeros(d, dtype=torch.float64), EXPANSIVE_SLOPE)
-    stack = GatedResidualStack(layer, depth, gating="euler", dtype=torch.float64)
-    stack = stack.to(device=problem.device)
-    z0 = torch.zeros(1, d, dtype=torch.float64, device=problem.device)
-    run = propagation_run(stack, z0, delta0=1e-6 * vecs[:, -1].to(z0)[None])
-    ratio = run.measured[1:] / run.bound[1:]
-    return {"ratio_max": float(ratio.max()), "ratio_final": float(ratio[-1].min()),
-            "violations": run.violations}
+    lam = 2.0 * torch.rand(d, generator=g, dtype=torch.float64).sort().values
+    gain = 1.0 + 0.5 * torch.arange(d, dtype=torch.float64) / (d - 1)
+    Q = random_rotation(d, generator=g)
+    cases = {"channels": (torch.diag(lam), gain, torch.eye(d, dtype=torch.float64)[-1]),
+             "rotated": ((Q * lam) @ Q.T, torch.ones(d, dtype=torch.float64), Q[:, -1])}
+    ratio_max, ratio_final, violations = 0.0, math.inf, 0
+    for S, a, v in cases.values():
+        layer = TanhLayer(S, torch.zeros(d, dtype=torch.float64), EXPANSIVE_SLOPE)
+        stack = GatedResidualStack(layer, depth, gating="euler", gain=lambda t, a=a: a.to(t),
+                                   dtype=torch.float64).to(device=problem.device)
+        z0 = torch.zeros(1, d, dtype=torch.float64, device=problem.device)
+        run = propagation_run(stack, z0, delta0=1e-6 * v.to(z0)[None])
+        ratio = run.measured[1:] / run.bound[1:]
+        ratio_max = max(ratio_max, float(ratio.max()))
+        ratio_final = min(ratio_final, float(ratio[-1].min()))
+        violations += run.violations
+    return {"ratio_max": ratio_max, "ratio_final": ratio_final, "violations": violations}
 
 
 def lipschitz_lower_estimates(problem: Problem, depth: int) -> float:

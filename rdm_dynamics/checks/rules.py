@@ -100,7 +100,7 @@ def order_rules(name: str, ladder, errors, band, *, error_ses=None, deep: str | 
     or grows still fits a slope near 1), so three statements are gated:
 
     * ``name``: the least-squares order on the whole ladder (``stats.fit_order``) lies in ``band``
-      (with ``name_fit_se`` its standard error from the fit's residuals; no margin);
+      (with ``name_se`` its standard error from the fit's residuals; no margin);
     * ``span`` (default ``name_span``): the end-to-end order log(e(L_0) / e(L_n)) / log(L_n / L_0),
       i.e. the deepest error is below the coarsest by the factor (L_n / L_0)^p the order implies;
     * ``deep`` (default ``name_deep``): the local order between the two deepest rungs, where the
@@ -116,7 +116,7 @@ def order_rules(name: str, ladder, errors, band, *, error_ses=None, deep: str | 
     ladder, errors = list(ladder), [float(e) for e in errors]
     deep, span = deep or f"{name}_deep", span or f"{name}_span"
     fitted = fit_order(ladder, errors)
-    metrics = {name: fitted.order, f"{name}_fit_se": fitted.stderr}
+    metrics = {name: fitted.order, f"{name}_se": fitted.stderr}
     rules = [Rule(name, tuple(band))] if fit else []
     for key, (i, j) in ((span, (0, -1)), (deep, (-2, -1))):
         ratio_order = fit_order([ladder[i], ladder[j]], [errors[i], errors[j]]).order
