@@ -41,6 +41,11 @@ def build_parser() -> Parser:
     p.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
+    p.add_argument("--self-test", action="store_true",
+                   help="run every check's negative controls and the library of seeded faults "
+                        "(checks/faults.py); print which check caught each fault and the kill "
+                        "rate; exit 1 if a control passes or a fault survives (with --quick: "
+                        "each fault against the checks that rely on its module)")
     return p
 
 
@@ -91,7 +96,7 @@ def parse_args(argv):
         if not json_path.parent.is_dir():
             raise UsageError(f"--json {args.json!r}: folder {str(json_path.parent)!r} "
                              "does not exist")
-    if not args.list:
+    if not (args.list or args.self_test):
         _check_writable_dir(out, "--out")
         if json_path is not None:
             _check_writable_dir(json_path.parent, "--json folder")
@@ -113,6 +118,10 @@ def main(argv=None) -> int:
         for cid, module in checks.items():
             print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
         return 0
+    if args.self_test:
+        from .checks.self_test import run_self_test
+
+        return run_self_test(config)
 
     from .checks import run_checks
     from .checks.report import build_report, format_table, save_figure

@@ -17,7 +17,6 @@ fails, a control passes or a fault survives; 0 otherwise.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -30,27 +29,34 @@ from .faults import CONTROLS, FAULTS, QUICK_CONTROLS, Fault, patched
 __all__ = ["run_self_test", "plan"]
 
 
-def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, str]]:
-    """The runs: (kind, name, check id), kind in clean / control / fault."""
-    faults = [(f.name, cid) for f in FAULTS for cid in (f.checks if quick else checks)
-              if cid in checks]
+#: Rough relative cost of each check at quick settings: a quick self-test tries a fault's checks
+#: cheapest first and stops at the first that catches it; the workers take the costliest first.
+COST = {"depth-limit": 1, "error-propagation": 4, "pf-ode": 5, "gate-moments": 5,
+        "residual-sensitivity": 6, "reverse-sde": 10}
+
+
+def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The runs: (kind, name, check ids), kind in clean / control / fault.  A fault's run tries
+    its checks in turn (--quick: those listed with it, cheapest first, up to the first FAIL; full:
+    every check, all of them)."""
+    faults = []
+    for f in FAULTS:
+        ids = [cid for cid in (f.checks if quick else checks) if cid in checks]
+        if quick:
+            ids.sort(key=lambda cid: COST.get(cid, 5))
+        faults.append((f.name, tuple(ids)))
     controls = [(c.name, c.check) for c in CONTROLS
                 if c.check in checks and (not quick or c.name in QUICK_CONTROLS)]
-    used = sorted({cid for _, cid in faults + controls}, key=list(checks).index)
-    return ([("clean", cid, cid) for cid in used] + [("control", n, cid) for n, cid in controls]
-            + [("fault", n, cid) for n, cid in faults])
+    used = sorted({cid for _, ids in faults for cid in ids} | {cid for _, cid in controls},
+                  key=list(checks).index)
+    return ([("clean", cid, (cid,)) for cid in used]
+            + [("control", n, (cid,)) for n, cid in controls]
+            + [("fault", n, ids) for n, ids in faults])
 
 
-def _run_one(task):
-    """Run one (kind, name, check id) in this process; returns (task, passed, failed, seconds,
-    error)."""
-    import torch
-
-    kind, name, cid, config = task
-    torch.set_num_threads(1)
+def _run_check(kind: str, name: str, cid: str, config: CheckConfig):
+    """(passed, failed metrics, error) of one check run."""
     module = registry()[cid]
-    start = time.perf_counter()
-    error = ""
     try:
         if kind == "clean":
             result = module.run(config)
@@ -61,19 +67,33 @@ def _run_one(task):
             fault: Fault = next(f for f in FAULTS if f.name == name)
             with patched(fault):
                 result = module.run(config)
-        passed, failed = bool(result.passed), list(result.verdict.failed)
+        return bool(result.passed), list(result.verdict.failed), ""
     except Exception as exc:  # a check that crashes under a fault reports FAIL (run_checks)
-        passed, failed, error = False, [], f"{type(exc).__name__}: {exc}"
-    return (kind, name, cid), passed, failed, time.perf_counter() - start, error
+        return False, [], f"{type(exc).__name__}: {exc}"
+
+
+def _run_one(task):
+    """Run one planned task in this process: a list of (check id, passed, failed, error) and
+    the seconds it took."""
+    import torch
+
+    kind, name, ids, config, stop_at_first = task
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    runs = []
+    for cid in ids:
+        passed, failed, error = _run_check(kind, name, cid, config)
+        runs.append((cid, passed, failed, error))
+        if stop_at_first and not passed:
+            break
+    return (kind, name), runs, time.perf_counter() - start
 
 
 def _results(tasks, jobs: int):
     if jobs <= 1:
         return [_run_one(t) for t in tasks]
     context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-    # the longest runs first, so the workers finish together
-    cost = {"reverse-sde": 4, "residual-sensitivity": 2, "gate-moments": 2, "pf-ode": 2}
-    order = sorted(range(len(tasks)), key=lambda i: -cost.get(tasks[i][2], 1))
+    order = sorted(range(len(tasks)), key=lambda i: -COST.get(tasks[i][2][0], 5))
     with context.Pool(jobs) as pool:
         done = pool.map(_run_one, [tasks[i] for i in order], chunksize=1)
     out = [None] * len(tasks)
@@ -87,48 +107,51 @@ def run_self_test(config: CheckConfig, *, jobs: int | None = None, out=None) -> 
     out = out or sys.stdout
     start = time.perf_counter()
     checks = list(registry())
-    tasks = [(kind, name, cid, config) for kind, name, cid in plan(config.quick, checks)]
+    tasks = [(kind, name, ids, config, config.quick and kind == "fault")
+             for kind, name, ids in plan(config.quick, checks)]
     jobs = jobs or min(2, os.cpu_count() or 1)
     results = _results(tasks, jobs)
 
-    clean_failures = [(cid, failed, err) for (kind, _, cid), ok, failed, _, err in results
-                      if kind == "clean" and not ok]
-    controls = [(name, ok, failed) for (kind, name, _), ok, failed, _, _ in results
-                if kind == "control"]
+    clean_failures, controls, n_runs = [], [], 0
     caught: dict[str, list[str]] = {f.name: [] for f in FAULTS}
     detail: dict[str, list[str]] = {f.name: [] for f in FAULTS}
-    for (kind, name, cid), ok, failed, _, err in results:
-        if kind == "fault" and not ok:
-            caught[name].append(cid)
-            detail[name] += failed[:2] if failed else [f"crashed ({err[:40]})"]
+    for (kind, name), runs, _ in results:
+        n_runs += len(runs)
+        for cid, ok, failed, err in runs:
+            if kind == "clean" and not ok:
+                clean_failures.append((cid, failed, err))
+            elif kind == "control":
+                controls.append((name, ok, failed, err))
+            elif kind == "fault" and not ok:
+                caught[name].append(cid)
+                detail[name] += failed[:2] if failed else [f"crashed: {err[:50]}"]
 
     print(f"rdm_dynamics verify --self-test{' --quick' if config.quick else ''}: depth "
-          f"{config.depth}, seed {config.seed}, {len(tasks)} check runs on {jobs} processes",
+          f"{config.depth}, seed {config.seed}, {n_runs} check runs on {jobs} processes",
           file=out)
     for cid, failed, err in clean_failures:
         print(f"  CLEAN RUN FAILED: {cid} ({', '.join(failed) or err})", file=out)
     print("\nnegative controls (each must FAIL):", file=out)
-    for name, ok, failed in controls:
-        print(f"  {'FAIL (as it must)' if not ok else 'PASSED: a control that passes'}  {name}"
-              + (f"  [{', '.join(failed[:3])}]" if failed else ""), file=out)
+    for name, ok, failed, err in controls:
+        shown = ", ".join(failed[:3]) or err[:60]
+        print(f"  {'FAIL (as it must)' if not ok else 'PASSED (a control that passes!)'}  "
+              f"{name}" + (f"  [{shown}]" if shown else ""), file=out)
     width = max(len(f.name) for f in FAULTS)
-    print(f"\n{'fault'.ljust(width)}  target -> caught by (first failed metrics)", file=out)
+    how = "first check that caught it" if config.quick else "checks that caught it"
+    print(f"\n{'fault'.ljust(width)}  target -> {how} [first failed metrics]", file=out)
     for f in FAULTS:
         target = f.target.removeprefix("rdm_dynamics.")
         by = ", ".join(caught[f.name]) if caught[f.name] else "SURVIVED"
         print(f"{f.name.ljust(width)}  {target} -> {by}"
               + (f"  [{', '.join(detail[f.name][:3])}]" if detail[f.name] else ""), file=out)
     killed = sum(bool(v) for v in caught.values())
-    controls_ok = sum(not ok for _, ok, _ in controls)
+    controls_ok = sum(not ok for _, ok, _, _ in controls)
+    n_clean = sum(1 for t in tasks if t[0] == "clean")
     print(f"\nkill rate {killed}/{len(FAULTS)} ({100 * killed / len(FAULTS):.0f}%); controls "
           f"failing as they must {controls_ok}/{len(controls)}; clean runs passing "
-          f"{sum(1 for t in tasks if t[0] == 'clean') - len(clean_failures)}/"
-          f"{sum(1 for t in tasks if t[0] == 'clean')}; {time.perf_counter() - start:.1f} s",
+          f"{n_clean - len(clean_failures)}/{n_clean}; {time.perf_counter() - start:.1f} s",
           file=out)
     ok = not clean_failures and controls_ok == len(controls) and killed == len(FAULTS)
     return 0 if ok else 1
 
 
-def quick_config(depth: int = 256, seed: int = 0) -> CheckConfig:
-    """The configuration of ``--self-test --quick``."""
-    return dataclasses.replace(CheckConfig(depth=depth, seed=seed, quick=True))
