@@ -96,7 +96,7 @@ def independent_log_density(law, sde, x: torch.Tensor, t: float) -> torch.Tensor
 def fokker_planck_residual(log_density, sde, x: torch.Tensor, t: float) -> torch.Tensor:
     """|dl/dt - rhs| / (sum of the magnitudes of the terms) per point of ``x`` (B, d), for
     l = ``log_density(x, t)`` (see the module docstring): the space derivatives by reverse-mode
-    autograd, dl/dt by forward mode (``torch.func.jvp``); exact up to rounding."""
+    autograd, dl/dt by forward mode (a dual number in t); exact up to rounding."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logp = log_density(x, torch.tensor(t, dtype=x.dtype, device=x.device))
@@ -104,9 +104,10 @@ def fokker_planck_residual(log_density, sde, x: torch.Tensor, t: float) -> torch
         lap = sum(torch.autograd.grad(grad[:, j].sum(), x, retain_graph=True)[0][:, j]
                   for j in range(x.shape[1]))
     tt = torch.tensor(t, dtype=x.dtype, device=x.device)
-    with torch.no_grad():  # dl/dt at every point at once: one forward-mode derivative in t
-        _, dl_dt = torch.func.jvp(lambda s: log_density(x.detach(), s), (tt,),
-                                  (torch.ones_like(tt),))
+    # dl/dt at every point at once: one forward-mode derivative in t (a dual number)
+    with torch.no_grad(), torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(tt, torch.ones_like(tt))
+        dl_dt = torch.autograd.forward_ad.unpack_dual(log_density(x.detach(), dual)).tangent
     grad, lap = grad.detach(), lap.detach()
     f = _scalar(sde.drift_coef, t)
     g2 = _scalar(sde.diffusion_coef, t) ** 2

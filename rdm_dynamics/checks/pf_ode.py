@@ -20,7 +20,7 @@ the order of that W2 on the ladder are reported, and the local order between the
 rungs is gated >= 0.85 (``transport_order_deep_<sde>``; the fitted order is reported only: the
 coarse rungs are pre-asymptotic for it, 0.80..1.15 over random Gaussian laws for VP on
 L = 16..256).  Mixture data, against references that share no code with the stack
-(``problems.output_law_metrics``): 2000 outputs (1000 quick) from x_T pushed through the SDE's
+(``problems.output_law_metrics``): 1200 outputs (600 quick) from x_T pushed through the SDE's
 exact transition against as many exact samples of p_eps made the same way, by the energy
 distance (0 in law) and the components' posterior shares against the mixture weights, at
 family-wise false-alarm rate 1e-3.  And the law code itself (``problems.law_reference_metrics``):
