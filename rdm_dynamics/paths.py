@@ -21,7 +21,8 @@ import math
 import torch
 
 __all__ = ["BrownianPath", "standard_normal", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
-           "REFERENCE_RTOL", "REFERENCE_ATOL", "ODE_METHODS",  # noqa: F822 (module __getattr__)
+           "GridBrownian", "REFERENCE_RTOL", "REFERENCE_ATOL",
+           "ODE_METHODS",  # noqa: F822 (module __getattr__)
            "is_adaptive"]
 
 
@@ -201,3 +202,26 @@ class TorchsdeReverse(torch.nn.Module):
                                                                 device=y.device))
         eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
         return (g * eye).expand(y.shape[0], -1, -1)
+
+
+class GridBrownian:
+    """Given increments on a uniform grid of [0, span], the Brownian motion object
+    ``torchsde.sdeint`` takes (``bm(ta, tb)`` = W(tb) - W(ta) for grid times ta <= tb), so that
+    torchsde's fixed-step solvers run on exactly the increments a stack runs on."""
+
+    levy_area_approximation = "none"
+
+    def __init__(self, increments: torch.Tensor, span: float):
+        self.steps, self.span = increments.shape[0], float(span)
+        self.shape = tuple(increments.shape[1:])
+        self.dtype, self.device = increments.dtype, increments.device
+        self._cumulative = torch.cat([torch.zeros_like(increments[:1]),
+                                      increments.cumsum(0)])
+
+    def _index(self, t) -> int:
+        return round(float(t) / self.span * self.steps)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if tb is None:
+            ta, tb = 0.0, ta
+        return self._cumulative[self._index(tb)] - self._cumulative[self._index(ta)]

@@ -63,6 +63,11 @@ def build_parser() -> Parser:
                    help="run the checks on a trained model instead (C8 and up): a run folder "
                         "(its latest checkpoint) or a checkpoint file; --depth, --gating and "
                         "--dtype then come from the model")
+    p.add_argument("--self-test", action="store_true",
+                   help="run every check's negative controls and the library of seeded faults "
+                        "(checks/faults.py); print which check caught each fault and the kill "
+                        "rate; exit 1 if a control passes or a fault survives (with --quick: "
+                        "each fault against the checks that rely on its module)")
     return p
 
 
@@ -172,7 +177,7 @@ def parse_args(argv):
     if (out / "report.json").exists() and not _is_report(out / "report.json"):
         raise UsageError(f"--out {args.out!r} holds a report.json that verify did not write: "
                          "choose another folder (it is left as it is)")
-    if not args.list:
+    if not (args.list or args.self_test):
         _check_writable_dir(out, "--out")
         if json_path is not None:
             _check_writable_dir(json_path.parent, "--json folder")
@@ -229,6 +234,10 @@ def _main(argv) -> int:
         for cid, module in checks.items():
             print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
         return 0
+    if args.self_test:
+        from .checks.self_test import run_self_test
+
+        return run_self_test(config)
 
     from .checks import run_checks
     from .checks.report import build_report, format_table, wrap_summary

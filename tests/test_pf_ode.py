@@ -33,10 +33,18 @@ def test_registered_as_c2():
 def test_true_pf_ode_passes_with_order_one(true_result):
     r = true_result
     assert r.passed, r.summary
-    for key, interval in r.expected.items():
-        assert interval == [0.85, 1.15]
+    orders = {f"order_{s}_{law}" for s in SDES for law in ("gaussian", "mixture")}
+    assert orders <= set(r.expected)
+    for key in orders:
+        assert r.expected[key] == [0.85, 1.15]
         assert 0.85 <= r.metrics[key] <= 1.15
-    assert {f"order_{s}_{law}" for s in SDES for law in ("gaussian", "mixture")} <= set(r.expected)
+        for kind in ("span", "deep"):  # end-to-end and deepest local orders, gated too
+            lo, hi = r.expected[f"{key}_{kind}"]
+            assert lo < 0.85 and hi > 1.15 and lo <= r.metrics[f"{key}_{kind}"] <= hi
+    for s in SDES:  # the independent references are gated
+        for name in ("law_density_error", "law_score_error", "fokker_planck_residual",
+                     "output_energy", "output_share_z", "transport_order_deep"):
+            assert f"{name}_{s}" in r.expected
     assert r.metrics["eps"] == EPS == 1e-3
 
 
@@ -67,7 +75,10 @@ def test_negative_controls_fail(control):
     without noise) converge to another flow: the error against the PF-ODE does not vanish."""
     r = pf_ode.measure(SMALL, sdes=("vp",), **control)
     assert not r.passed
-    assert all(not 0.85 <= r.metrics[k] <= 1.15 for k in r.expected), r.metrics
+    orders = [f"order_vp_{law}" for law in ("gaussian", "mixture")]
+    assert all(not 0.85 <= r.metrics[k] <= 1.15 for k in orders), r.metrics
+    # the score-free reference of the output law rejects them too
+    assert {"output_energy_vp", "output_share_z_vp"} & set(r.verdict.failed), r.verdict.failed
 
 
 @pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
@@ -119,5 +130,6 @@ def test_quick_ladder_to_64_runs_its_dopri5_reference_to_the_end():
     mixture reference then stepped past eps and stopped with 'underflow in dt'.  The run must
     finish, with a finite order for every SDE and law."""
     result = pf_ode.run(CheckConfig(depth=64, quick=True))
-    orders = [v for k, v in result.metrics.items() if k.startswith("order_")]
-    assert len(orders) == 8 and all(math.isfinite(v) for v in orders)
+    orders = [result.metrics[f"order_{s}_{law}"] for s in ("vp", "subvp", "ve")
+              for law in ("gaussian", "mixture")]
+    assert len(orders) == 6 and all(math.isfinite(v) for v in orders)

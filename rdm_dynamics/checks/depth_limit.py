@@ -7,8 +7,12 @@ dz/dtau = a F + b solved by torchdiffeq dopri5 (rtol 1e-10, atol 1e-12, float64)
 grid.  Every rung of the depth ladder starts from the same initial points.
 
 Metric: error(L) = max over layers i and samples of |z_i - z(tau_i)|_2; the order is minus the
-fitted slope of log error against log L.  Pass: order in 1 +/- 0.15.  Reported, not part of the
-pass rule: the same measurement with layer weights W(tau_i) + i.i.d. noise, which has no ODE limit.
+fitted slope of log error against log L.  Pass (``rules.order_rules``): the fitted order, the
+end-to-end order between the coarsest and the deepest rung (``order_span``) and the local order
+between the two deepest rungs (``order_deep``) in 1 +/- 0.15 (the last two within 3 standard
+errors of the fit).  The control, gated too: the same measurement with layer weights W(tau_i) +
+i.i.d. noise, which has no ODE limit, must not converge: ``iid_order`` and ``iid_order_deep``
+<= 0.5 (an error that does not vanish at 1/L scaling).
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from ..stats import fit_order
 from . import CheckConfig
 from .problems import pathwise_error, smooth_problem
 from .report import CheckResult, Series, error_trend, order_figure
-from .rules import Rule, judge
+from .rules import Rule, judge, order_rules
 
 CLAIM = "C1"
 ID = "depth-limit"
 TITLE = "Gating-Residual ODE: the depth-L stack converges to its ODE at order 1"
 
 ORDER_RANGE = (0.85, 1.15)
+#: The i.i.d. control "does not converge": its fitted and deepest local orders at most this.
+IID_ORDER_MAX = 0.5
 
 
 def build_problem(config: CheckConfig):
@@ -62,9 +68,13 @@ def run(config: CheckConfig) -> CheckResult:
             iid_errors.append(pathwise_error(iid_stack(z0, return_all=True), ref_L))
 
     fit, iid_fit = fit_order(config.ladder, errors), fit_order(config.ladder, iid_errors)
-    metrics = {"order": fit.order, "order_fit_se": fit.stderr, "error": errors[-1],
-               "iid_order": iid_fit.order, "iid_error": iid_errors[-1]}
-    verdict = judge(metrics, [Rule("order", ORDER_RANGE)])
+    metrics, rules = order_rules("order", config.ladder, errors, ORDER_RANGE)
+    metrics.update(order_fit_se=fit.stderr, error=errors[-1], iid_order=iid_fit.order,
+                   iid_error=iid_errors[-1],
+                   iid_order_deep=fit_order(config.ladder[-2:], iid_errors[-2:]).order)
+    rules += [Rule("iid_order", (None, IID_ORDER_MAX)),
+              Rule("iid_order_deep", (None, IID_ORDER_MAX))]
+    verdict = judge(metrics, rules)
 
     ladder = f"L = {config.ladder[0]}..{depth}"
     gating = get_gating(config.gating).name

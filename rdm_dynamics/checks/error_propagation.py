@@ -21,6 +21,14 @@ amplification at --depth over that at depth 16; must lie in [1/2, 2] with its 3-
 ``growth_rate_plain`` (per-layer slope of log amplification against depth with alpha_i = a(tau_i);
 its 3-SE band must be > 0); ``lowp_bound_ratio`` (largest measured / bound of the low-precision
 runs at --depth: must be <= 1).  inv-sqrt gates are reported for comparison.
+
+Where the bound is nearly attained (``tight_experiment``: units whose Jacobian at a fixed
+point is symmetric, perturbed along the direction of largest growth, at --depth; one diagonal
+with per-channel gains, one rotated): ``tight_bound_ratio`` (largest measured / bound over
+layers, <= 1: no violation) and ``tight_bound_ratio_final`` (at layer L, >= 0.9: not vacuous).
+And every certified Lipschitz constant of the deepest stack against an independent lower
+estimate (finite-difference Jacobians, ``lipschitz_lower_estimates``):
+``lipschitz_certified_over_estimate`` >= 1 - 1e-6.
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ import warnings
 import numpy as np
 import torch
 
-from ..analysis.fields import frozen_layers
+from ..analysis.fields import TanhLayer, frozen_layers
+from ..analysis.lipschitz import certified_lipschitz
 from ..analysis.propagation import propagation_run
 from ..analysis.rounding import RoundingModel, elementary_violations, local_errors
+from ..laws import random_rotation
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, mean_se
 from . import CheckConfig
@@ -52,6 +62,11 @@ LOWP_RATIO_RANGE = (0.0, 1.0)
 SE_BAND = 3.0
 FINITE_DELTA, INJECTED = 1e-2, 1e-3
 LOW_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: "Not vacuous": where the bound is attainable, measured / bound must be at least this.
+TIGHT_RATIO_FLOOR = 0.9
+#: Finite-difference step of the Lipschitz lower estimate, and the relative slack it needs
+#: (its error is O(step^2) times the third derivative of F, far below this).
+FD_STEP, FD_SLACK = 1e-5, 1e-6
 
 
 class Problem:
@@ -76,6 +91,63 @@ class Problem:
                                    gain=self.gain, bias=self.bias,
                                    dtype=torch.float64)
         return stack.to(device=self.device, dtype=dtype)
+
+
+def tight_experiment(problem: Problem, depth: int) -> dict:
+    """Where the Gronwall bound is attained, twice.  F(z) = 0.5 z + tanh(S z) with S symmetric
+    positive semi-definite, z_0 = 0 (a fixed point, beta = 0), Euler gates alpha_i = h a and
+    delta_0 = 1e-6 v, so that to first order delta_{i+1} = (I + h diag(a) (0.5 I + S)) delta_i:
+
+    * ``channels``: S = diag(lambda), lambda_c in [0, 2] ascending, per-channel gains
+      a_c = 1 + 0.5 c / (d - 1) (largest in the channel of the largest lambda), v = e_d: the
+      growth factor 1 + h a_d (0.5 + lambda_d) is the bound's 1 + h max|a| (0.5 + ||S||_2);
+    * ``rotated``: S = Q diag(lambda) Q^T (Q Haar-random), a = 1, v = Q e_d (the top
+      eigenvector): the growth factor 1 + h (0.5 + lambda_d) is again the bound's.
+
+    So measured / bound = 1 - O(delta_0^2) in both: an underestimated Lipschitz constant or gain
+    violates it; a loose one (a norm that is not the spectral norm, a gain too large) falls below
+    ``TIGHT_RATIO_FLOOR``."""
+    g, d = problem.generator, problem.dim
+    lam = 2.0 * torch.rand(d, generator=g, dtype=torch.float64).sort().values
+    gain = 1.0 + 0.5 * torch.arange(d, dtype=torch.float64) / (d - 1)
+    Q = random_rotation(d, generator=g)
+    cases = {"channels": (torch.diag(lam), gain, torch.eye(d, dtype=torch.float64)[-1]),
+             "rotated": ((Q * lam) @ Q.T, torch.ones(d, dtype=torch.float64), Q[:, -1])}
+    ratio_max, ratio_final, violations = 0.0, math.inf, 0
+    for S, a, v in cases.values():
+        layer = TanhLayer(S, torch.zeros(d, dtype=torch.float64), EXPANSIVE_SLOPE)
+        stack = GatedResidualStack(layer, depth, gating="euler", gain=lambda t, a=a: a.to(t),
+                                   dtype=torch.float64).to(device=problem.device)
+        z0 = torch.zeros(1, d, dtype=torch.float64, device=problem.device)
+        run = propagation_run(stack, z0, delta0=1e-6 * v.to(z0)[None])
+        ratio = run.measured[1:] / run.bound[1:]
+        ratio_max = max(ratio_max, float(ratio.max()))
+        ratio_final = min(ratio_final, float(ratio[-1].min()))
+        violations += run.violations
+    return {"ratio_max": ratio_max, "ratio_final": ratio_final, "violations": violations}
+
+
+def lipschitz_lower_estimates(problem: Problem, depth: int) -> float:
+    """min over the layers of the stack at ``depth`` of certified Lip F_i / estimate, the
+    estimate (a lower bound on Lip F_i, independent of lipschitz.py) being the spectral norm of
+    F_i's Jacobian by central finite differences at the point where the tanh is steepest
+    (W_i x = -c_i, so tanh' = 1 there) and at four initial points."""
+    layers = frozen_layers(problem.field, torch.arange(depth, dtype=torch.float64) / depth)
+    certified = torch.tensor([b.value for layer in layers
+                              for b in certified_lipschitz(layer, [0.0])], dtype=torch.float64)
+    W = torch.stack([layer.W.detach() for layer in layers])
+    c = torch.stack([layer.c.detach() for layer in layers])
+    steepest = torch.linalg.solve(W, -c.unsqueeze(-1)).squeeze(-1)  # (L, d)
+    points = torch.cat([steepest.unsqueeze(1),
+                        problem.z0.cpu()[None, :4].expand(depth, -1, -1)], dim=1)  # (L, P, d)
+    step = FD_STEP * torch.eye(problem.dim, dtype=torch.float64)
+    estimates = torch.zeros(depth, dtype=torch.float64)
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            x = points[i].unsqueeze(1)  # (P, 1, d)
+            jac_t = (layer(x + step) - layer(x - step)) / (2 * FD_STEP)  # (P, d, d): J^T
+            estimates[i] = torch.linalg.matrix_norm(jac_t, ord=2).max()
+    return float((certified / estimates).min())
 
 
 def amplification_experiment(problem: Problem, gating: str, depths: list[int]) -> dict:
@@ -129,9 +201,11 @@ def run(config: CheckConfig) -> CheckResult:
                for g in dict.fromkeys([gating, "inv-sqrt", "plain"])}
         lowp = {(g, name): lowp_experiment(problem, g, depths, dt)
                 for g in dict.fromkeys([gating, "plain"]) for name, dt in LOW_PRECISIONS.items()}
+        tight = tight_experiment(problem, depths[-1])
+        lip_ratio = lipschitz_lower_estimates(problem, depths[-1])
 
     violations = sum(a["violations"] for a in amp.values()) + sum(
-        v["violations"] for v in lowp.values())
+        v["violations"] for v in lowp.values()) + tight["violations"]
     rounding_violations = tanh_violations + sum(v["local_violations"] for v in lowp.values())
     metrics = {"bound_violations": violations, "rounding_model_violations": rounding_violations}
     for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
@@ -150,12 +224,18 @@ def run(config: CheckConfig) -> CheckResult:
             ratios.append(float(np.max(v["error"][-1] / v["bound"][-1])))
     lowp_ratio = float(np.max(ratios))
     metrics["lowp_bound_ratio"] = lowp_ratio
+    metrics["tight_bound_ratio"] = tight["ratio_max"]
+    metrics["tight_bound_ratio_final"] = tight["ratio_final"]
+    metrics["lipschitz_certified_over_estimate"] = lip_ratio
 
     verdict = judge(metrics, [Rule("bound_violations", (0, 0)),
                               Rule("rounding_model_violations", (0, 0)),
                               Rule("amplification_ratio_gated", RATIO_RANGE, margin=SE_BAND),
                               Rule("growth_rate_plain", GROWTH_RANGE, margin=SE_BAND),
-                              Rule("lowp_bound_ratio", LOWP_RATIO_RANGE)])
+                              Rule("lowp_bound_ratio", LOWP_RATIO_RANGE),
+                              Rule("tight_bound_ratio", (None, 1.0)),
+                              Rule("tight_bound_ratio_final", (TIGHT_RATIO_FLOOR, 1.0)),
+                              Rule("lipschitz_certified_over_estimate", (1.0 - FD_SLACK, None))])
     m = metrics
     amplification = depth_trend_words(m["amplification_gated"], m["amplification_ratio_gated"],
                                       depths)

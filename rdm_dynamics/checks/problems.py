@@ -147,3 +147,128 @@ def reference_config(config: CheckConfig) -> CheckConfig:
     """The configuration the references run with: float64 and Euler gates, whatever the dtype
     and gating of the stack under test (the theory is checked against exact references)."""
     return dataclasses.replace(config, dtype=torch.float64, gating="euler")
+
+
+# ------------------------------------------------------------------------------------------------
+# Independent references for the denoising checks (C2, C3): no score, no laws.py marginal code
+# ------------------------------------------------------------------------------------------------
+
+#: Tolerances of the law references in float64 (all exact up to rounding, measured <= 1e-11):
+#: the relative Fokker-Planck residual (derivatives by autograd), and the log-density and score
+#: errors against torch.distributions with quadrature coefficients.
+FOKKER_PLANCK_TOL = 1e-9
+LAW_TOL = 1e-9
+#: Family-wise false-alarm rate of the two-sample tests of a check's output law.
+OUTPUT_FALSE_ALARM = 1e-3
+#: Samples of the output-law comparison (by --quick), cut into OUTPUT_BLOCKS blocks for the
+#: energy distance's block U-statistic.
+OUTPUT_SAMPLES = {False: 1200, True: 600}
+OUTPUT_BLOCKS = 12
+
+
+def law_reference_metrics(laws: dict, sde: SDE, generator, *, times: int = 4,
+                          points: int = 32) -> dict[str, float]:
+    """Hold the code under test (``laws``' log-densities and scores of p_t) against references
+    that use only the SDE's f, g and the data parameters (``analysis.law_references``), at
+    ``times`` log-uniform random times in [eps, T] and ``points`` exact samples of p_t each:
+
+    ``law_density_error_<sde>``: max |log p_t(x) - reference| (torch.distributions, quadrature);
+    ``law_score_error_<sde>``: max relative |s(x, t) - grad log p_t(x)| (autograd of the reference);
+    ``fokker_planck_residual_<sde>``: max relative residual of the Fokker-Planck equation of
+    ``laws``' own log-density (autograd in x, difference in t, f and g only).
+    """
+    import math
+
+    from ..analysis.law_references import (
+        fokker_planck_residual,
+        independent_log_density,
+        transition_samples,
+    )
+
+    u = torch.rand(times, generator=generator, dtype=torch.float64)
+    ts = [EPS * math.exp(float(x) * math.log(sde.T / EPS)) for x in u]
+    density = score = fp = 0.0
+    for law in laws.values():
+        law = law.to(dtype=torch.float64, device="cpu")
+        for t in ts:
+            x = transition_samples(law, sde, t, points, generator)
+            ref = independent_log_density(law, sde, x, t)
+            density = max(density, float((law.marginal_log_prob(x, t, sde) - ref).abs().max()
+                                         / (1.0 + ref.abs().max())))
+            xr = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(independent_log_density(law, sde, xr, t).sum(), xr)
+            score = max(score, float(((law.score(x, t, sde) - grad).norm(dim=-1)
+                                      / (1.0 + grad.norm(dim=-1))).max()))
+            fp = max(fp, float(fokker_planck_residual(
+                lambda y, tt, law=law: law.marginal_log_prob(y, tt, sde), sde, x, t).max()))
+    name = sde.name
+    return {f"law_density_error_{name}": _nan_as_inf(density),
+            f"law_score_error_{name}": _nan_as_inf(score),
+            f"fokker_planck_residual_{name}": _nan_as_inf(fp)}
+
+
+def _nan_as_inf(x: float) -> float:
+    return x if x == x else float("inf")
+
+
+def law_reference_rules(sdes) -> list:
+    """The pass rules of :func:`law_reference_metrics`."""
+    from .rules import Rule
+
+    out = []
+    for s in sdes:
+        out += [Rule(f"law_density_error_{s}", (0.0, LAW_TOL)),
+                Rule(f"law_score_error_{s}", (0.0, LAW_TOL)),
+                Rule(f"fokker_planck_residual_{s}", (0.0, FOKKER_PLANCK_TOL))]
+    return out
+
+
+def output_law_metrics(run_stack, law: GaussianMixture, sde: SDE, generator, n: int,
+                       config: CheckConfig) -> dict[str, float]:
+    """Compare the law of a stack's output with p_eps, for mixture data, by references that
+    involve no score: x_T and the p_eps samples are pushed from data samples through the SDE's
+    exact transition (``law_references.transition_samples``).  ``run_stack(x_T)`` returns the
+    outputs (float64).
+
+    ``output_energy_<sde>`` (with ``_se``): the energy distance (block U-statistic over
+    ``OUTPUT_BLOCKS`` blocks, ``two_sample.energy_distance``) between n outputs and n exact
+    samples of p_eps, 0 in law;
+    ``output_share_z_<sde>``: the largest |z| of the components' mean posterior responsibilities
+    over the outputs against the mixture weights (exact under p_eps).
+    """
+    from ..analysis.law_references import component_share_z, transition_samples
+    from ..analysis.two_sample import energy_distance
+
+    law = law.to(dtype=torch.float64, device="cpu")
+    x_T = transition_samples(law, sde, sde.T, n, generator)
+    out = run_stack(x_T.to(**config.reference_placement)).to("cpu", torch.float64)
+    exact = transition_samples(law, sde, EPS, n, generator)
+    finite = bool(torch.isfinite(out).all())
+    energy, se = (energy_distance(out, exact, block=n // OUTPUT_BLOCKS) if finite
+                  else (float("inf"), float("nan")))
+    share = float(component_share_z(law, sde, out, EPS).abs().max()) if finite else float("inf")
+    name = sde.name
+    return {f"output_energy_{name}": energy, f"output_energy_{name}_se": se,
+            f"output_share_z_{name}": _nan_as_inf(share)}
+
+
+def output_law_rules(sdes, components: int, n: int) -> tuple[list, dict[str, float]]:
+    """The rules of :func:`output_law_metrics` at family-wise false-alarm rate
+    ``OUTPUT_FALSE_ALARM`` over the SDEs (Bonferroni): the energy distance at most its one-sided
+    Student-t quantile of standard errors above 0 (n / 100 blocks), every component share within
+    the two-sided normal quantile.  Returns the rules and the two critical values.  (``n`` is
+    kept for the callers; the energy distance always has ``OUTPUT_BLOCKS`` blocks.)"""
+    from scipy.stats import norm
+    from scipy.stats import t as student
+
+    from .rules import Rule
+
+    alpha = OUTPUT_FALSE_ALARM / (2 * len(sdes))
+    k_energy = float(student.isf(alpha, OUTPUT_BLOCKS - 1))
+    z_share = float(norm.isf(alpha / (2 * components)))
+    out = []
+    for s in sdes:
+        out += [Rule(f"output_energy_{s}", (0.0, 0.0), margin=-k_energy),
+                Rule(f"output_share_z_{s}", (0.0, z_share))]
+    return out, {"output_energy_k": k_energy, "output_share_z_bound": z_share}

@@ -7,8 +7,11 @@ Brownian path per sample, refined dyadically so that every rung of the ladder se
 Inputs are exact samples of p_T.
 
 * Strong error (Gaussian and mixture data): RMS over samples of |z_L - x_ref(eps)|, the
-  reference being Euler-Maruyama on the same path with 16 x --depth steps (torchsde cross-checks
-  that reference in the tests).  Expected order 1 (additive noise): pass 1 +/- 0.15.
+  reference being Euler-Maruyama on the same path with 16 x --depth steps.  Expected order 1
+  (additive noise): pass 1 +/- 0.15.  Every order below is gated three ways
+  (``rules.order_rules``): fitted on the ladder, end to end (``_span``: the deepest error below
+  the coarsest by the factor the order implies) and between the two deepest rungs (``_deep``),
+  the last two within 3 standard errors.
 * Weak error (Gaussian data): |E z_L - m_eps| + |Cov z_L - Sigma_eps|_F.  Every unit is affine,
   so the law of every layer is Gaussian and is propagated exactly (``propagate_moments``): no
   Monte-Carlo noise in the fit.  Expected order 1 for VP and sub-VP (pass 1 +/- 0.15).  For VE
@@ -19,15 +22,29 @@ Inputs are exact samples of p_T.
 * Layer consistency (Gaussian data): max over layers of W2(Law(z_i), p_{t_i}), exact propagation.
   The claim is uniform O(h): pass order >= 0.85.  (A two-sided rule would fail VE on the coarse
   rungs, where h * 2 log(sigma_max / sigma_min) ~ 1 is far from the asymptotic regime; the
-  fitted order then exceeds 1 and approaches it as the ladder is refined.)  Every one-sided
-  order also needs order >= 0.85 between the two deepest rungs (``*_order_deep``), so an error
-  that falls on the coarse rungs and then stalls cannot pass.
-* Sampling cross-check at --depth: R x n samples through the simulated stack.  Their moments at
-  every layer match the propagated ones (max |z| under a Bonferroni bound with family-wise false
-  alarm rate 1e-3: part of the pass rule); the sampled max-over-layers W2 and its Monte-Carlo
-  floor (the same statistic for exact samples of p_{t_i} of the same size, drawn by the exact
-  reverse kernels from the same x_T and noise) are reported with standard errors over R
-  replicates, with their paired difference (the excess).
+  fitted order then exceeds 1 and approaches it as the ladder is refined.)
+* Sampling cross-check at --depth: R x n samples through the simulated stack, driven by the same
+  refined path family as the strong test (coarsest rung first, refined dyadically to --depth).
+  Their moments at every layer match the propagated ones (max |z| under a Bonferroni bound with
+  family-wise false alarm rate 1e-3: part of the pass rule); the sampled max-over-layers W2 and
+  its Monte-Carlo floor (the same statistic for exact samples of p_{t_i} of the same size, drawn
+  by the exact reverse kernels from the same x_T and noise) are reported with standard errors
+  over R replicates, with their paired difference (the excess).
+
+Independent of the code under test, all gated:
+
+* The Brownian path's own law (``path_statistics``), on one path of the family at every level
+  from the coarsest rung to the reference: mean, variance, lag-1 independence and a
+  Kolmogorov-Smirnov test of the normalised increments, Bonferroni-combined at false-alarm rate
+  1e-3 (``path_bonferroni_p`` >= 1e-3), and coarse increments = sums of their fine halves.
+* The fine reference against ``torchsde.sdeint(method="euler")`` on the same increments
+  (``paths.GridBrownian``) at 16 x the coarsest rung's steps, mixture data, first SDE
+  (``torchsde_reference_error`` <= 1e-10).
+* The output law for mixture data (``problems.output_law_metrics``): 1200 outputs (600 quick)
+  at --depth from x_T pushed through the SDE's exact transition, against exact samples of p_eps
+  made the same way (no score): energy distance and component shares against the weights, at
+  family-wise false-alarm rate 1e-3.  (The law code itself is held against torch.distributions
+  and the Fokker-Planck equation in C2.)
 
 ``measure`` takes the negative controls as arguments (score of the wrong sign; noise
 gamma_i = g(t_i) h instead of g(t_i) sqrt(h), ``noise_power=1``); ``run`` calls it with the true
@@ -39,10 +56,10 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.stats import norm
+from scipy.stats import kstest, norm
 
 from ..laws import Gaussian
-from ..paths import BrownianPath
+from ..paths import BrownianPath, GridBrownian, TorchsdeReverse
 from ..sde import make_sde
 from ..stack import get_gating
 from ..stats import empirical_moments, fit_order, gaussian_w2_moments, mean_se, moment_z_scores
@@ -50,14 +67,18 @@ from . import CheckConfig
 from .problems import (
     EPS,
     NAMES,
+    OUTPUT_SAMPLES,
     SDE_NAMES,
     data_laws,
     denoising_stack,
+    output_law_metrics,
+    output_law_rules,
     reference_config,
     sample_prior,
+    score_fn,
 )
 from .report import CheckResult, Series, extremes, legend_outside, order_axes, trend
-from .rules import Rule, judge
+from .rules import Rule, judge, order_rules
 
 CLAIM = "C3"
 ID = "reverse-sde"
@@ -69,30 +90,79 @@ AT_LEAST_FIRST_ORDER = (0.85, None)
 WEAK_ORDER_RANGE = {"vp": ORDER_RANGE, "subvp": ORDER_RANGE, "ve": AT_LEAST_FIRST_ORDER}
 REFERENCE_REFINEMENT = 16  # reference steps per step of the deepest stack
 FAMILY_FALSE_ALARM = 1e-3  # of the moment cross-check, over all layers, entries and SDEs
+PATH_FALSE_ALARM = 1e-3  # of the Brownian path's own statistics, over all paths and levels
+PATH_KS_SAMPLES = 20_000  # normalised increments per level in the Kolmogorov-Smirnov test
+TORCHSDE_TOL = 1e-10  # relative agreement of the reference with torchsde's Euler-Maruyama
 
 
-def rules(sdes, law_names, z_bound: float) -> list[Rule]:
-    """The pass rules, per SDE: strong order 1 for every law; weak order (1, or at least 1 for
-    VE) and uniform layer-W2 order at least 1, each also between the two deepest rungs; and the
-    sampled moments within the Bonferroni bound ``z_bound`` of the propagated ones."""
-    out = []
+def rules(sdes, law_names, z_bound: float, ladder, strong, weak, layer) -> tuple[dict, list]:
+    """The pass rules and their order metrics, per SDE: strong order 1 for every law; weak order
+    (1, or at least 1 for VE) and uniform layer-W2 order at least 1, each fitted, end to end and
+    between the two deepest rungs (``rules.order_rules``); and the sampled moments within the
+    Bonferroni bound ``z_bound`` of the propagated ones.  ``strong`` maps (sde, law) to (errors,
+    standard errors), ``weak`` and ``layer`` map an SDE to its errors."""
+    metrics, out = {}, []
     for s in sdes:
-        out += [Rule(f"strong_order_{s}_{law}", ORDER_RANGE) for law in law_names]
-        out += [Rule(f"weak_order_{s}", WEAK_ORDER_RANGE[s]),
-                Rule(f"layer_w2_order_{s}", AT_LEAST_FIRST_ORDER),
-                Rule(f"weak_order_deep_{s}", AT_LEAST_FIRST_ORDER),
-                Rule(f"layer_w2_order_deep_{s}", AT_LEAST_FIRST_ORDER)]
-    return out + [Rule("moment_z_max", (0.0, z_bound))]
+        for law in law_names:
+            errors, ses = strong[s, law]
+            m, r = order_rules(f"strong_order_{s}_{law}", ladder, errors, ORDER_RANGE,
+                               error_ses=ses)
+            metrics.update(m)
+            out += r
+        for family, errors, band in (("weak_order", weak[s], WEAK_ORDER_RANGE[s]),
+                                     ("layer_w2_order", layer[s], AT_LEAST_FIRST_ORDER)):
+            m, r = order_rules(f"{family}_{s}", ladder, errors, band,
+                               deep=f"{family}_deep_{s}", span=f"{family}_span_{s}")
+            metrics.update(m)
+            out += r
+    return metrics, out + [Rule("moment_z_max", (0.0, z_bound))]
 
 
-def deepest_order(ladder, errors) -> float:
-    """The order between the two deepest rungs, log(e(L') / e(L)) / log(L / L').
+def path_statistics(path: BrownianPath, steps: list[int], generator) -> dict[str, float]:
+    """Tests of a Brownian path's own law at every refinement level ``steps`` (ascending), each
+    a p-value under "the normalised increments xi = dW / sqrt(dt) are i.i.d. N(0, 1)":
+    the mean and the variance of all xi of the level (normal approximations, n in the 1e4..1e6),
+    the lag-1 products xi_i xi_(i+1) along the steps (mean 0 and variance 1 under independence;
+    siblings of the Levy construction included), and a Kolmogorov-Smirnov test of
+    ``PATH_KS_SAMPLES`` xi drawn at random.  Also the largest |W coarse - sum of its two fine
+    halves| over the levels (the path is one path).  Returns the smallest p-value, the number of
+    tests, and the consistency error."""
+    p_values, consistency = [], 0.0
+    previous = None
+    for n_steps in steps:
+        xi = path.normalised_increments(n_steps)
+        x = xi.flatten()
+        n = x.numel()
+        lag = (xi[1:] * xi[:-1]).flatten()
+        z = [float(x.mean()) * math.sqrt(n), (float(x.var()) - 1.0) / math.sqrt(2.0 / n),
+             float(lag.mean()) * math.sqrt(lag.numel())]
+        p_values += [2 * float(norm.sf(abs(v))) for v in z]
+        pick = torch.randint(n, (min(n, PATH_KS_SAMPLES),), generator=generator)
+        p_values.append(float(kstest(x[pick].cpu().numpy(), "norm").pvalue))
+        increments = path.increments(n_steps)
+        if previous is not None:
+            pair_sums = increments[0::2] + increments[1::2]
+            consistency = max(consistency, float((pair_sums - previous).abs().max()))
+        previous = increments
+    return {"p_min": min(p_values), "tests": len(p_values), "consistency": consistency}
 
-    A one-sided rule "fitted order >= 0.85" alone is fooled by an error that drops steeply on
-    the coarse rungs and then stalls or grows (inconsistent gates do that); requiring first
-    order also at the deep end, where the asymptotic regime is, closes that gap.
-    """
-    return fit_order(ladder[-2:], errors[-2:]).order
+
+def torchsde_reference_error(sde, law64, x_T: torch.Tensor, path: BrownianPath,
+                             steps: int, config: CheckConfig) -> float:
+    """max |reference - torchsde| / (1 + max |reference|) after ``steps`` Euler-Maruyama steps
+    on the same increments: the C3 reference stack (true reverse SDE, float64) against
+    ``torchsde.sdeint(method="euler")``, an independent implementation of the scheme."""
+    import torchsde
+
+    span = sde.T - EPS
+    increments = path.increments(steps).to(x_T)
+    stack = denoising_stack(sde, law64, steps, reference_config(config), probability_flow=False)
+    ours = stack(x_T, xi=increments / math.sqrt(span / steps))
+    reverse = TorchsdeReverse(sde.reverse(score_fn(law64, sde), probability_flow=False))
+    grid = torch.linspace(0.0, span, steps + 1, dtype=x_T.dtype, device=x_T.device)
+    theirs = torchsde.sdeint(reverse, x_T, grid[[0, -1]], method="euler", dt=span / steps,
+                             bm=GridBrownian(increments, span))[-1]
+    return float((ours - theirs).abs().max() / (1.0 + ours.abs().max()))
 
 
 def strong_error(z: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
@@ -158,7 +228,8 @@ def sampled_statistics(stack, law64: Gaussian, law_cpu: Gaussian, sde, moments, 
     depth, d = stack.depth, law_cpu.dim
     total = n * replicates
     x_T = sample_prior(law_cpu, sde, total, generator, config)  # float64
-    path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=depth, generator=generator)
+    # the refined path family of the strong test: coarsest rung first, refined to --depth
+    path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=config.ladder[0], generator=generator)
     xi = path.normalised_increments(depth).to(x_T)
     states = stack(x_T.to(config.dtype), xi=xi.to(config.dtype), return_all=True).to(x_T)
     pooled_mean, pooled_cov = empirical_moments(states)
@@ -193,10 +264,15 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     laws = data_laws(config, g)
     strong_batch = 64 if config.quick else 256
     n, replicates = (250, 4) if config.quick else (500, 8)
+    n_out = OUTPUT_SAMPLES[config.quick]
     ladder, depth = config.ladder, config.ladder[-1]
+    path_levels = [ladder[0] << k for k in range(
+        (REFERENCE_REFINEMENT * depth // ladder[0]).bit_length())]
     metrics: dict[str, float] = {"eps": EPS, "reference_steps": REFERENCE_REFINEMENT * depth}
     strong_series, weak_series, layer_series = [], [], []
+    strong, weak_by_sde, layer_by_sde = {}, {}, {}
     z_max, z_count = 0.0, 0
+    path_p, path_tests, path_consistency, torchsde_error = 1.0, 0, 0.0, 0.0
     with torch.no_grad():
         for sde_name in sdes:
             sde = make_sde(sde_name)
@@ -207,12 +283,19 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0], generator=g)
                 errors, ses = strong_errors(sde, law_dev, law64, x_T, path, config,
                                             score_scale=score_sign, noise_power=noise_power)
-                fit = fit_order(ladder, errors)
+                if path_tests == 0:  # one path of the family, every level (one implementation)
+                    stats = path_statistics(path, path_levels, g)
+                    path_p, path_tests = stats["p_min"], stats["tests"]
+                    path_consistency = stats["consistency"]
+                if law_name == "mixture" and sde_name == sdes[0]:  # an independent solver
+                    torchsde_error = torchsde_reference_error(  # on the same increments
+                        sde, law64, x_T, path, REFERENCE_REFINEMENT * ladder[0], config)
                 key = f"{sde_name}_{law_name}"
-                metrics[f"strong_order_{key}"] = fit.order
+                strong[sde_name, law_name] = (errors, ses)
                 metrics[f"strong_error_{key}"], metrics[f"strong_error_{key}_se"] = (
                     errors[-1], ses[-1])
-                strong_series.append(Series(f"{sde_name}, {law_name}", ladder, errors, fit))
+                strong_series.append(Series(f"{sde_name}, {law_name}", ladder, errors,
+                                            fit_order(ladder, errors)))
 
             law = laws["gaussian"]
             law_dev = law.to(**config.placement)
@@ -224,15 +307,11 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 weak_L, w2_L, moments = propagated_errors(stack, law64, sde)
                 weak.append(weak_L)
                 layer.append(float(w2_L.amax()))
-            weak_fit, layer_fit = fit_order(ladder, weak), fit_order(ladder, layer)
-            metrics[f"weak_order_{sde_name}"], metrics[f"weak_error_{sde_name}"] = (
-                weak_fit.order, weak[-1])
-            metrics[f"layer_w2_order_{sde_name}"] = layer_fit.order
+            weak_by_sde[sde_name], layer_by_sde[sde_name] = weak, layer
+            metrics[f"weak_error_{sde_name}"] = weak[-1]
             metrics[f"layer_w2_max_{sde_name}"] = layer[-1]
-            for family, errors in (("weak_order", weak), ("layer_w2_order", layer)):
-                metrics[f"{family}_deep_{sde_name}"] = deepest_order(ladder, errors)
-            weak_series.append(Series(sde_name, ladder, weak, weak_fit))
-            layer_series.append(Series(sde_name, ladder, layer, layer_fit))
+            weak_series.append(Series(sde_name, ladder, weak, fit_order(ladder, weak)))
+            layer_series.append(Series(sde_name, ladder, layer, fit_order(ladder, layer)))
 
             sde_z_max, count, estimates = sampled_statistics(
                 stack, law64, law, sde, moments, g, config, n=n, replicates=replicates)
@@ -240,14 +319,38 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
             for name, (value, se) in estimates.items():
                 metrics[f"{name}_{sde_name}"], metrics[f"{name}_{sde_name}_se"] = value, se
 
+            mixture_dev = laws["mixture"].to(**config.placement)
+
+            def run_stack(x_T, sde=sde, law=mixture_dev):
+                stack = denoising_stack(sde, law, depth, config, probability_flow=False,
+                                        score_scale=score_sign, noise_power=noise_power)
+                out_path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0],
+                                        generator=g)
+                xi = out_path.normalised_increments(depth).to(x_T)
+                return stack(x_T.to(config.dtype), xi=xi.to(config.dtype)).to(torch.float64)
+
+            metrics.update(output_law_metrics(run_stack, laws["mixture"], sde, g, n_out, config))
+
     z_bound = float(norm.isf(FAMILY_FALSE_ALARM / (2 * z_count)))
     metrics["moment_z_max"], metrics["moment_z_bound"] = z_max, z_bound
+    metrics["path_bonferroni_p"] = min(1.0, path_p * path_tests)
+    metrics["path_tests"] = path_tests
+    metrics["path_refinement_error"] = path_consistency
+    metrics["torchsde_reference_error"] = torchsde_error
+    order_metrics, order_rule_list = rules(sdes, list(laws), z_bound, ladder, strong,
+                                           weak_by_sde, layer_by_sde)
+    metrics.update(order_metrics)
+    output_rules, critical = output_law_rules(sdes, len(laws["mixture"].weights), n_out)
+    metrics.update(critical)
     families = {"strong_order": [metrics[f"strong_order_{s}_{law}"] for s in sdes for law in laws],
                 "weak_order": [metrics[f"weak_order_{s}"] for s in sdes],
                 "layer_w2_order": [metrics[f"layer_w2_order_{s}"] for s in sdes]}
     for family, values in families.items():
         metrics[f"{family}_min"], metrics[f"{family}_max"] = extremes(values)
-    verdict = judge(metrics, rules(sdes, list(laws), z_bound))
+    verdict = judge(metrics, order_rule_list + output_rules + [
+        Rule("path_bonferroni_p", (PATH_FALSE_ALARM, None)),
+        Rule("path_refinement_error", (0.0, 1e-12)),
+        Rule("torchsde_reference_error", (0.0, TORCHSDE_TOL))])
 
     gating = get_gating(config.gating).name
     weak_text = ", ".join(f"{metrics[f'weak_order_{s}']:.3f} ({NAMES[s]})" for s in sdes)

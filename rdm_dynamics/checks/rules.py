@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["within", "Rule", "Verdict", "judge", "EMPTY_BAND"]
+__all__ = ["within", "Rule", "Verdict", "judge", "EMPTY_BAND", "order_rules", "ORDER_SE_MARGIN"]
 
 #: The band of a rule whose margin cannot be applied: lo > hi, so nothing lies within it.
 EMPTY_BAND = (1.0, 0.0)
@@ -85,3 +85,46 @@ def judge(metrics: Mapping[str, float], rules: Iterable[Rule]) -> Verdict:
         if not within(metrics.get(rule.metric), band):
             failed.append(rule.metric)
     return Verdict(passed=not failed, expected=expected, failed=failed)
+
+
+#: Standard errors by which the end-to-end and the deepest local order may miss the order band.
+ORDER_SE_MARGIN = 3.0
+
+
+def order_rules(name: str, ladder, errors, band, *, error_ses=None, deep: str | None = None,
+                span: str | None = None, fit: bool = True,
+                margin: float = ORDER_SE_MARGIN) -> tuple[dict[str, float], list[Rule]]:
+    """The metrics and rules of one convergence-order statement, e(L) ~ C L^(-p), p in ``band``.
+
+    A fitted slope alone can be fooled (an error that falls on the coarse rungs and then stalls
+    or grows still fits a slope near 1), so three statements are gated:
+
+    * ``name``: the least-squares order on the whole ladder (``stats.fit_order``) lies in ``band``
+      (with ``name_se`` its standard error from the fit's residuals; no margin);
+    * ``span`` (default ``name_span``): the end-to-end order log(e(L_0) / e(L_n)) / log(L_n / L_0),
+      i.e. the deepest error is below the coarsest by the factor (L_n / L_0)^p the order implies;
+    * ``deep`` (default ``name_deep``): the local order between the two deepest rungs, where the
+      asymptotic regime is;
+
+    the last two within ``margin`` standard errors of ``band``.  Their standard error ``_se`` is
+    the larger of the fit's and the sampling error of the ratio (delta method from the errors'
+    standard errors ``error_ses``, treated as independent).  With ``fit=False`` the fitted order
+    is reported but not gated (a caller gating it by its own rule).
+    """
+    from ..stats import fit_order
+
+    ladder, errors = list(ladder), [float(e) for e in errors]
+    deep, span = deep or f"{name}_deep", span or f"{name}_span"
+    fitted = fit_order(ladder, errors)
+    metrics = {name: fitted.order, f"{name}_se": fitted.stderr}
+    rules = [Rule(name, tuple(band))] if fit else []
+    for key, (i, j) in ((span, (0, -1)), (deep, (-2, -1))):
+        ratio_order = fit_order([ladder[i], ladder[j]], [errors[i], errors[j]]).order
+        sampling = 0.0
+        if error_ses is not None:
+            rel = [float(error_ses[k]) / errors[k] if errors[k] > 0 else math.inf for k in (i, j)]
+            sampling = math.hypot(*rel) / math.log(ladder[j] / ladder[i])
+        se = max(fitted.stderr if math.isfinite(fitted.stderr) else math.inf, sampling)
+        metrics[key], metrics[f"{key}_se"] = ratio_order, se
+        rules.append(Rule(key, tuple(band), margin=-margin))
+    return metrics, rules

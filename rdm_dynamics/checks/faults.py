@@ -1,0 +1,413 @@
+"""The self-test's library of seeded faults and negative controls, as data.
+
+A :class:`Fault` is one wrong formula, written as a user would make it (a wrong coefficient, a
+missing square root, a transposed basis, a mis-scaled noise), patched in process over the
+attribute ``target`` ("package.module.Class.attr" or "package.module.function") by
+:func:`patched`, one at a time, and restored after.  ``checks`` names the checks that rely on the
+target and are expected to catch it: ``verify --self-test --quick`` runs the fault against those
+only, the full self-test against every check.  To add a fault (for C7 and later checks), append a
+``Fault`` to :data:`FAULTS`; to add a negative control, append a :class:`Control` to
+:data:`CONTROLS`.
+
+Faults in the training objective, the samplers and the model gates are not here: no theory check
+runs that code.  The test suite pins them (tests/test_training_pins.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from unittest import mock
+
+import torch
+
+__all__ = ["Fault", "Control", "FAULTS", "CONTROLS", "patched", "resolve"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A seeded fault: ``replacement(original)`` returns the wrong version of ``target``."""
+
+    name: str
+    target: str
+    replacement: Callable
+    checks: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class Control:
+    """A negative control of one check: ``run(module, config)`` must give a FAIL."""
+
+    name: str
+    check: str
+    run: Callable
+    description: str = ""
+    gating: str | None = field(default=None)
+
+
+def resolve(target: str):
+    """(owner, attribute name, original value) of a dotted ``target``."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:-1]:
+            owner = getattr(owner, name)
+        return owner, parts[-1], getattr(owner, parts[-1])
+    raise ValueError(f"cannot resolve {target!r}")
+
+
+@contextlib.contextmanager
+def patched(fault: Fault):
+    """Patch ``fault.target`` with its replacement, and every module of the package that imported
+    the same object by name (``from .x import f``), so the fault reaches every caller; restored
+    on exit."""
+    owner, name, original = resolve(fault.target)
+    wrong = fault.replacement(original)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(owner, name, wrong))
+        if not isinstance(owner, type):
+            for module_name, module in list(sys.modules.items()):
+                if (module is not owner and module_name.startswith("rdm_dynamics")
+                        and getattr(module, name, None) is original):
+                    stack.enter_context(mock.patch.object(module, name, wrong))
+        yield
+
+
+# ------------------------------------------------------------------------------------------------
+# The wrong formulas
+# ------------------------------------------------------------------------------------------------
+
+def _vp_marginal_var_without_square(original):
+    def marginal_var(self, t):  # v = 1 - m instead of 1 - m^2
+        return -torch.expm1(self.log_mean_coef(t))
+    return marginal_var
+
+
+def _vp_diffusion_without_sqrt(original):
+    def diffusion_coef(self, t):  # g = beta instead of sqrt(beta)
+        return self.beta(t)
+    return diffusion_coef
+
+
+def _ve_variance_from_blurred_data(original):
+    def marginal_var(self, t):  # score_sde's sigma(t)^2: forgets to subtract sigma_min^2
+        return self.sigma(t) ** 2
+    return marginal_var
+
+
+def _transition_ratio_inverted(original):
+    def transition_coefs(self, s, t, like=None):
+        r, k = original(self, s, t, like)
+        return 1.0 / r, k  # m(s) / m(t) instead of m(t) / m(s)
+    return transition_coefs
+
+
+def _reverse_sde_with_pf_weight(original):
+    def sde(self, x, t):  # the PF-ODE's 1/2 in the reverse SDE's drift
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        drift, g = self.forward.sde(x, t)
+        drift = drift - 0.5 * g**2 * self.score_fn(x, t)
+        return drift, torch.zeros_like(g) if self.probability_flow else g
+    return sde
+
+
+def _mixture_score_without_weights(original):
+    def score(self, x, t, sde):  # responsibilities without the log-weights
+        log_joint, comp_scores = self._component_terms(x, *self._diffused(sde, t))
+        resp = torch.softmax(log_joint - torch.log(self.weights), dim=1)
+        return (resp.unsqueeze(-1) * comp_scores).sum(1)
+    return score
+
+
+def _mixture_diffused_without_square(original):
+    def _diffused(self, sde, t):  # V = m lam + v instead of m^2 lam + v
+        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
+        m = sde.mean_coef(t)
+        return m, m * self.eigvals + sde.marginal_var(t)
+    return _diffused
+
+
+def _gaussian_std_for_variance(original):
+    def _m_V(self, sde, t):  # adds the std sqrt(v) where the variance v belongs
+        t = torch.as_tensor(t, dtype=self.mean.dtype, device=self.mean.device)
+        m = sde.mean_coef(t)
+        return m, m**2 * self.eigvals + sde.marginal_std(t)
+    return _m_V
+
+
+def _gaussian_score_basis_transposed(original):
+    def score(self, x, t, sde):  # back from eigen-coordinates with U instead of U^T
+        m, V = self._m_V(sde, t)
+        y = (x - m * self.mean) @ self.eigvecs
+        return -(y / V) @ self.eigvecs
+    return score
+
+
+def _pf_map_without_sqrt(original):
+    from ..laws import AffineMap
+
+    def pf_ode_map(self, sde, a, b):  # scale V(b) / V(a) instead of its square root
+        ma, Va = self._m_V(sde, a)
+        mb, Vb = self._m_V(sde, b)
+        A = (self.eigvecs * (Vb / Va)) @ self.eigvecs.T
+        return AffineMap(A, mb * self.mean - A @ (ma * self.mean))
+    return pf_ode_map
+
+
+def _refine_without_half(original):
+    def _refine(self, coarse):  # the bridge noise sqrt(dt) Z instead of sqrt(dt) Z / 2
+        n = coarse.shape[0]
+        dt = self.span / n
+        left = 0.5 * coarse + math.sqrt(dt) * self._normal(n)
+        return torch.stack([left, coarse - left], dim=1).reshape(2 * n, *self.shape)
+    return _refine
+
+
+def _refine_siblings_equal(original):
+    def _refine(self, coarse):  # both halves get the same bridge noise (left twice)
+        n = coarse.shape[0]
+        dt = self.span / n
+        left = 0.5 * coarse + 0.5 * math.sqrt(dt) * self._normal(n)
+        return torch.stack([left, left], dim=1).reshape(2 * n, *self.shape)
+    return _refine
+
+
+def _normalised_by_dt(original):
+    def normalised_increments(self, steps):  # dW / dt instead of dW / sqrt(dt)
+        return self.increments(steps) / (self.span / steps)
+    return normalised_increments
+
+
+def _unit_without_beta(original):
+    def unit(self, i, z, xi=None):  # forgets + beta_i
+        z_next = z + self.alpha[i] * self.residuals[i](z, self.times[i])
+        if self.stochastic:
+            z_next = z_next + self.gamma[i] * xi
+        return z_next
+    return unit
+
+
+def _unit_noise_squared(original):
+    def unit(self, i, z, xi=None):  # gamma_i^2 xi: the noise variance used as its scale
+        z_next = z + self.alpha[i] * self.residuals[i](z, self.times[i]) + self.beta[i]
+        if self.stochastic:
+            z_next = z_next + self.gamma[i] ** 2 * xi
+        return z_next
+    return unit
+
+
+def _propagated_noise_std(original):
+    def affine_units(self, dim):  # noise covariance diag(gamma) instead of diag(gamma^2)
+        A, c, noise = original(self, dim)
+        return A, c, noise.sqrt()
+    return affine_units
+
+
+def _eigen_diagonal_transposed(original):
+    def _eigen_diagonal(law, M):  # diag(U M U^T) instead of diag(U^T M U)
+        return torch.einsum("ji,ik,jk->j", law.eigvecs, M, law.eigvecs)
+    return _eigen_diagonal
+
+
+def _least_squares_variance_for_std(original):
+    def least_squares_gates(states, residual, times):  # gamma = s^2 instead of s
+        fit = original(states, residual, times)
+        return type(fit)(**{**fit.__dict__, "gamma": fit.gamma**2})
+    return least_squares_gates
+
+
+def _lipschitz_without_slope(original):
+    from ..analysis.lipschitz import LipschitzBound
+
+    def lipschitz_bound(self, t=None):  # forgets the linear part |slope|
+        return LipschitzBound.spectral_norm(self.W)
+    return lipschitz_bound
+
+
+def _spectral_norm_as_max_row_sum(original):
+    def spectral_norm(cls, W):  # the infinity norm where the spectral norm belongs
+        value = float(torch.linalg.matrix_norm(W.detach().to(torch.float64), ord=math.inf))
+        return cls(value, "spectral-norm", True)
+    return classmethod(spectral_norm)
+
+
+def _gains_with_mean_alpha(original):
+    def stack_gains(stack):  # the mean |alpha| over channels instead of the max
+        gains = original(stack)
+        alpha = stack.alpha.detach().to(torch.float64).cpu().abs()
+        alpha = alpha.reshape(alpha.shape[0], -1)
+        return gains * alpha.mean(1) / alpha.amax(1)
+    return stack_gains
+
+
+def _gronwall_skips_first_unit(original):
+    def gronwall_bound(gains, delta0, errors=None):  # the product starts at unit 1
+        shifted = torch.cat([torch.zeros_like(gains[:1]), gains[1:]])
+        return original(shifted, delta0, errors)
+    return gronwall_bound
+
+
+def _roundoff_eps_for_u(original):
+    def of(cls, dtype):  # unit roundoff eps / 4 (u = eps / 2 halved again)
+        model = original.__func__(cls, dtype)
+        return cls(dtype=model.dtype, u=model.u / 2, rho=model.rho / 2, eta=model.eta,
+                   rho_fn=model.rho_fn / 2)
+    return classmethod(of)
+
+
+def _adjoints_reversed(original):
+    def backprop_adjoints(stack, z0, loss, params=()):  # states listed from L down to 0
+        out = original(stack, z0, loss, params)
+        return type(out)(loss=out.loss, states=out.states, adjoints=out.adjoints.flip(0),
+                         param_grads=out.param_grads)
+    return backprop_adjoints
+
+
+def _fit_order_mixed_logs(original):
+    from ..stats import OrderFit
+
+    def fit_order(depths, errors):  # log10 of the errors against the natural log of L
+        fit = original(depths, errors)
+        return OrderFit(order=fit.order / math.log(10), intercept=fit.intercept,
+                        stderr=fit.stderr / math.log(10))
+    return fit_order
+
+
+def _fit_line_drops_last_point(original):
+    def fit_line(x, values, *, log_x, missing):  # an off-by-one slice drops the last point
+        return original(list(x)[:-1], list(values)[:-1], log_x=log_x, missing=missing)
+    return fit_line
+
+
+SDE, LAWS, PATHS, STACK = "rdm_dynamics.sde", "rdm_dynamics.laws", "rdm_dynamics.paths", \
+    "rdm_dynamics.stack"
+ANALYSIS, STATS = "rdm_dynamics.analysis", "rdm_dynamics.stats"
+DENOISING = ("pf-ode", "reverse-sde")
+
+FAULTS: list[Fault] = [
+    Fault("vp-variance-missing-square", f"{SDE}.VPSDE.marginal_var",
+          _vp_marginal_var_without_square, DENOISING + ("gate-moments",),
+          "VP marginal variance 1 - m instead of 1 - m^2"),
+    Fault("vp-diffusion-missing-sqrt", f"{SDE}.VPSDE.diffusion_coef",
+          _vp_diffusion_without_sqrt, DENOISING + ("gate-moments",),
+          "VP diffusion g = beta instead of sqrt(beta)"),
+    Fault("ve-variance-blurred-data", f"{SDE}.VESDE.marginal_var",
+          _ve_variance_from_blurred_data, DENOISING + ("gate-moments",),
+          "VE variance sigma(t)^2 (score_sde's) instead of sigma(t)^2 - sigma_min^2"),
+    Fault("transition-ratio-inverted", f"{SDE}.SDE.transition_coefs",
+          _transition_ratio_inverted, ("reverse-sde", "gate-moments"),
+          "transition mean ratio m(s)/m(t) instead of m(t)/m(s)"),
+    Fault("reverse-drift-half-score", f"{SDE}.ReverseSDE.sde", _reverse_sde_with_pf_weight,
+          DENOISING, "reverse SDE drift f - g^2 s / 2 (the PF-ODE's 1/2)"),
+    Fault("mixture-score-no-weights", f"{LAWS}.GaussianMixture.score",
+          _mixture_score_without_weights, DENOISING + ("gate-moments",),
+          "mixture score: responsibilities without the weights"),
+    Fault("mixture-marginal-missing-square", f"{LAWS}.GaussianMixture._diffused",
+          _mixture_diffused_without_square, DENOISING + ("gate-moments",),
+          "mixture marginal covariance m Sigma + v instead of m^2 Sigma + v"),
+    Fault("gaussian-marginal-std-for-var", f"{LAWS}.Gaussian._m_V", _gaussian_std_for_variance,
+          DENOISING + ("gate-moments",),
+          "Gaussian marginal covariance m^2 Sigma + sqrt(v) instead of + v"),
+    Fault("gaussian-score-basis-transposed", f"{LAWS}.Gaussian.score",
+          _gaussian_score_basis_transposed, DENOISING,
+          "Gaussian score mapped back with U instead of U^T (a transposed basis)"),
+    Fault("gaussian-pf-map-missing-sqrt", f"{LAWS}.Gaussian.pf_ode_map", _pf_map_without_sqrt,
+          ("pf-ode", "gate-moments"), "PF-ODE flow map scale V(b)/V(a) without its square root"),
+    Fault("brownian-bridge-missing-half", f"{PATHS}.BrownianPath._refine",
+          _refine_without_half, ("reverse-sde",), "Levy refinement noise sqrt(dt) instead of "
+          "sqrt(dt)/2"),
+    Fault("brownian-bridge-siblings-equal", f"{PATHS}.BrownianPath._refine",
+          _refine_siblings_equal, ("reverse-sde",), "Levy refinement: both halves the same"),
+    Fault("brownian-normalised-by-dt", f"{PATHS}.BrownianPath.normalised_increments",
+          _normalised_by_dt, ("reverse-sde",), "noise dW / dt instead of dW / sqrt(dt)"),
+    Fault("unit-forgets-beta", f"{STACK}.GatedResidualStack.unit", _unit_without_beta,
+          ("depth-limit", "error-propagation", "residual-sensitivity", "gate-moments"),
+          "gated unit without + beta_i"),
+    Fault("unit-noise-variance-as-scale", f"{STACK}.GatedResidualStack.unit",
+          _unit_noise_squared, ("reverse-sde", "gate-moments"),
+          "stochastic unit adds gamma_i^2 xi instead of gamma_i xi"),
+    Fault("propagated-noise-std-as-variance", f"{STACK}.GatedResidualStack.affine_units",
+          _propagated_noise_std, ("reverse-sde", "gate-moments", "pf-ode"),
+          "moment propagation adds diag(gamma) instead of diag(gamma^2)"),
+    Fault("gate-basis-transposed", f"{ANALYSIS}.gaussian_gates._eigen_diagonal",
+          _eigen_diagonal_transposed, ("gate-moments",),
+          "closed-form gates read diag(U M U^T) instead of diag(U^T M U)"),
+    Fault("fitted-gamma-missing-sqrt", f"{ANALYSIS}.gate_fitting.least_squares_gates",
+          _least_squares_variance_for_std, ("gate-moments",),
+          "least-squares noise gate = residual variance instead of its square root"),
+    Fault("lipschitz-forgets-slope", f"{ANALYSIS}.fields.TanhLayer.lipschitz_bound",
+          _lipschitz_without_slope, ("error-propagation",),
+          "Lip(slope z + tanh(W z + c)) = ||W|| (forgets |slope|)"),
+    Fault("spectral-norm-is-inf-norm", f"{ANALYSIS}.lipschitz.LipschitzBound.spectral_norm",
+          _spectral_norm_as_max_row_sum, ("error-propagation",),
+          "certified ||W||_2 computed as the max row sum ||W||_inf"),
+    Fault("gains-mean-alpha", f"{ANALYSIS}.lipschitz.stack_gains", _gains_with_mean_alpha,
+          ("error-propagation",), "Gronwall gain with the mean |alpha| over channels, not max"),
+    Fault("gronwall-skips-first-unit", f"{ANALYSIS}.propagation.gronwall_bound",
+          _gronwall_skips_first_unit, ("error-propagation",),
+          "Gronwall product over units 1..L-1 (off by one)"),
+    Fault("roundoff-halved", f"{ANALYSIS}.rounding.RoundingModel.of", _roundoff_eps_for_u,
+          ("error-propagation",), "unit roundoff eps/4 instead of eps/2"),
+    Fault("adjoints-reversed", f"{ANALYSIS}.adjoint.backprop_adjoints", _adjoints_reversed,
+          ("residual-sensitivity",), "adjoints p_i listed from L down to 0"),
+    Fault("fit-order-mixed-logs", f"{STATS}.fit_order", _fit_order_mixed_logs,
+          ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "residual-sensitivity"),
+          "order fit with log10 of the errors against ln L"),
+    Fault("fit-line-drops-last-point", f"{STATS}.fit_line", _fit_line_drops_last_point,
+          ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "error-propagation",
+           "residual-sensitivity"), "line fit leaves out the deepest rung (off by one)"),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Negative controls: every check must fail on each
+# ------------------------------------------------------------------------------------------------
+
+def _gated(gating: str):
+    def run(module, config):
+        import dataclasses
+        return module.run(dataclasses.replace(config, gating=gating))
+    return run
+
+
+def _measure(**kwargs):
+    def run(module, config):
+        return module.measure(config, **kwargs)
+    return run
+
+
+CHECK_IDS = ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "error-propagation",
+             "residual-sensitivity")
+
+CONTROLS: list[Control] = (
+    [Control(f"{cid}:plain", cid, _gated("plain"), "plain residuals (alpha_i = 1)")
+     for cid in CHECK_IDS]
+    + [Control(f"{cid}:inv-sqrt", cid, _gated("inv-sqrt"), "alpha_i = 1/sqrt(L)")
+       for cid in CHECK_IDS]
+    + [Control("gate-moments:euler", "gate-moments", _gated("euler"), "fixed Euler gates"),
+       Control("pf-ode:wrong-score-sign", "pf-ode", _measure(score_sign=-1.0, sdes=("vp",)),
+               "score of the wrong sign"),
+       Control("pf-ode:no-one-half", "pf-ode", _measure(pf_weight=1.0, sdes=("vp",)),
+               "PF-ODE drift without its 1/2"),
+       Control("reverse-sde:wrong-score-sign", "reverse-sde",
+               _measure(score_sign=-1.0, sdes=("vp",)), "score of the wrong sign"),
+       Control("reverse-sde:noise-h", "reverse-sde", _measure(noise_power=1.0, sdes=("vp",)),
+               "noise g h instead of g sqrt(h)"),
+       Control("gate-moments:shifted-times", "gate-moments", _measure(time_shift=0.02),
+               "gates computed and fitted on shifted times")])
+
+#: The controls ``--self-test --quick`` runs: every check-specific control, and the plain
+#: control of the checks that have no specific one (the full self-test runs them all; the test
+#: suite runs plain and inv-sqrt for every check, tests/test_verdicts.py).
+QUICK_CONTROLS = tuple(
+    c.name for c in CONTROLS
+    if not c.name.endswith(":inv-sqrt")
+    and not (c.name.endswith(":plain") and c.check in ("pf-ode", "reverse-sde", "gate-moments")))
