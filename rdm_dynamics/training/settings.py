@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import Parser, UsageError
+from ..models.depth_init import INITS
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 __all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce",
@@ -126,6 +127,11 @@ class TrainConfig:
                                   "(repeatable)", items=True, flag="--model-option")
     model_factory: str | None = setting(None, "module:function with build_model's signature, "
                                         "for your own model")
+    init: str = setting("iid", "initial weights: iid (each unit drawn independently) or smooth "
+                        "(one smooth function of the unit's depth tau = i/L, the same at every "
+                        "depth; rdm_dynamics.models.depth_init)", choices=INITS)
+    init_modes: int = setting(3, "smooth init: cosine modes across depth (1: every unit of a "
+                              "role starts equal)", minimum=1)
     # data
     data: str = setting("digits", "digits, moving-digits, a folder of PNG/JPEG images or a "
                         ".npy/.npz file")
