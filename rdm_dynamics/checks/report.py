@@ -23,7 +23,7 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "Series", "order_figure", "format_table", "save_figure",
+__all__ = ["CheckResult", "build_report", "versions", "Series", "order_figure", "format_table", "save_figure",
            "order_axes", "depth_axes", "error_trend", "depth_trend_words"]
 
 
@@ -106,9 +106,8 @@ def _json_number(v):
     return v if math.isfinite(v) else None
 
 
-def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
-    """The JSON report of a verify run (DESIGN.md section 4): the run's settings, the overall
-    verdict, the wall time, the library versions, and every check's ``to_json``."""
+def versions() -> dict[str, str]:
+    """The versions of the toolkit and of the libraries its results depend on."""
     import numpy
     import torch
     import torchdiffeq
@@ -116,14 +115,18 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
 
     from .. import __version__
 
+    return {"rdm_dynamics": __version__, "torch": torch.__version__,
+            "torchdiffeq": torchdiffeq.__version__, "torchsde": torchsde.__version__,
+            "numpy": numpy.__version__, "python": sys.version.split()[0]}
+
+
+def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
+    """The JSON report of a verify run (DESIGN.md section 4): the run's settings, the overall
+    verdict, the wall time, the library versions, and every check's ``to_json``."""
     return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
             "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
             "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
-            "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
-                         "torchdiffeq": torchdiffeq.__version__,
-                         "torchsde": torchsde.__version__, "numpy": numpy.__version__,
-                         "python": sys.version.split()[0]},
-            "checks": [r.to_json() for r in results]}
+            "versions": versions(), "checks": [r.to_json() for r in results]}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,11 +38,22 @@ from .gates import GATE_KINDS, ResidualUnit
 from .unet import UNET_CONFIGS, RDMUNet
 
 __all__ = ["build_model", "model_builder", "load_model", "ModelLoadError", "MODEL_CONFIGS",
-           "GATE_KINDS", "BACKBONES", "INITS", "initialize", "smooth_in_depth_", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
+           "GATE_KINDS", "BACKBONES", "INITS", "initialize", "smooth_in_depth_", "depth_option", "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
 
 BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet}
 
 MODEL_CONFIGS: dict[str, dict] = {**DIT_CONFIGS, **UNET_CONFIGS}
+
+#: The architecture option that sets each backbone's depth: the transformer's blocks, the
+#: U-Net's blocks per level (the number of residual units grows in proportion to it).
+DEPTH_OPTIONS = {"dit": "depth", "unet": "blocks_per_level"}
+
+
+def depth_option(name: str) -> str:
+    """The option of named configuration ``name`` that sets its depth (``DEPTH_OPTIONS``)."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)})")
+    return DEPTH_OPTIONS[MODEL_CONFIGS[name]["backbone"]]
 
 
 def _plain(value):

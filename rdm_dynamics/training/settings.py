@@ -266,12 +266,12 @@ def check(cfg: TrainConfig) -> None:
             raise UsageError(f"{name} must {s.requirement()}, got {value}")
 
 
-def load_config_file(path: str | Path) -> dict:
-    """A flat mapping of TrainConfig keys ('-' or '_') from a .yaml/.yml or .toml file, each
-    value read as its setting's type."""
+def read_mapping_file(path: str | Path, what: str = "config file") -> dict:
+    """The mapping in a .yaml/.yml or .toml file, as parsed (nothing else is read or run);
+    UsageError (one line) if the file is missing, unreadable or holds no mapping."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} does not exist")
+        raise UsageError(f"{what} {str(path)!r} does not exist")
     text = path.read_text()
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -283,20 +283,32 @@ def load_config_file(path: str | Path) -> dict:
 
             loaded = tomllib.loads(text)
         else:
-            raise UsageError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+            raise UsageError(f"{what} {str(path)!r} must end in .yaml, .yml or .toml")
     except UsageError:
         raise
     except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot parse config file {str(path)!r}: {first}") from None
+        raise UsageError(f"cannot parse {what} {str(path)!r}: {first}") from None
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
-        raise UsageError(f"config file {str(path)!r} must hold a mapping of settings")
+        raise UsageError(f"{what} {str(path)!r} must hold a mapping of settings")
+    return loaded
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A flat mapping of TrainConfig keys ('-' or '_') from a .yaml/.yml or .toml file, each
+    value read as its setting's type."""
+    return settings_from_mapping(read_mapping_file(path), f"{str(Path(path))!r}")
+
+
+def settings_from_mapping(loaded: dict, where: str) -> dict:
+    """A mapping of TrainConfig keys ('-' or '_') read as their settings' types; UsageError for
+    an unknown key or a value of the wrong type."""
     out = {}
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
         if name not in SETTINGS:
-            raise UsageError(f"unknown setting {key!r} in {str(path)!r}")
+            raise UsageError(f"unknown setting {key!r} in {where}")
         out[name] = coerce(name, value)
     return out
 
