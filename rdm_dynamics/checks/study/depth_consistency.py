@@ -125,6 +125,10 @@ def evaluate(records: list[dict], runs_folder: Path) -> CheckResult:
         key = f"distance_order[{label}]"
         metrics[key], metrics[f"{key}_se"] = c["order"], c["order_se"]
         metrics[f"depth_pairs[{label}]"] = c["pairs"]
+        for n, ds in sorted(c["distances"].items()):
+            metrics[f"distance[{label},N={n}]"] = float(np.mean(ds))
+            metrics[f"distance[{label},N={n}]_se"] = (float(np.std(ds, ddof=1) / math.sqrt(len(ds)))
+                                                      if len(ds) > 1 else math.nan)
         smooth = c["smoothness"]
         if smooth:
             deepest = max(smooth)
