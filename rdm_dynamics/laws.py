@@ -204,21 +204,28 @@ class GaussianMixture:
                                self.means.to(dtype=dtype, device=device),
                                self.covs.to(dtype=dtype, device=device))
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               with_components: bool = False):
+        """n draws (n, d); with ``with_components`` also the component of each draw (n,)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype,
                           device=self.means.device)
         L = self.eigvecs[k] * self.eigvals[k].sqrt().unsqueeze(-2)  # (n, d, d): U diag(sqrt lam)
-        return self.means[k] + (L @ eps.unsqueeze(-1)).squeeze(-1)
+        x = self.means[k] + (L @ eps.unsqueeze(-1)).squeeze(-1)
+        return (x, k) if with_components else x
 
     def _diffused(self, sde: SDE, t: Time):
+        """m(t) and the eigenvalues V = m^2 lam + v of every component at time t: V (K, d) for
+        one time, (B, K, d) for a (B,) tensor of per-sample times (m then (B, 1, 1))."""
         t = _time(t, self.means)
+        if t.ndim:
+            t = t.reshape(-1, 1, 1)
         m = sde.mean_coef(t)
-        return m, m**2 * self.eigvals + sde.marginal_var(t)  # V: (K, d)
+        return m, m**2 * self.eigvals + sde.marginal_var(t)
 
     def _component_terms(self, x: torch.Tensor, m: torch.Tensor, V: torch.Tensor):
         """log w_k N(x; m mu_k, U_k diag(V_k) U_k^T) (shape (B, K)) and the component scores
-        (shape (B, K, d))."""
+        (shape (B, K, d)); V (K, d) or per sample (B, K, d)."""
         diff = x.unsqueeze(1) - m * self.means  # (B, K, d)
         y = torch.einsum("bkd,kde->bke", diff, self.eigvecs)  # eigen-coordinates
         quad = (y**2 / V).sum(-1)
@@ -240,11 +247,36 @@ class GaussianMixture:
         covs = torch.einsum("kde,ke,kfe->kdf", self.eigvecs, V, self.eigvecs)
         return GaussianMixture(self.weights, m * self.means, covs)
 
-    def score(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
-        """grad_x log p_t(x) = sum_k r_k(x) s_k(x)."""
+    def score(self, x: torch.Tensor, t: Time, sde: SDE,
+              allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """grad_x log p_t(x) = sum_k r_k(x) s_k(x).
+
+        ``allowed`` (B, K) bool restricts sample b to the components allowed[b]: the score of
+        the mixture conditioned on the component lying in that set (e.g. of one class), whose
+        responsibilities are those of the full mixture renormalised over the set.
+        """
         log_joint, comp_scores = self._component_terms(x, *self._diffused(sde, t))
+        if allowed is not None:
+            log_joint = log_joint.masked_fill(~allowed, -math.inf)
         resp = torch.softmax(log_joint, dim=1)
         return (resp.unsqueeze(-1) * comp_scores).sum(1)
+
+    def optimal_eps(self, x: torch.Tensor, t: Time, sde: SDE,
+                    allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """The Bayes-optimal noise prediction eps*(x, t) = E[eps | x_t = x] = -s(t) score(x, t)
+        for x_t = m(t) x_0 + s(t) eps, s = sqrt(v) (Tweedie); ``allowed`` as for ``score``."""
+        std = torch.sqrt(sde.marginal_var(_time(t, self.means)))
+        if std.ndim:
+            std = std.reshape(-1, 1)
+        return -std * self.score(x, t, sde, allowed)
+
+    def responsibilities(self, x: torch.Tensor, t: Time | None = None,
+                         sde: SDE | None = None) -> torch.Tensor:
+        """r_k(x) = w_k N_k(x) / p(x) (B, K) under p_0 (t None) or under p_t."""
+        terms = self._component_terms(x, *self._diffused(sde, t)) if t is not None else \
+            self._component_terms(x, torch.ones((), dtype=self.means.dtype,
+                                                device=self.means.device), self.eigvals)
+        return torch.softmax(terms[0], dim=1)
 
     def moment_matched(self) -> Gaussian:
         """The Gaussian with this mixture's mean and covariance:

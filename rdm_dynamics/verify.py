@@ -41,6 +41,10 @@ def build_parser() -> Parser:
     p.add_argument("--quick", action="store_true", help="smaller samples, for a smoke run")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
+    p.add_argument("--ckpt", default=None, metavar="RUN",
+                   help="run the checks on a trained model instead (C8 and up): a run folder "
+                        "(its latest checkpoint) or a checkpoint file; --depth, --gating and "
+                        "--dtype then come from the model")
     return p
 
 
@@ -75,7 +79,13 @@ def parse_args(argv):
         raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     device = parse_device(args.device)
 
-    checks = registry()
+    checkpoint = None
+    if args.ckpt is not None:  # the checks on a trained model, with their own registry
+        from .checks.checkpoints import checkpoint_config
+
+        checkpoint = checkpoint_config(args.ckpt, seed=seed, device=str(device),
+                                       quick=args.quick)
+    checks = registry("checkpoint" if checkpoint else "theory")
     try:
         ids = resolve_ids(args.only, checks) if args.only is not None else list(checks)
     except ValueError as exc:
@@ -96,8 +106,9 @@ def parse_args(argv):
         if json_path is not None:
             _check_writable_dir(json_path.parent, "--json folder")
 
-    config = CheckConfig(depth=depth, gating=args.gating, seed=seed,
-                         dtype=getattr(torch, args.dtype), device=str(device), quick=args.quick)
+    config = checkpoint or CheckConfig(depth=depth, gating=args.gating, seed=seed,
+                                       dtype=getattr(torch, args.dtype), device=str(device),
+                                       quick=args.quick)
     torch.set_num_threads(threads)
     return args, config, {cid: checks[cid] for cid in ids}, out, json_path
 

@@ -5,8 +5,9 @@ and ``run(config: CheckConfig) -> CheckResult``.  Adding a claim means adding on
 the registry imports every module of this package that defines those names and orders the checks
 by claim number; ``run_checks`` runs them.  A claim module reads as measure (its metrics), rules
 (``rules.Rule``, applied by ``rules.judge``), summary (one sentence) and figure.  Beside the
-claim modules: ``report`` (results, table, JSON, figures), ``rules`` (the verdict mechanism) and
-``problems`` (the problems several checks share).
+claim modules: ``report`` (results, table, JSON, figures), ``rules`` (the verdict mechanism),
+``problems`` (the problems several checks share) and ``checkpoints`` (the trained model that the
+checks of ``KIND = "checkpoint"``, C8 and up, are run on: a registry of their own).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["CheckConfig", "registry", "depth_ladder", "resolve_ids", "run_checks"]
+__all__ = ["CheckConfig", "KINDS", "registry", "depth_ladder", "resolve_ids", "run_checks"]
 
 
 def depth_ladder(depth: int, rungs: int = 5) -> list[int]:
@@ -73,14 +74,23 @@ def _claim_number(module: ModuleType) -> tuple[int, str]:
     return (int(claim[1:]) if claim[1:].isdigit() else 10**6, module.ID)
 
 
-def registry() -> dict[str, ModuleType]:
-    """All check modules, by id, in claim order."""
+#: The two registries: ``theory`` checks run on exact residual functions (CheckConfig),
+#: ``checkpoint`` checks on a trained model (checks.checkpoints.CheckpointConfig).  A module
+#: says which with ``KIND`` (default ``theory``).
+KINDS = ("theory", "checkpoint")
+
+
+def registry(kind: str = "theory") -> dict[str, ModuleType]:
+    """All check modules of ``kind`` (``KINDS``), by id, in claim order."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of check {kind!r}; choose one of {KINDS}")
     found = []
     for info in pkgutil.iter_modules(__path__):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
-        if all(hasattr(module, name) for name in ("CLAIM", "ID", "TITLE", "run")):
+        if all(hasattr(module, name) for name in ("CLAIM", "ID", "TITLE", "run")) \
+                and getattr(module, "KIND", "theory") == kind:
             found.append(module)
     return {m.ID: m for m in sorted(found, key=_claim_number)}
 

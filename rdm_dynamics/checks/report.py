@@ -6,7 +6,9 @@ expected, summary``.  ``metrics`` maps names to numbers (a sample estimate ``x``
 standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
 verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no
 value can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed``
-lists the metrics whose rule failed.
+lists the metrics whose rule failed.  A check that does not apply to what it ran on has
+``"applicable": false`` and a ``reason``, no metrics and no rules (so it passes vacuously and does
+not fail the run); the reports of checkpoint checks also name the ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -80,10 +82,29 @@ class CheckResult:
     #: Short strings for the table: what was measured and what theory says.
     measured_text: str = ""
     theory_text: str = ""
+    #: Why the check does not apply to what it was run on ("" when it applies).
+    not_applicable: str = ""
+
+    @classmethod
+    def inapplicable(cls, id: str, claim: str, reason: str) -> CheckResult:
+        """A check that does not apply (e.g. C10 on data without a known law): no metrics, no
+        rules, so it passes vacuously (re-applying its empty ``expected`` gives ``passed``) and
+        does not fail the run; the table and JSON say N/A and why."""
+        return cls(id=id, claim=claim, metrics={}, verdict=Verdict(passed=True),
+                   summary=f"not applicable: {reason}", measured_text="not applicable",
+                   theory_text="-", not_applicable=reason)
+
+    @property
+    def applicable(self) -> bool:
+        return not self.not_applicable
 
     @property
     def passed(self) -> bool:
         return self.verdict.passed
+
+    @property
+    def verdict_word(self) -> str:
+        return "N/A" if not self.applicable else "PASS" if self.passed else "FAIL"
 
     @property
     def expected(self) -> dict[str, list]:
@@ -94,7 +115,9 @@ class CheckResult:
                 "seconds": round(float(self.seconds), 3),
                 "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
                 "expected": {k: [_json_number(v) for v in iv] for k, iv in self.expected.items()},
-                "failed": list(self.verdict.failed), "summary": self.summary}
+                "failed": list(self.verdict.failed), "summary": self.summary,
+                **({} if self.applicable else {"applicable": False,
+                                               "reason": self.not_applicable})}
 
 
 def _json_number(v):
@@ -126,7 +149,8 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
     return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
             "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
             "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
-            "versions": versions(), "checks": [r.to_json() for r in results]}
+            "versions": versions(), **getattr(config, "report_fields", {}),
+            "checks": [r.to_json() for r in results]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +161,7 @@ def format_table(results: Sequence[CheckResult]) -> str:
     """One row per check: id, claim, what was measured, what theory says, PASS/FAIL."""
     rows = [("check", "claim", "measured", "theory", "verdict")]
     for r in results:
-        rows.append((r.id, r.claim, r.measured_text, r.theory_text, "PASS" if r.passed else "FAIL"))
+        rows.append((r.id, r.claim, r.measured_text, r.theory_text, r.verdict_word))
     widths = [max(len(row[c]) for row in rows) for c in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]

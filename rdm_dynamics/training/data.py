@@ -15,6 +15,8 @@ unlabelled data.
   read at either point is skipped and reported by name, and a batch that meets one takes the
   next readable file instead, so an epoch never dies on one bad file.  An empty folder (or one
   with no readable image) is an error.
+* :func:`known_law_data` (``digits-gmm``): fresh images from a Gaussian mixture fitted to the
+  digits, whose law is known exactly (``known_law.py``).
 * :func:`load_array`: ``.npy`` (an array) or ``.npz`` (``images``/``x`` and optional
   ``labels``/``y``), loaded without unpickling (``allow_pickle=False``).  Integer arrays are
   scaled from [0, 255] to [-1, 1]; float arrays are taken to be in [-1, 1] already.
@@ -26,6 +28,8 @@ the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import known_law
+
 __all__ = ["DataError", "ArrayDataset", "ImageFolder", "BatchSchedule", "digits", "moving_digits",
-           "load_array", "load_dataset", "DATASETS", "IMAGE_SUFFIXES"]
+           "load_array", "load_dataset", "known_law_data", "DATASETS", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DATASETS = ("digits", "moving-digits")
+DATASETS = ("digits", "moving-digits", known_law.NAME)
 SPLITS = ("train", "test", "all")
 HELD_OUT_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -346,13 +352,43 @@ def load_array(path: str | Path) -> ArrayDataset:
     return ArrayDataset(x, y, name=name)
 
 
+def known_law_data(law: known_law.LawSpec | None = None,
+                   seed: int = 0) -> known_law.KnownLawData:
+    """``digits-gmm``: fresh images from the Gaussian mixture ``law`` fitted to the training split
+    of the digits at ``law.size`` (``known_law``; default ``LawSpec()``), image j a function of
+    (seed, j)."""
+    law = law or known_law.LawSpec()
+    if law.size < 2:
+        raise DataError(f"digit size must be at least 2, got {law.size}")
+    return known_law.KnownLawData(_fitted_law(law), seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _fitted_law(law: known_law.LawSpec) -> known_law.KnownLaw:
+    """The fit of ``law`` (a pure function of the spec, so kept for the process)."""
+    source = digits("train", size=law.size)
+    try:
+        return known_law.fit_digits_mixture(law, source.images, source.labels)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
 def load_dataset(spec: str, *, split: str = "train", size: int | None = None,
-                 frames: int | None = None, channels: int = 1):
-    """A dataset by name (``digits``, ``moving-digits``) or path (folder, .npy, .npz).
+                 frames: int | None = None, channels: int = 1,
+                 law: known_law.LawSpec | None = None, seed: int = 0):
+    """A dataset by name (``digits``, ``moving-digits``, ``digits-gmm``) or path (folder, .npy,
+    .npz).
 
     ``size`` resizes digits (default 8) and folder images (default 32) and sets the moving-digits
-    canvas (default 16); ``frames`` is the moving-digits video length (default 8).
+    canvas (default 16); ``frames`` is the moving-digits video length (default 8).  ``law``: the
+    ``digits-gmm`` law (its ``size`` replaced by ``size`` when given), whose images are drawn
+    fresh under ``seed``.
     """
+    if spec == known_law.NAME:
+        law = law or known_law.LawSpec()
+        if size is not None:
+            law = dataclasses.replace(law, size=size)
+        return known_law_data(law, seed=seed)
     if spec == "digits":
         return digits(split, size=size or 8)
     if spec == "moving-digits":

@@ -56,11 +56,12 @@ from .data import BatchSchedule, load_dataset
 from .diffusion import DiffusionObjective, get_sampler
 from .distributed import Distributed
 from .images import save_samples
+from .known_law import LAW_PREFIX, KnownLawData, LawModule, LawSpec
 from .sampling import cycle_labels, generate
 from .settings import TrainConfig, check
 
 __all__ = ["train", "setup", "restore", "Run", "TrainingDiverged", "EMA", "learning_rate",
-           "gate_statistics", "build_network"]
+           "gate_statistics", "build_network", "law_spec"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,7 +160,15 @@ class Run:
         return {"train_config": self.cfg.to_json(), "model_config": self.model.config,
                 "labelled": self.dataset.num_classes is not None, "world_size": self.dist.world,
                 "data": {"name": self.dataset.name, "size": len(self.dataset),
+                         "known_law": isinstance(self.dataset, KnownLawData),
                          "skipped": self.dataset.skipped}}
+
+
+def law_spec(cfg: TrainConfig) -> LawSpec:
+    """The digits-gmm law a configuration asks for (used only with ``data = digits-gmm``)."""
+    return LawSpec(size=cfg.image_size or 8, components=cfg.law_components,
+                   covariance=cfg.law_covariance, rank=cfg.law_rank, min_var=cfg.law_min_var,
+                   seed=cfg.law_seed)
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -178,8 +187,9 @@ def setup(cfg: TrainConfig) -> Run:
 
 def _build(cfg: TrainConfig, dist: Distributed) -> Run:
     dataset = load_dataset(cfg.data, size=cfg.image_size, frames=cfg.frames,
-                           channels=cfg.channels)
-    schedule = BatchSchedule(len(dataset), cfg.batch_size, cfg.seed)
+                           channels=cfg.channels, law=law_spec(cfg), seed=cfg.seed)
+    schedule = dataset.schedule(cfg.batch_size, cfg.seed) if hasattr(dataset, "schedule") \
+        else BatchSchedule(len(dataset), cfg.batch_size, cfg.seed)
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world} "
                          "processes")
@@ -297,8 +307,10 @@ def save(run: Run, step: int) -> Path | None:
     if run.dist.main:
         meta = {**run.meta(), "rng": rng_state({"noise": run.noise}),
                 "replica_max_param_diff": diff}
-        path = save_checkpoint(run.out, step, {"model": run.model, "ema": run.ema.module},
-                               run.optimizer, meta, keep=run.cfg.keep)
+        modules = {"model": run.model, "ema": run.ema.module}
+        if isinstance(run.dataset, KnownLawData):  # the checkpoint carries its data law
+            modules[LAW_PREFIX] = LawModule(run.dataset.law)
+        path = save_checkpoint(run.out, step, modules, run.optimizer, meta, keep=run.cfg.keep)
         if run.dist.world > 1:
             _append_log(run.out, {"step": step, "replica_max_param_diff": diff})
     run.dist.barrier()

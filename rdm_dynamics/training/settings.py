@@ -133,8 +133,18 @@ class TrainConfig:
     init_modes: int = setting(3, "smooth init: cosine modes across depth (1: every unit of a "
                               "role starts equal)", minimum=1)
     # data
-    data: str = setting("digits", "digits, moving-digits, a folder of PNG/JPEG images or a "
-                        ".npy/.npz file")
+    data: str = setting("digits", "digits, moving-digits, digits-gmm (a Gaussian mixture fitted "
+                        "to the digits: known law, fresh images every step), a folder of "
+                        "PNG/JPEG images or a .npy/.npz file")
+    law_components: int = setting(1, "digits-gmm: Gaussian components per digit class",
+                                  minimum=1)
+    law_covariance: str = setting("lowrank", "digits-gmm: covariance of each component, full "
+                                  "or lowrank (rank law_rank plus diagonal)")
+    law_rank: int = setting(8, "digits-gmm: rank of the low-rank covariances", minimum=1)
+    law_min_var: float = setting(0.01, "digits-gmm: pixel variance floor added to every "
+                                 "covariance", above=0, finite=True)
+    law_seed: int = setting(0, "digits-gmm: seed of the mixture fit (EM with several "
+                            "components)", minimum=0)
     image_size: int | None = setting(None, "resize to this size (digits 8, moving-digits "
                                      "canvas 16, folders 32)", minimum=1)
     frames: int | None = setting(None, "moving-digits video length (default 8)", minimum=1)

@@ -1,0 +1,180 @@
+"""The trained model under test: what the checks on checkpoints (C8 and up) are run with.
+
+``python -m rdm_dynamics.verify --ckpt RUN`` builds a :class:`CheckpointConfig` (the run folder or
+checkpoint file, seed, device, quick) and runs the checkpoint checks (``registry("checkpoint")``)
+on it.  Each check calls :func:`load_subject`, which rebuilds the checkpoint's model
+(``models.load_model``, EMA weights), its SDE, prediction and training times from the stored
+training configuration, and its data law when the run trained on known-law data (``law.``
+tensors, ``training.known_law``).  A subject is loaded once per (checkpoint, device).
+
+Inputs of the checks: clean images from the run's data (fresh draws of the known law, or the
+run's dataset), labels from the data, diffusion times uniform on [t_min, T] and noise, all drawn
+from ``config.generator(stream)`` so that a check run alone gives the numbers it gives in a full
+run.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..cli import UsageError
+from ..models import ModelLoadError, load_model
+from ..sde import SDE, expand_as_batch, make_sde
+from ..training.checkpoint import CheckpointError, load_checkpoint
+from ..training.data import DataError, load_dataset
+from ..training.diffusion import prediction_to_eps
+from ..training.known_law import LAW_PREFIX, KnownLaw, law_from_tensors
+from ..training.settings import TrainConfig
+
+__all__ = ["CheckpointConfig", "Subject", "load_subject", "checkpoint_config", "Inputs",
+           "draw_inputs"]
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """What every checkpoint check is run with (the verify command line with --ckpt).
+
+    ``depth`` (the number of residual units) and ``gating`` (the model's gate) are filled in
+    from the checkpoint, so the report's header reads as for the synthetic checks."""
+
+    ckpt: str
+    seed: int = 0
+    device: str = "cpu"
+    quick: bool = False
+    depth: int = 0
+    gating: str = ""
+    dtype: torch.dtype = torch.float64  # the references' precision
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.seed * 1_000_003 + stream)
+        return g
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """The model's one depth (the report header's ladder)."""
+        return (self.depth,)
+
+    @property
+    def report_fields(self) -> dict:
+        return {"checkpoint": self.ckpt}
+
+
+@dataclass
+class Subject:
+    """A trained model with what it was trained on."""
+
+    net: nn.Module  # the EMA weights, as trained (float32), eval mode, on the device
+    train_config: TrainConfig
+    sde: SDE
+    law: KnownLaw | None  # the data law, when known
+    step: int
+    path: Path
+    labelled: bool  # trained with class labels
+
+    @property
+    def prediction(self) -> str:
+        return self.train_config.prediction
+
+    @property
+    def t_min(self) -> float:
+        return self.train_config.t_min
+
+    def float64(self) -> nn.Module:
+        """A float64 copy of the network (for references)."""
+        import copy
+
+        return copy.deepcopy(self.net).double().eval()
+
+    def eps(self, net: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
+            y: torch.Tensor | None) -> torch.Tensor:
+        """The network's noise prediction at (x_t, t, y) in x_t's dtype (v read as eps)."""
+        with torch.no_grad():
+            out = net(x_t.to(next(net.parameters()).dtype), t.to(x_t.dtype), y).to(x_t.dtype)
+        a = expand_as_batch(self.sde.mean_coef(t), x_t)
+        s = expand_as_batch(self.sde.marginal_std(t), x_t)
+        return prediction_to_eps(self.prediction, out, x_t, a, s)
+
+
+def checkpoint_config(ckpt: str, *, seed: int = 0, device: str = "cpu",
+                      quick: bool = False) -> CheckpointConfig:
+    """The configuration for ``ckpt`` (a run folder or a checkpoint file), with its model's
+    depth and gate; UsageError (one line) if it cannot be loaded."""
+    config = CheckpointConfig(ckpt=str(ckpt), seed=seed, device=device, quick=quick)
+    subject = load_subject(config)
+    return CheckpointConfig(ckpt=str(subject.path), seed=seed, device=device, quick=quick,
+                            depth=len(subject.net.residual_units()),
+                            gating=subject.net.config.get("gate", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(ckpt: str, device: str) -> Subject:
+    try:
+        c = load_checkpoint(ckpt)
+        cfg = TrainConfig.from_json(c.meta.get("train_config") or {})
+        net = load_model(c, "ema", factory=cfg.model_factory).to(device)
+        sde = make_sde(cfg.sde, **cfg.sde_options)
+        stored = c.state_dict(LAW_PREFIX)
+        law = law_from_tensors(stored) if stored else None
+    except (CheckpointError, ModelLoadError, KeyError, TypeError, ValueError,
+            RuntimeError) as exc:
+        raise UsageError(f"--ckpt {ckpt}: {exc}") from None
+    if not hasattr(net, "residual_units"):
+        raise UsageError(f"--ckpt {ckpt}: the model has no residual units to check")
+    labelled = bool(c.meta.get("labelled", net.config.get("num_classes", 1) > 1))
+    return Subject(net.requires_grad_(False), cfg, sde, law, c.step, c.path, labelled)
+
+
+def load_subject(config: CheckpointConfig) -> Subject:
+    """The checkpoint's model, SDE and data law (module docstring); UsageError if it cannot be
+    loaded."""
+    return _load(config.ckpt, config.device)
+
+
+@dataclass
+class Inputs:
+    """Clean images, labels, diffusion times, noise and the noisy images x_t, float64."""
+
+    x0: torch.Tensor
+    y: torch.Tensor | None
+    t: torch.Tensor
+    noise: torch.Tensor
+    x_t: torch.Tensor
+
+
+def _clean_images(subject: Subject, n: int, generator: torch.Generator):
+    if subject.law is not None:
+        x, k = subject.law.mixture.sample(n, generator, with_components=True)
+        return subject.law.images(x), subject.law.classes[k]
+    cfg = subject.train_config
+    try:
+        data = load_dataset(cfg.data, size=cfg.image_size, frames=cfg.frames,
+                            channels=cfg.channels)
+    except DataError as exc:
+        raise UsageError(f"the run's data cannot be loaded for the checks: {exc}") from None
+    idx = torch.randint(len(data), (n,), generator=generator)
+    x, y = data.batch(idx)
+    return x.double(), y
+
+
+def draw_inputs(subject: Subject, n: int, generator: torch.Generator,
+                t: torch.Tensor | None = None) -> Inputs:
+    """``n`` noisy inputs of the run's data (module docstring); times uniform on [t_min, T]
+    unless given.  Labels are None for a model trained without them."""
+    x0, y = _clean_images(subject, n, generator)
+    if not subject.labelled:
+        y = None
+    if t is None:
+        T = subject.sde.T
+        t = subject.t_min + (T - subject.t_min) * torch.rand(n, generator=generator,
+                                                             dtype=torch.float64)
+    t = t.double().float().double()  # representable in float32: every precision sees one time
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    a = expand_as_batch(subject.sde.mean_coef(t), x0)
+    s = expand_as_batch(subject.sde.marginal_std(t), x0)
+    return Inputs(x0, y, t, noise, a * x0 + s * noise)
