@@ -155,8 +155,10 @@ def test_autograd_is_the_discrete_adjoint_and_a_skipped_vjp_is_not(trained):
     result = C9.run(trained)
     assert result.passed and reapplied(result)
     assert result.metrics["sensitivity_ratio"] > 0
+    assert result.metrics["chain_adjoint_error"] <= 1e-8  # the transformer is a chain of units
     planted = C9.run(trained, skip_vjp=(1,))
     assert not planted.passed and planted.metrics["adjoint_agreement_error"] > 1e-3
+    assert "chain_adjoint_error" in planted.verdict.failed
 
 
 def test_the_unet_is_checked_through_its_units_too(tmp_path):
@@ -165,6 +167,8 @@ def test_the_unet_is_checked_through_its_units_too(tmp_path):
     for module in (C8, C9):
         result = module.run(config)
         assert result.passed, result.summary
+    unet = C9.run(config)
+    assert "chain_adjoint_error" not in unet.metrics  # transitions and skips: no chain
     assert not C9.run(config, skip_vjp=(2,)).passed
 
 

@@ -23,7 +23,8 @@ the units, so it applies to any backbone whose units are :class:`~rdm_dynamics.m
 * :func:`unit_adjoints` (C9): autograd's dloss/da_i (the part that flows through unit i) and
   dloss/dz_i at every unit, and the adjoint step of each unit computed by its own
   vector-Jacobian product, dloss/da_i = dloss/dz_i dU_i/da_i (= p (I + alpha dF/dz) for a gated
-  unit z + alpha F(z)).
+  unit z + alpha F(z)); for a chain of units (each unit's input the previous unit's output) also
+  the adjoint propagated from the last unit to the first by those steps alone.
 
 Attention runs on PyTorch's math kernel here (``torch.nn.attention.sdpa_kernel``): the fused CPU
 kernels have no forward-mode derivative, and the math kernel is the reference computation anyway.
@@ -184,6 +185,10 @@ class UnitAdjoints:
     input_norms: torch.Tensor  # (L, B) |dloss/da_i|
     output_norms: torch.Tensor  # (L, B) |dloss/dz_i|
     step_errors: torch.Tensor  # (L, B) |vjp_i(dloss/dz_i) - dloss/da_i| / |dloss/da_i|
+    #: where every unit's input is the previous unit's output (a chain, e.g. the transformer):
+    #: |p_0 - autograd's dloss/da_1| / |dloss/da_1| per sample, p_0 propagated from autograd's
+    #: p_L by the units' own VJPs alone; None for other topologies (a U-Net)
+    chain_errors: torch.Tensor | None = None
 
 
 def unit_adjoints(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
@@ -203,7 +208,10 @@ def unit_adjoints(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.T
         out.retain_grad()
         records.append((module, z, c.detach(), e.detach(), out))
 
+    raw_inputs = []
+
     def own_input(module, args):  # an alias of a_i that only unit i consumes (see below)
+        raw_inputs.append(args[0])
         return (args[0].view_as(args[0]), *args[1:])
 
     # A state may feed several maps (in a U-Net the last encoder unit's output is both the
@@ -219,17 +227,27 @@ def unit_adjoints(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.T
     finally:
         for h in pre:
             h.remove()
-    in_norms, out_norms, errors = [], [], []
-    for i, (module, z, c, e, out_i) in enumerate(records):
-        g_in, g_out = z.grad, out_i.grad
+    def step(i, cotangent):  # p_in = p_out dU_i/da (the identity for a skipped unit)
         if i in skip_vjp:
-            step = g_out
-        else:
-            with reference_kernels():
-                a = z.detach().requires_grad_(True)
-                (step,) = torch.autograd.grad(module(a, c, e), a, g_out)
+            return cotangent
+        module, z, c, e, _ = records[i]
+        with reference_kernels():
+            a = z.detach().requires_grad_(True)
+            return torch.autograd.grad(module(a, c, e), a, cotangent)[0]
+
+    in_norms, out_norms, errors = [], [], []
+    for i, (_, z, _, _, out_i) in enumerate(records):
+        g_in, g_out = z.grad, out_i.grad
         in_norms.append(per_sample_norm(g_in, B))
         out_norms.append(per_sample_norm(g_out, B))
-        errors.append(per_sample_norm(step - g_in, B) / per_sample_norm(g_in, B))
+        errors.append(per_sample_norm(step(i, g_out) - g_in, B) / per_sample_norm(g_in, B))
+    chain = None
+    if all(raw_inputs[i + 1] is records[i][4] for i in range(len(records) - 1)):
+        p = records[-1][4].grad  # p_L from autograd, then only the units' own steps
+        for i in reversed(range(len(records))):
+            p = step(i, p)
+        g0 = records[0][1].grad
+        chain = per_sample_norm(p - g0, B) / per_sample_norm(g0, B)
     net64.zero_grad(set_to_none=True)
-    return UnitAdjoints(torch.stack(in_norms), torch.stack(out_norms), torch.stack(errors))
+    return UnitAdjoints(torch.stack(in_norms), torch.stack(out_norms), torch.stack(errors),
+                        chain)
