@@ -211,5 +211,4 @@ def _figure(cells):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.set_size_inches(15, 4.2)
-        fig.tight_layout()
     return draw

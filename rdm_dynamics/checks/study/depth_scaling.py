@@ -206,5 +206,4 @@ def _figure(table):
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center",
                         transform=ax.transAxes)
         fig.set_size_inches(4.2 * len(FIGURES), 4.2)
-        fig.tight_layout()
     return draw

@@ -44,7 +44,9 @@ MANAGED = ("out", "progress")
 class MeasureConfig:
     """How each trained run is measured; the ``[measure]`` section of a study file."""
 
-    #: run the trained-model checks (verify --ckpt) with --quick
+    #: run the trained-model checks C8-C10 on every run (verify --ckpt)
+    checks: bool = True
+    #: ... with --quick
     quick: bool = True
     #: samples drawn for the Frechet distance (0: no FD)
     fd_samples: int = 256

@@ -49,13 +49,26 @@ def measurement_path(out: Path, rid: str) -> Path:
     return Path(out) / "measurements" / f"{rid}.json"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
+#: Run in front of every child: a one-line launcher that asks Linux to kill the child when the
+#: thread that started it (hence the study) dies (``PR_SET_PDEATHSIG``), exits if the study is
+#: already gone, then becomes the child by exec.  Done in the child's own single-threaded
+#: interpreter: a ``preexec_fn`` would run between fork and exec of this multi-threaded process,
+#: where Python's locks can deadlock.
+_LAUNCHER = ("import ctypes, os, signal, sys\n"
+             "try:\n"
+             "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
+             "except OSError:\n"
+             "    pass\n"
+             "if os.getppid() != int(sys.argv[1]):\n"
+             "    sys.exit(137)\n"
+             "os.execv(sys.argv[2], sys.argv[2:])\n")
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: children may outlive a killed study
-        pass
+
+def _launched(args: list[str]) -> list[str]:
+    """``args`` behind the launcher: killed with the study (Linux), unchanged elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
 
 
 class StudyRunner:
@@ -82,8 +95,8 @@ class StudyRunner:
         with open(log, "ab") as sink:
             sink.write(f"$ {' '.join(args)}\n".encode())
             sink.flush()
-            proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(_launched(args), stdout=sink, stderr=subprocess.STDOUT,
+                                    env=env)
             with self._lock:
                 self._children.add(proc)
             try:
@@ -163,17 +176,22 @@ class StudyRunner:
             return self._judges[key]
 
     def quality(self, spec: RunSpec) -> dict:
-        """FD of the run's samples against the training split, beside its real floor."""
-        import torch
+        """FD of the run's samples against the training split, beside its real floor (numpy's
+        BLAS held to this process's share of the threads)."""
+        from threadpoolctl import threadpool_limits
 
+        n = self.measure.fd_samples
+        if n == 0:
+            return {}
+        with threadpool_limits(self.threads):
+            return self._quality(spec, n)
+
+    def _quality(self, spec: RunSpec, n: int) -> dict:
         from ...models import load_model
         from ...sde import make_sde
         from ...training.sampling import cycle_labels, generate
         from ...training.settings import TrainConfig
 
-        n = self.measure.fd_samples
-        if n == 0:
-            return {}
         ckpt = load_checkpoint(latest_checkpoint(spec.folder))
         net = load_model(ckpt, "ema")
         trained = TrainConfig.from_json(ckpt.meta["train_config"])
@@ -217,7 +235,8 @@ class StudyRunner:
                 if log.is_file() else []
             losses = [x["loss"] for x in lines if "loss" in x]
             record.update(step=ckpt.step, final_loss=losses[-1] if losses else math.nan,
-                          checks=self.check(spec), quality=self.quality(spec))
+                          checks=self.check(spec) if self.measure.checks else {},
+                          quality=self.quality(spec))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
         self.log(f"{spec.id}: {status}")
