@@ -46,21 +46,45 @@ def build_parser() -> Parser:
                    help="cpu or cuda[:N] for training, checks and samples (default cpu)")
     p.add_argument("--max-steps", default=None,
                    help="cap every run's step budget (a quick trial of a preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training setting for every run, over the study file's (repeatable; "
+                        "e.g. --set compile=false)")
+    p.add_argument("--runs", default=None, metavar="GLOB",
+                   help="only the runs whose id matches this pattern (e.g. '*gate-rdm*'); "
+                        "C11 and C12 are judged on those")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     return p
 
 
 def _plan(args):
-    from .checks.study import load_study, plan
+    from .checks.study import load_study, plan, preset_path
 
+    from .training.settings import SETTINGS, coerce
+
+    if args.file is None:
+        preset_path(args.preset or "cpu")  # an unknown preset name is not read as a file
     study = load_study(args.file or args.preset or "cpu")
     overrides = {"device": str(parse_device(args.device))}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SETTINGS:
+            raise UsageError(f"--set wants KEY=VALUE with KEY a training setting, got {item!r}")
+        overrides[key] = coerce(key, value)
     if args.max_steps is not None:
         cap = parse_int(args.max_steps, "max-steps", 1)
-        overrides["steps"] = min(cap, int(study.train.get("steps", cap)))
+        overrides["steps"] = min(cap, int(overrides.get("steps", study.train.get("steps", cap))))
         overrides["warmup"] = min(int(study.train.get("warmup", 0)), cap)
-    return study, plan(study, args.out, overrides)
+        overrides["ckpt_every"] = min(int(study.train.get("ckpt_every", cap)), cap)
+    runs = plan(study, args.out, overrides)
+    if args.runs is not None:
+        import fnmatch
+
+        runs = [r for r in runs if fnmatch.fnmatchcase(r.id, args.runs)]
+        if not runs:
+            raise UsageError(f"--runs {args.runs!r} matches no run of the study")
+    return study, runs
 
 
 def main(argv=None) -> int:
