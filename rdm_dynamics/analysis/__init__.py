@@ -12,6 +12,8 @@ Above the vocabulary (``sde``, ``laws``, ``stack``, ``paths``, ``stats``) and be
     gaussian_gates  closed-form gates of the exact Gaussian transports         C4
     gate_fitting    gates learned from forward samples                         C4
     two_sample      the energy distance with its standard error                C4
+    iid_limit       i.i.d.-weight stacks and their limit SDE: kappa by
+                    quadrature, coupled weight draws, the torchsde reference   C7
 
 Nothing here imports a check, the training world or a command.
 """
