@@ -1,6 +1,7 @@
 """Every notebook in notebooks/ executes top to bottom, with its small settings.
 
-Notebooks read ``RDM_NOTEBOOK_QUICK=1`` (set here) and then use small depths and samples.
+Notebooks read ``RDM_NOTEBOOK_QUICK=1`` (set here) and then use small depths and samples, and
+``RDM_NOTEBOOK_DIR`` (the notebooks folder, for the data stored beside them).
 """
 
 from pathlib import Path
@@ -20,6 +21,7 @@ def test_there_are_notebooks():
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("RDM_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("RDM_NOTEBOOK_DIR", str(path.parent))  # where stored data lie
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

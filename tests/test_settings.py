@@ -75,7 +75,7 @@ def test_the_defaults_meet_the_declared_constraints():
 def bad_values(s):
     """Values of ``s``'s type that break each of its declared constraints."""
     if s.choices is not None:
-        yield max(s.choices) + 1
+        yield "-".join(map(str, s.choices)) if s.kind is str else max(s.choices) + 1
     for bound, step in ((s.minimum, -1), (s.maximum, 1)):
         if bound is not None:
             yield s.kind(bound + step)

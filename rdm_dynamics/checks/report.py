@@ -29,7 +29,7 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "overall_status", "wrap_summary", "WIDTH", "Series",
+__all__ = ["CheckResult", "build_report", "versions", "overall_status", "wrap_summary", "WIDTH", "Series",
            "order_figure", "format_table", "save_figure", "render_figure", "RenderedFigure",
            "figure_bytes", "order_axes", "depth_axes", "error_trend", "depth_trend_words",
            "legend_outside", "MARKERS"]
@@ -158,9 +158,8 @@ def overall_status(results: Sequence[CheckResult]) -> str:
     return "error" if "error" in statuses else "fail" if "fail" in statuses else "pass"
 
 
-def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
-    """The JSON report of a verify run (DESIGN.md section 4): the run's settings, the overall
-    verdict, the wall time, the library versions, and every check's ``to_json``."""
+def versions() -> dict[str, str]:
+    """The versions of the toolkit and of the libraries its results depend on."""
     import numpy
     import torch
     import torchdiffeq
@@ -168,15 +167,19 @@ def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict
 
     from .. import __version__
 
+    return {"rdm_dynamics": __version__, "torch": torch.__version__,
+            "torchdiffeq": torchdiffeq.__version__, "torchsde": torchsde.__version__,
+            "numpy": numpy.__version__, "python": sys.version.split()[0]}
+
+
+def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
+    """The JSON report of a verify run (DESIGN.md section 4): the run's settings, the overall
+    verdict, the wall time, the library versions, and every check's ``to_json``."""
     return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
             "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
             "passed": all(r.passed for r in results), "status": overall_status(results),
             "seconds": round(seconds, 3),
-            "versions": {"rdm_dynamics": __version__, "torch": torch.__version__,
-                         "torchdiffeq": torchdiffeq.__version__,
-                         "torchsde": torchsde.__version__, "numpy": numpy.__version__,
-                         "python": sys.version.split()[0]},
-            **getattr(config, "report_fields", {}),
+            "versions": versions(), **getattr(config, "report_fields", {}),
             "checks": [r.to_json() for r in results]}
 
 

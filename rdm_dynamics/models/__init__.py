@@ -9,6 +9,9 @@
     load_model(ckpt, "ema")       # rebuilt from a checkpoint, with its weights
 
 Gates (``GATE_KINDS``): plain, post-ln, rezero, adaln-zero, rdm (see :mod:`.gates`).
+Initialisations (``INITS``): the backbone's own i.i.d. one, or ``initialize(model, "smooth", seed)``,
+which makes unit i's weights one smooth function of tau_i = i / L at every depth
+(:mod:`.depth_init`).
 
 Models from checkpoints.  A checkpoint stores the model's ``config`` (the keyword arguments that
 rebuild it) and its weights under prefixes (``model``, ``ema``).  The builder is
@@ -29,16 +32,28 @@ import inspect
 from torch import nn
 
 from .backbone import GatedBackbone
+from .depth_init import INITS, initialize, smooth_in_depth_
 from .dit import DIT_CONFIGS, RDMDiT
 from .gates import GATE_KINDS, ResidualUnit
 from .unet import UNET_CONFIGS, RDMUNet
 
 __all__ = ["build_model", "model_builder", "load_model", "ModelLoadError", "MODEL_CONFIGS",
-           "GATE_KINDS", "BACKBONES", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
+           "GATE_KINDS", "BACKBONES", "INITS", "initialize", "smooth_in_depth_", "depth_option", "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
 
 BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet}
 
 MODEL_CONFIGS: dict[str, dict] = {**DIT_CONFIGS, **UNET_CONFIGS}
+
+#: The architecture option that sets each backbone's depth: the transformer's blocks, the
+#: U-Net's blocks per level (the number of residual units grows in proportion to it).
+DEPTH_OPTIONS = {"dit": "depth", "unet": "blocks_per_level"}
+
+
+def depth_option(name: str) -> str:
+    """The option of named configuration ``name`` that sets its depth (``DEPTH_OPTIONS``)."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_CONFIGS)})")
+    return DEPTH_OPTIONS[MODEL_CONFIGS[name]["backbone"]]
 
 
 def _plain(value):

@@ -49,7 +49,7 @@ from torch import nn
 
 from ..cli import UsageError
 from ..files import atomic_write_bytes, remove_stale_temporaries
-from ..models import model_builder
+from ..models import initialize, model_builder
 from ..sde import SDE, make_sde
 from .checkpoint import (
     CHECKPOINT_FILE,
@@ -120,7 +120,8 @@ def gate_statistics(model: nn.Module) -> dict[str, list[float]]:
 
 
 def build_network(cfg: TrainConfig, dataset) -> nn.Module:
-    """The model for this data, built under the run's seed (same weights on every rank).
+    """The model for this data, built under the run's seed (same weights on every rank), then
+    initialised as ``cfg.init`` says (i.i.d. as built, or smooth in depth).
 
     Label dropout is done by the objective, so the model is built with class_dropout_prob 0.
     """
@@ -131,10 +132,11 @@ def build_network(cfg: TrainConfig, dataset) -> nn.Module:
         raise ValueError(f"the data are {shape[-2]}x{shape[-1]}: square images only")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return model_builder(cfg.model_factory)(
+        net = model_builder(cfg.model_factory)(
             cfg.model, gate=cfg.gate, input_size=size, in_channels=channels,
             num_classes=dataset.num_classes or 1, frames=frames, class_dropout_prob=0.0,
             **cfg.model_options)
+    return initialize(net, cfg.init, cfg.seed, cfg.init_modes)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from pathlib import Path
 
 from ..cli import MAX_SEED, Parser, UsageError
 from ..models import MODEL_CONFIGS
-from .checkpoint import CheckpointError, find_checkpoints, load_checkpoint
+from ..models.depth_init import INITS
+from .checkpoint import CheckpointError, find_checkpoints, latest_checkpoint, load_checkpoint
 
 __all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce",
            "load_config_file", "add_arguments", "build_parser", "resolve_config",
@@ -134,6 +135,11 @@ class TrainConfig:
                                         "for your own model (imported only when given here on "
                                         "the command line or in the Python API, never from a "
                                         "config file or a checkpoint; default: none)")
+    init: str = setting("iid", "initial weights: iid (each unit drawn independently) or smooth "
+                        "(one smooth function of the unit's depth tau = i/L, the same at every "
+                        "depth; rdm_dynamics.models.depth_init)", choices=INITS)
+    init_modes: int = setting(3, "smooth init: cosine modes across depth (1: every unit of a "
+                              "role starts equal)", minimum=1)
     # data
     data: str = setting("digits", "digits, moving-digits, digits-gmm (a Gaussian mixture fitted "
                         "to the digits: known law, fresh images every step), a folder of "
@@ -295,19 +301,19 @@ FLAG_ONLY = {"model_factory": "a model factory is code to import, so it is taken
                               "command line (--model-factory) or the Python API"}
 
 
-def load_config_file(path: str | Path) -> dict:
-    """A flat mapping of TrainConfig keys ('-' or '_') from a .yaml/.yml or .toml file, each
-    value read as its setting's type."""
+def read_mapping_file(path: str | Path, what: str = "config file") -> dict:
+    """The mapping in a .yaml/.yml or .toml file, as parsed (nothing else is read or run);
+    UsageError (one line) if the file is missing, unreadable, not UTF-8 or holds no mapping."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} does not exist")
+        raise UsageError(f"{what} {str(path)!r} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start})") \
+        raise UsageError(f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start})") \
             from None
     except OSError as exc:
-        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -318,22 +324,34 @@ def load_config_file(path: str | Path) -> dict:
 
             loaded = tomllib.loads(text)
         else:
-            raise UsageError(f"config file {str(path)!r} must end in .yaml, .yml or .toml")
+            raise UsageError(f"{what} {str(path)!r} must end in .yaml, .yml or .toml")
     except UsageError:
         raise
     except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot parse config file {str(path)!r}: {first}") from None
+        raise UsageError(f"cannot parse {what} {str(path)!r}: {first}") from None
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
-        raise UsageError(f"config file {str(path)!r} must hold a mapping of settings")
+        raise UsageError(f"{what} {str(path)!r} must hold a mapping of settings")
+    return loaded
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A flat mapping of TrainConfig keys ('-' or '_') from a .yaml/.yml or .toml file, each
+    value read as its setting's type."""
+    return settings_from_mapping(read_mapping_file(path), f"{str(Path(path))!r}")
+
+
+def settings_from_mapping(loaded: dict, where: str) -> dict:
+    """A mapping of TrainConfig keys ('-' or '_') read as their settings' types; UsageError for
+    an unknown key or a value of the wrong type."""
     out = {}
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
         if name not in SETTINGS:
-            raise UsageError(f"unknown setting {key!r} in {str(path)!r}")
+            raise UsageError(f"unknown setting {key!r} in {where}")
         if name in FLAG_ONLY:
-            raise UsageError(f"{key} in {str(path)!r}: {FLAG_ONLY[name]}")
+            raise UsageError(f"{key} in {where}: {FLAG_ONLY[name]}")
         out[name] = coerce(name, value)
     return out
 

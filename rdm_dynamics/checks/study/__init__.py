@@ -1,0 +1,100 @@
+"""The depth study behind claims C11 and C12: train a grid of gates x depths x seeds (x
+initialisations, x learning rates) with one recipe, measure every trained run, and judge.
+
+    study = load_study("smoke")                       # a preset, or a study file
+    runs = plan(study, "rdm-study")                   # every run of the grid
+    records = StudyRunner("rdm-study", study.measure, jobs=2).run(runs)
+    report = judge_study(study, records, "rdm-study")  # C11 and C12, the report contract
+
+Parts: :mod:`.plan` (study files and the grid), :mod:`.runner` (training, checking and scoring
+each run, resumable), :mod:`.aggregate` (cells and slopes over seeds), :mod:`.depth_consistency`
+(C11) and :mod:`.depth_scaling` (C12).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from ...files import atomic_write_bytes, atomic_write_json
+from ..report import CheckResult, save_figure, versions
+from . import depth_consistency, depth_scaling
+from .plan import PRESETS, Study, load_study, plan, preset_path
+from .runner import StudyRunner
+
+__all__ = ["PRESETS", "Study", "load_study", "plan", "preset_path", "StudyRunner",
+           "judge_study", "run_table", "study_report", "write_outputs", "CLAIMS"]
+
+#: The study's claims, in report order.
+CLAIMS = (depth_consistency, depth_scaling)
+
+
+def judge_study(records: list[dict], out: str | Path) -> list[CheckResult]:
+    """C11 and C12 on a study's run records (run folders under ``out/runs``)."""
+    import time
+
+    results = []
+    for module in CLAIMS:
+        began = time.perf_counter()
+        result = (module.evaluate(records, Path(out) / "runs") if module is depth_consistency
+                  else module.evaluate(records))
+        result.seconds = time.perf_counter() - began
+        results.append(result)
+    return results
+
+
+def _flat(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, (int, float, str, bool)) or value is None:
+        out[prefix] = value
+
+
+def run_table(records: list[dict]) -> bytes:
+    """A CSV of every run: its axes, training outcome, scores and every numeric check metric."""
+    rows = []
+    for r in records:
+        row: dict = {"id": r["id"], **{f"axis.{k}": v for k, v in r["axes"].items()},
+                     "train_status": r.get("train_status"), "step": r.get("step"),
+                     "final_loss": r.get("final_loss")}
+        _flat("quality", r.get("quality") or {}, row)
+        for cid, c in (r.get("checks") or {}).items():
+            if isinstance(c, dict):
+                row[f"{cid}.passed"] = c.get("passed")
+                _flat(cid, c.get("metrics") or {}, row)
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v)
+                         for k, v in row.items()})
+    return buf.getvalue().encode()
+
+
+def study_report(study: Study, results: list[CheckResult], records: list[dict], *,
+                 device: str, seconds: float) -> dict:
+    """The study's JSON report: verify's contract (DESIGN.md section 4) with the study's
+    settings in place of the depth and gating."""
+    return {"study": study.name, "source": study.source, "device": device,
+            "runs": len(records),
+            "diverged": sum(r.get("train_status") == "diverged" for r in records),
+            "failed_runs": [r["id"] for r in records if r.get("train_status") == "failed"],
+            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
+            "versions": versions(), "checks": [r.to_json() for r in results]}
+
+
+def write_outputs(out: Path, report: dict, results: list[CheckResult], records: list[dict],
+                  figures: bool = True) -> None:
+    """report.json, runs.csv and one figure per claim, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    if figures:
+        for r in results:
+            if r.figure is not None:
+                save_figure(r.figure, out / f"{r.id}.png")
+    atomic_write_bytes(out / "runs.csv", run_table(records))
+    atomic_write_json(out / "report.json", report)

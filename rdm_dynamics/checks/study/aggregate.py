@@ -1,0 +1,79 @@
+"""Grouping a study's runs into cells and fitting figures against depth, seeds as replicates.
+
+A *cell* is every axis of a run except ``depth`` and ``seed`` (gate, init, data, learning rate,
+...): the runs of one cell and one seed form a depth ladder, and the seeds are independent
+replicates of it.  A figure's trend in depth is the least-squares slope of log(figure) against
+log(depth) on each seed's ladder (``stats.fit_line``); its estimate is the mean over seeds with
+the standard error std / sqrt(n_seeds) (``stats.mean_se``).  With a single seed the standard
+error is the fit's own (from its residuals, which needs three depths); with neither it is NaN,
+and no rule with a margin can pass on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ...stats import fit_line, mean_se
+
+__all__ = ["cell_of", "cell_label", "by_cell", "log_slope_over_seeds", "mean_by_depth"]
+
+Record = dict
+
+
+def cell_of(record: Record) -> tuple:
+    """The cell of a run: its axes other than depth and seed, as sorted (name, value) pairs."""
+    return tuple(sorted((k, v) for k, v in record["axes"].items() if k not in ("depth", "seed")))
+
+
+def cell_label(cell: tuple) -> str:
+    """A short name of a cell for metric keys and legends: its values, comma separated."""
+    return ",".join(str(v) for _, v in cell) or "all"
+
+
+def by_cell(records: Iterable[Record]) -> dict[tuple, dict[int, dict[int, Record]]]:
+    """cell -> seed -> depth -> record."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        out[cell_of(r)][int(r["axes"].get("seed", 0))][int(r["depth"])] = r
+    return {c: {s: dict(d) for s, d in seeds.items()} for c, seeds in out.items()}
+
+
+def log_slope_over_seeds(ladders: Sequence[Sequence[tuple[float, float]]], *,
+                         missing: str = "nan") -> tuple[float, float, list[float]]:
+    """Slope of log(value) against log(depth): mean over the seeds' ladders, standard error,
+    and the per-seed slopes.  ``ladders``: one list of (depth, value) per seed."""
+    slopes, fit_se = [], math.nan
+    for ladder in ladders:
+        if len(ladder) < 2:
+            continue
+        depths, values = zip(*sorted(ladder))
+        line = fit_line(depths, values, log_x=True, missing=missing)
+        slopes.append(line.slope)
+        fit_se = line.stderr if len(depths) > 2 else math.nan
+    if not slopes:
+        return math.nan, math.nan, []
+    if len(slopes) == 1:
+        return slopes[0], fit_se, slopes
+    mean, se = mean_se(np.asarray(slopes))
+    return mean, se, slopes
+
+
+def mean_by_depth(seeds: dict[int, dict[int, Record]],
+                  value: Callable[[Record], float]) -> dict[int, tuple[float, float]]:
+    """depth -> (mean over seeds, standard error) of ``value(record)``, finite values only."""
+    depths = sorted({d for ladder in seeds.values() for d in ladder})
+    out = {}
+    for d in depths:
+        vals = np.array([value(ladder[d]) for ladder in seeds.values() if d in ladder], float)
+        vals = vals[np.isfinite(vals)]
+        if len(vals) == 0:
+            out[d] = (math.nan, math.nan)
+        elif len(vals) == 1:
+            out[d] = (float(vals[0]), math.nan)
+        else:
+            out[d] = mean_se(vals)
+    return out

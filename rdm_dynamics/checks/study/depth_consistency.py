@@ -1,0 +1,214 @@
+"""C11 `depth-consistency`: trained gated stacks stay discretised flows in depth.
+
+Statement (DESIGN.md section 3b).  Backbones of one recipe trained at depths N, 2N, 4N from a
+depth-smooth initialisation (``models.depth_init``: unit i's initial weights one smooth function
+of tau_i = i / L, the same function at every depth) stay smooth in depth, and the trained
+weights of depth 2N at tau match those of depth N; with i.i.d. initialisation they do not (the
+control).  The sum of the rdm gates stays of order one.
+
+Measured on the trained weights (``model``, not the EMA) of every finished run.  theta_i is the
+flattened branch of unit i (gates excluded: they are the step sizes, which scale with 1/L);
+units are compared within their role (``depth_init.unit_groups``: same position in the
+architecture, tau_j = j / n within a group of n units), only in groups whose size doubles from
+N to 2N.
+
+* distance d(N) = max_j |theta^(2N)_(2j) - theta^(N)_j| / |theta^(N)_j|  (the 2N model at
+  tau = j / N against the N model there, relative to the unit's own norm);
+* its order: minus the slope of log d against log N on each seed's ladder, mean over seeds with
+  its standard error (``aggregate``);
+* smoothness s(L) = max_j |theta_(j+1) - theta_j| / |theta_j| of each run;
+* the sum of the rdm gates, sum_i mean_c |alpha_i|, of each rdm run (1 at initialisation, where
+  alpha_i = 1/L).
+
+Pass rules.  For every cell with rdm gates and smooth initialisation: the distance order > 0
+beyond 2 standard errors (it falls as N grows).  For every cell with i.i.d. initialisation (the
+control): the distance order consistent with <= 1/2 within 2 standard errors (it does not fall
+at the rate of a converging discretisation).  Every rdm run: the gate sum in [1/5, 5].  A study
+with no rdm-smooth cell, no i.i.d. cell or no depth pair N, 2N cannot state the claim: the rule
+on the number of such cells fails, and the summary says what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..report import CheckResult
+from ..rules import Rule, judge
+from .aggregate import by_cell, cell_label, log_slope_over_seeds, mean_by_depth
+
+CLAIM = "C11"
+ID = "depth-consistency"
+TITLE = "trained N and 2N models agree at equal tau when initialised smoothly in depth"
+
+SE_BAND = 2.0
+CONTROL_ORDER_MAX = 0.5
+GATE_SUM_RANGE = (0.2, 5.0)
+
+
+def unit_weights(folder: str | Path):
+    """(role -> list of flattened float64 branch weights in forward order, gate kind, gate sum)
+    of the newest checkpoint in ``folder``."""
+    from ...models import load_model
+    from ...models.depth_init import unit_groups
+    from ...training.checkpoint import latest_checkpoint, load_checkpoint
+
+    net = load_model(load_checkpoint(latest_checkpoint(folder)), "model")
+    groups = {key: [torch.cat([p.detach().double().flatten() for p in u.branch.parameters()])
+                    for u in units] for key, units in unit_groups(net).items()}
+    gate_sum = math.nan
+    if net.config.get("gate") == "rdm":
+        values = net.gate_values()
+        gate_sum = float(sum(v.abs().mean() for k, v in values.items() if k.endswith(".alpha")))
+    return groups, net.config.get("gate"), gate_sum
+
+
+def pair_distance(small: dict, large: dict) -> float:
+    """d(N): max over doubled groups of |theta^(2N)_(2j) - theta^(N)_j| / |theta^(N)_j|."""
+    worst = math.nan
+    for key, units in small.items():
+        big = large.get(key)
+        if big is None or len(big) != 2 * len(units):
+            continue
+        for j, theta in enumerate(units):
+            d = float((big[2 * j] - theta).norm() / theta.norm().clamp_min(1e-300))
+            worst = d if math.isnan(worst) else max(worst, d)
+    return worst
+
+
+def smoothness(groups: dict) -> float:
+    """s(L): max over groups and neighbours of |theta_(j+1) - theta_j| / |theta_j|."""
+    values = [float((b - a).norm() / a.norm().clamp_min(1e-300))
+              for units in groups.values() for a, b in zip(units, units[1:])]
+    return max(values) if values else math.nan
+
+
+def measure(records: list[dict], runs_folder: Path) -> dict:
+    """Per cell: the distances d(N) per seed, smoothness and gate sums per run."""
+    finished = [r for r in records if r.get("train_status") == "done"]
+    weights = {r["id"]: unit_weights(runs_folder / r["id"]) for r in finished}
+    smooth = {rid: smoothness(w[0]) for rid, w in weights.items()}
+    cells = {}
+    for cell, seeds in by_cell(finished).items():
+        ladders, distances = [], {}
+        for seed, ladder in seeds.items():
+            pairs = []
+            for n in sorted(ladder):
+                if 2 * n in ladder:
+                    d = pair_distance(weights[ladder[n]["id"]][0], weights[ladder[2 * n]["id"]][0])
+                    if math.isfinite(d):
+                        pairs.append((n, d))
+                        distances.setdefault(n, []).append(d)
+            ladders.append(pairs)
+        order_slope, order_se, per_seed = log_slope_over_seeds(ladders)
+        cells[cell] = {"order": -order_slope, "order_se": order_se, "per_seed": per_seed,
+                       "pairs": sum(len(p) for p in ladders), "distances": distances,
+                       "smoothness": mean_by_depth(seeds, lambda r: smooth[r["id"]]),
+                       "gate_sum": mean_by_depth(seeds, lambda r: weights[r["id"]][2]),
+                       "gate_sums": [weights[r["id"]][2] for ladder in seeds.values()
+                                     for r in ladder.values()]}
+    return cells
+
+
+def evaluate(records: list[dict], runs_folder: Path) -> CheckResult:
+    """C11's metrics, rules and summary from a study's run records."""
+    cells = measure(records, runs_folder)
+    metrics: dict[str, float] = {}
+    rules: list[Rule] = []
+    hypothesis, control = [], []
+    for cell, c in cells.items():
+        axes = dict(cell)
+        label = cell_label(cell)
+        key = f"distance_order[{label}]"
+        metrics[key], metrics[f"{key}_se"] = c["order"], c["order_se"]
+        metrics[f"depth_pairs[{label}]"] = c["pairs"]
+        for n, ds in sorted(c["distances"].items()):
+            metrics[f"distance[{label},N={n}]"] = float(np.mean(ds))
+            metrics[f"distance[{label},N={n}]_se"] = (float(np.std(ds, ddof=1) / math.sqrt(len(ds)))
+                                                      if len(ds) > 1 else math.nan)
+        smooth = c["smoothness"]
+        if smooth:
+            deepest = max(smooth)
+            metrics[f"smoothness_at_depth_{deepest}[{label}]"] = smooth[deepest][0]
+        if axes.get("gate", "rdm") == "rdm" and axes.get("init", "iid") == "smooth":
+            hypothesis.append(label)
+            rules.append(Rule(key, (0.0, None), margin=SE_BAND))
+        if axes.get("init", "iid") == "iid":
+            control.append(label)
+            rules.append(Rule(key, (None, CONTROL_ORDER_MAX), margin=-SE_BAND))
+        sums = [s for s in c["gate_sums"] if math.isfinite(s)]
+        if axes.get("gate") == "rdm" and sums:
+            metrics[f"gate_sum_min[{label}]"] = min(sums)
+            metrics[f"gate_sum_max[{label}]"] = max(sums)
+            rules.append(Rule(f"gate_sum_min[{label}]", (GATE_SUM_RANGE[0], None)))
+            rules.append(Rule(f"gate_sum_max[{label}]", (None, GATE_SUM_RANGE[1])))
+    metrics["hypothesis_cells"], metrics["control_cells"] = len(hypothesis), len(control)
+    rules = [Rule("hypothesis_cells", (1, None)), Rule("control_cells", (1, None)), *rules]
+    verdict = judge(metrics, rules)
+    summary = _summary(cells, hypothesis, control, verdict)
+    return CheckResult(id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
+                       figure=_figure(cells),
+                       measured_text=_measured(cells, hypothesis, control),
+                       theory_text="smooth: d(N) falls; iid: does not")
+
+
+def _order_text(c: dict) -> str:
+    return f"{c['order']:.2f} +/- {c['order_se']:.2f}" if math.isfinite(c["order"]) else "n/a"
+
+
+def _measured(cells, hypothesis, control) -> str:
+    by_label = {cell_label(k): v for k, v in cells.items()}
+    parts = [f"{lab}: order {_order_text(by_label[lab])}" for lab in hypothesis + control]
+    return "; ".join(parts) or "no rdm-smooth or iid cell"
+
+
+def _summary(cells, hypothesis, control, verdict) -> str:
+    by_label = {cell_label(k): v for k, v in cells.items()}
+    if not hypothesis or not control:
+        missing = " and ".join(w for w, cs in (("an rdm cell with smooth initialisation",
+                                                hypothesis), ("an iid control cell", control))
+                               if not cs)
+        return (f"C11 cannot be stated on this study: it has no {missing}; it needs depths N, "
+                f"2N (and 4N for an order) under both initialisations.")
+    words = []
+    for lab in hypothesis:
+        words.append(f"with rdm gates and smooth initialisation ({lab}) the N-vs-2N weight "
+                     f"distance falls at order {_order_text(by_label[lab])}")
+    for lab in control:
+        words.append(f"with i.i.d. initialisation ({lab}) at order {_order_text(by_label[lab])}")
+    outcome = "the claim holds" if verdict.passed else \
+        f"the claim fails on {', '.join(verdict.failed)}"
+    return "; ".join(words) + f": {outcome}."
+
+
+def _figure(cells):
+    def draw(fig):
+        ax1, ax2, ax3 = fig.subplots(1, 3)
+        for cell, c in cells.items():
+            label = cell_label(cell)
+            ns = sorted(c["distances"])
+            if ns:
+                means = [np.mean(c["distances"][n]) for n in ns]
+                ses = [np.std(c["distances"][n], ddof=1) / math.sqrt(len(c["distances"][n]))
+                       if len(c["distances"][n]) > 1 else 0.0 for n in ns]
+                ax1.errorbar(ns, means, yerr=ses, marker="o", capsize=3, label=label)
+            for ax, series in ((ax2, c["smoothness"]), (ax3, c["gate_sum"])):
+                depths = [d for d in sorted(series) if math.isfinite(series[d][0])]
+                if depths:
+                    ax.errorbar(depths, [series[d][0] for d in depths],
+                                yerr=[np.nan_to_num(series[d][1]) for d in depths],
+                                marker="o", capsize=3, label=label)
+        ax1.set(xscale="log", yscale="log", xlabel="N", title="max_j |theta(2N)_2j - theta(N)_j|"
+                " / |theta(N)_j|")
+        ax2.set(xscale="log", yscale="log", xlabel="depth",
+                title="smoothness max_j |theta_j+1 - theta_j| / |theta_j|")
+        ax3.set(xscale="log", xlabel="depth", title="sum of rdm gates (1 at init)")
+        ax3.axhline(1.0, color="grey", lw=0.8, ls=":")
+        for ax in (ax1, ax2, ax3):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.set_size_inches(15, 4.2)
+    return draw

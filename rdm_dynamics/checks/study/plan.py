@@ -1,0 +1,197 @@
+"""A depth study's plan: the grid of training runs a study file describes.
+
+A study file (TOML or YAML, like the ``--config`` file of ``train``) has three parts:
+
+    [train]        a flat mapping of training settings (TrainConfig names): the one recipe
+    [[grid]]       one or more blocks; each maps axis names to lists of values, and the block's
+                   runs are the product of its axes.  An axis is any training setting (gate,
+                   seed, init, lr, data, ...) or ``depth``, the backbone's depth option
+                   (``models.depth_option``: DiT blocks, U-Net blocks per level).
+    [measure]      how each trained run is measured (``MeasureConfig``)
+
+Runs of several blocks that coincide are one run.  Each run is an ordinary training run folder,
+``<out>/runs/<id>``, ``id`` naming the run's axis values (``data-digits-gmm_depth-4_gate-rdm``).
+The presets ``smoke``, ``cpu``, ``gpu`` and ``gpu-large`` are such files, shipped in
+``rdm_dynamics/presets/study-<name>.toml``; a user copies one and edits it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...cli import UsageError
+from ...models import depth_option
+from ...training.settings import (SETTINGS, TrainConfig, check, coerce, read_mapping_file,
+                                  settings_from_mapping)
+
+__all__ = ["PRESETS", "PRESET_DIR", "MeasureConfig", "Study", "RunSpec", "load_study",
+           "preset_path", "plan"]
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
+PRESETS = ("smoke", "cpu", "gpu", "gpu-large")
+
+#: Training settings a study sets itself for every run (the run folder, quiet progress).
+MANAGED = ("out", "progress")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How each trained run is measured; the ``[measure]`` section of a study file."""
+
+    #: run the trained-model checks C8-C10 on every run (verify --ckpt)
+    checks: bool = True
+    #: ... with --quick
+    quick: bool = True
+    #: samples drawn for the Frechet distance (0: no FD)
+    fd_samples: int = 256
+    #: sampler steps for those samples
+    sample_steps: int = 50
+    #: classifier-free guidance of those samples
+    guidance: float = 1.0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"bool": bool, "int": int, "float": (int, float)}[f.type]
+            if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, kind):
+                raise UsageError(f"measure.{f.name} must be a {f.type}, got {value!r}")
+        if self.fd_samples < 0 or self.sample_steps < 1 or self.guidance < 0:
+            raise UsageError("measure: fd_samples must be >= 0, sample_steps >= 1 and "
+                             "guidance >= 0")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid: its id, its axis values and the training configuration."""
+
+    id: str
+    axes: dict
+    config: TrainConfig
+
+    @property
+    def depth(self) -> int:
+        return int(self.axes["depth"])
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.out)
+
+    def digest(self) -> str:
+        """A hash of the run's full configuration: a finished run is reused only if it fits."""
+        text = json.dumps(self.config.to_json(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study file."""
+
+    name: str
+    train: dict
+    grids: list[dict]
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    source: str = ""
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return PRESET_DIR / f"study-{name}.toml"
+
+
+def _axis_values(block: int, axis: str, values) -> list:
+    if not isinstance(values, list) or not values:
+        raise UsageError(f"grid block {block}: axis {axis!r} must be a non-empty list")
+    if axis == "depth":
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise UsageError(f"grid block {block}: depth must list positive integers, "
+                             f"got {values!r}")
+        if len(set(values)) != len(values):
+            raise UsageError(f"grid block {block}: depth lists a value twice")
+        return list(values)
+    if axis not in SETTINGS or axis in MANAGED:
+        raise UsageError(f"grid block {block}: {axis!r} is not a training setting a study can "
+                         f"vary")
+    try:
+        return [coerce(axis, v) for v in values]
+    except (UsageError, ValueError, TypeError) as exc:
+        raise UsageError(f"grid block {block}: {exc}") from None
+
+
+def load_study(source: str) -> Study:
+    """Read a study file, or a preset by name; UsageError (one line) for anything malformed."""
+    path = preset_path(source) if source in PRESETS else Path(source)
+    raw = read_mapping_file(path, "study file")
+    unknown = sorted(set(raw) - {"train", "grid", "measure"})
+    if unknown:
+        raise UsageError(f"{path}: unknown section(s) {', '.join(unknown)} (a study file has "
+                         f"[train], [[grid]] and [measure])")
+    train = raw.get("train", {})
+    grids = raw.get("grid")
+    if not isinstance(train, dict):
+        raise UsageError(f"{path}: [train] must be a mapping of training settings")
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
+        raise UsageError(f"{path}: the study needs at least one [[grid]] block of axes")
+    train = settings_from_mapping(train, f"[train] of {str(path)!r}")
+    if set(train) & set(MANAGED):
+        raise UsageError(f"{path}: [train] cannot set {', '.join(sorted(set(train) & set(MANAGED)))}"
+                         f" (the study sets them for every run)")
+    parsed = []
+    for i, block in enumerate(grids, 1):
+        if "depth" not in block:
+            raise UsageError(f"{path}: grid block {i} has no depth axis")
+        parsed.append({axis: _axis_values(i, axis, v) for axis, v in block.items()})
+    measure = raw.get("measure", {})
+    if not isinstance(measure, dict):
+        raise UsageError(f"{path}: [measure] must be a mapping")
+    names = {f.name for f in dataclasses.fields(MeasureConfig)}
+    if set(measure) - names:
+        raise UsageError(f"{path}: unknown [measure] setting(s) "
+                         f"{', '.join(sorted(set(measure) - names))} (known: "
+                         f"{', '.join(sorted(names))})")
+    name = source if source in PRESETS else path.stem
+    return Study(name=name, train=dict(train), grids=parsed, measure=MeasureConfig(**measure),
+                 source=str(path))
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(value)).strip("_")
+
+
+def run_id(axes: dict) -> str:
+    return "_".join(f"{k}-{_slug(v)}" for k, v in sorted(axes.items()))
+
+
+def plan(study: Study, out: str | Path, overrides: dict | None = None) -> list[RunSpec]:
+    """Every run of the study, in grid order, without repeats; ``overrides`` (settings such as
+    device) apply to every run.  UsageError for a grid that makes an invalid configuration."""
+    runs: dict[str, RunSpec] = {}
+    axis_names = sorted({a for block in study.grids for a in block})
+    for block in study.grids:
+        keys = list(block)
+        for values in itertools.product(*(block[k] for k in keys)):
+            axes = dict(zip(keys, values))
+            settings = {**study.train, **(overrides or {})}
+            settings.update({k: v for k, v in axes.items() if k != "depth"})
+            model = settings.get("model", TrainConfig().model)
+            try:
+                option = depth_option(model)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            settings["model_options"] = {**settings.get("model_options", {}),
+                                         option: axes["depth"]}
+            rid = run_id({k: axes.get(k, "") for k in axis_names if k in axes})
+            try:
+                cfg = TrainConfig(**{k: coerce(k, v) for k, v in settings.items()},
+                                  out=str(Path(out) / "runs" / rid), progress=False)
+                check(cfg)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"run {rid}: {exc}") from None
+            runs.setdefault(rid, RunSpec(rid, axes, cfg))
+    return list(runs.values())

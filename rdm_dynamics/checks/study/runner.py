@@ -1,0 +1,263 @@
+"""Running a depth study: train every run of the plan, measure it, keep what is finished.
+
+Each run goes through three steps, each resumable on its own:
+
+1. **train**: ``python -m rdm_dynamics.train`` in a child process (through ``torchrun`` when a run
+   uses several processes), from the run's configuration file, or ``--resume`` when the run
+   folder holds a checkpoint: a killed run continues exactly where its last checkpoint left it.
+2. **check**: ``python -m rdm_dynamics.verify --ckpt`` on the trained run (the trained-model
+   checks C8 to C10), its report kept under ``<out>/checks/<id>/``.
+3. **quality**: samples of the trained model (EMA weights) scored by the digit classifier
+   (``training.metrics.DigitJudge``): the Frechet distance and its real-vs-real floor.
+
+A run is finished when ``<out>/measurements/<id>.json`` exists and was written for the same
+configuration (its digest); a restarted study skips finished runs and resumes the others, so an
+interrupted study ends with the same measurements as an uninterrupted one.  Every child process
+is killed with the study (Linux ``PR_SET_PDEATHSIG``), so a killed study leaves no orphan
+writing into a run folder.  ``jobs`` runs go at a time, each child limited to its share of the
+CPU threads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from ...cli import UsageError
+from ...files import atomic_write_bytes, atomic_write_json
+from ...training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .plan import MeasureConfig, RunSpec
+
+__all__ = ["StudyRunner", "measurement_path", "TRAIN_FAILED"]
+
+#: Exit code of ``train`` for a run whose loss diverged: a result, recorded, not an error.
+TRAIN_DIVERGED = 1
+#: What a run's record says when training failed for another reason.
+TRAIN_FAILED = "failed"
+
+
+def measurement_path(out: Path, rid: str) -> Path:
+    return Path(out) / "measurements" / f"{rid}.json"
+
+
+#: Run in front of every child: a one-line launcher that asks Linux to kill the child when the
+#: thread that started it (hence the study) dies (``PR_SET_PDEATHSIG``), exits if the study is
+#: already gone, then becomes the child by exec.  Done in the child's own single-threaded
+#: interpreter: a ``preexec_fn`` would run between fork and exec of this multi-threaded process,
+#: where Python's locks can deadlock.
+_LAUNCHER = ("import ctypes, os, signal, sys\n"
+             "try:\n"
+             "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
+             "except OSError:\n"
+             "    pass\n"
+             "if os.getppid() != int(sys.argv[1]):\n"
+             "    sys.exit(137)\n"
+             "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def _launched(args: list[str]) -> list[str]:
+    """``args`` behind the launcher: killed with the study (Linux), unchanged elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
+
+
+class StudyRunner:
+    """Runs the plan's runs, ``jobs`` at a time (threads, each driving child processes)."""
+
+    def __init__(self, out: str | Path, measure: MeasureConfig, *, jobs: int = 1,
+                 device: str = "cpu", nproc_per_run: int = 1, log=print):
+        self.out, self.measure, self.jobs = Path(out), measure, max(1, int(jobs))
+        self.device, self.nproc = device, max(1, int(nproc_per_run))
+        self.log = log
+        self._judges: dict = {}
+        self._lock = threading.Lock()
+        self._children: set[subprocess.Popen] = set()
+        cores = os.cpu_count() or 1
+        self.threads = max(1, cores // self.jobs)
+
+    # -- one step per child process --------------------------------------------------------
+
+    def _child(self, args: list[str], log_name: str) -> int:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
+               "MKL_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        log = self.out / "logs" / f"{log_name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as sink:
+            sink.write(f"$ {' '.join(args)}\n".encode())
+            sink.flush()
+            proc = subprocess.Popen(_launched(args), stdout=sink, stderr=subprocess.STDOUT,
+                                    env=env)
+            with self._lock:
+                self._children.add(proc)
+            try:
+                return proc.wait()
+            finally:
+                with self._lock:
+                    self._children.discard(proc)
+
+    def stop_children(self) -> None:
+        """Interrupt every running child (they save nothing half-written: writes are atomic)."""
+        with self._lock:
+            for proc in self._children:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+
+    def _python(self, module: str) -> list[str]:
+        if self.nproc > 1 and module == "rdm_dynamics.train":
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.nproc}", "-m", module]
+        return [sys.executable, "-m", module]
+
+    def _trained_step(self, spec: RunSpec) -> int:
+        try:
+            latest = latest_checkpoint(spec.folder)
+            return load_checkpoint(latest).step if latest else 0
+        except (CheckpointError, OSError, ValueError):
+            return 0
+
+    def train(self, spec: RunSpec) -> str:
+        """Train (or resume) one run to its step budget: 'done', 'diverged' or TRAIN_FAILED."""
+        if self._trained_step(spec) >= spec.config.steps:
+            return "done"
+        if latest_checkpoint(spec.folder) is not None:
+            args = [*self._python("rdm_dynamics.train"), "--out", str(spec.folder), "--resume"]
+        else:
+            config = self.out / "configs" / f"{spec.id}.yaml"
+            text = yaml.safe_dump(spec.config.to_json(), sort_keys=False)
+            config.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(config, text.encode())
+            args = [*self._python("rdm_dynamics.train"), "--config", str(config)]
+        code = self._child(args, f"{spec.id}.train")
+        if code == 0:
+            return "done"
+        if code == TRAIN_DIVERGED:
+            return "diverged"
+        if code == 2:
+            raise UsageError(f"run {spec.id}: train refused its configuration (see "
+                             f"{self.out / 'logs' / (spec.id + '.train.log')})")
+        if code in (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM):
+            raise KeyboardInterrupt
+        return TRAIN_FAILED
+
+    def check(self, spec: RunSpec) -> dict:
+        """The trained-model checks' report of one run: {check id: {passed, metrics, ...}}."""
+        folder = self.out / "checks" / spec.id
+        args = [*self._python("rdm_dynamics.verify"), "--ckpt", str(spec.folder), "--out",
+                str(folder), "--seed", str(spec.config.seed), "--device", self.device,
+                "--no-figures"]
+        if self.measure.quick:
+            args.append("--quick")
+        code = self._child(args, f"{spec.id}.check")
+        report = folder / "report.json"
+        if code not in (0, 1) or not report.is_file():
+            return {"error": f"verify --ckpt exited with {code}"}
+        checks = json.loads(report.read_text())["checks"]
+        return {c["id"]: {k: c.get(k) for k in ("claim", "passed", "metrics", "applicable")}
+                for c in checks}
+
+    def _judge(self, kind: str, size: int, frames: int | None):
+        from ...training.metrics import DigitJudge
+
+        key = (kind, size, frames)
+        with self._lock:
+            if key not in self._judges:
+                judge = DigitJudge(kind, size, **({"frames": frames} if frames else {}))
+                self._judges[key] = (judge, judge.floor())
+            return self._judges[key]
+
+    def quality(self, spec: RunSpec) -> dict:
+        """FD of the run's samples against the training split, beside its real floor (numpy's
+        BLAS held to this process's share of the threads)."""
+        from threadpoolctl import threadpool_limits
+
+        n = self.measure.fd_samples
+        if n == 0:
+            return {}
+        with threadpool_limits(self.threads):
+            return self._quality(spec, n)
+
+    def _quality(self, spec: RunSpec, n: int) -> dict:
+        from ...models import load_model
+        from ...sde import make_sde
+        from ...training.sampling import cycle_labels, generate
+        from ...training.settings import TrainConfig
+
+        ckpt = load_checkpoint(latest_checkpoint(spec.folder))
+        net = load_model(ckpt, "ema")
+        trained = TrainConfig.from_json(ckpt.meta["train_config"])
+        shape = net.sample_shape
+        kind = "moving-digits" if len(shape) == 4 else "digits"
+        if trained.data not in ("digits", "digits-gmm", "moving-digits"):
+            return {"fd_note": f"no digit classifier for data {trained.data!r}"}
+        judge, floor = self._judge(kind, shape[-1], shape[0] if len(shape) == 4 else None)
+        labels = cycle_labels(n, net.cond.label.num_classes)
+        x = generate(net, n, sde=make_sde(trained.sde, **trained.sde_options),
+                     prediction=trained.prediction, t_min=trained.t_min, labels=labels,
+                     guidance=self.measure.guidance, sampler=trained.sampler,
+                     steps=self.measure.sample_steps, seed=trained.seed, device=self.device,
+                     disable=True)
+        m = judge.evaluate(x, None if labels is None else labels.cpu())
+        fd, floor_fd = m["fd"], floor["real_fd"]
+        return {"fd": fd, "fd_se": m["fd_se"], "fd_floor": floor_fd,
+                "fd_floor_se": floor["real_fd_se"], "fd_ratio": fd / floor_fd,
+                "fd_ratio_se": m["fd_se"] / floor_fd, "accuracy": m.get("accuracy", math.nan)}
+
+    # -- the whole study ---------------------------------------------------------------------
+
+    def run_one(self, spec: RunSpec) -> dict:
+        path = measurement_path(self.out, spec.id)
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+                if record.get("digest") == spec.digest():
+                    self.log(f"{spec.id}: finished earlier, kept")
+                    return record
+            except (OSError, ValueError):
+                pass
+        self.log(f"{spec.id}: training to step {spec.config.steps}")
+        status = self.train(spec)
+        record = {"id": spec.id, "axes": spec.axes, "depth": spec.depth,
+                  "digest": spec.digest(), "train_status": status, "steps": spec.config.steps}
+        if status == "done":
+            ckpt = load_checkpoint(latest_checkpoint(spec.folder))
+            log = spec.folder / "log.jsonl"
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] \
+                if log.is_file() else []
+            losses = [x["loss"] for x in lines if "loss" in x]
+            record.update(step=ckpt.step, final_loss=losses[-1] if losses else math.nan,
+                          checks=self.check(spec) if self.measure.checks else {},
+                          quality=self.quality(spec))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+        self.log(f"{spec.id}: {status}")
+        return record
+
+    def run(self, runs: list[RunSpec]) -> list[dict]:
+        """Every run's record, in plan order.  This process scores samples between its children:
+        it keeps to its share of the CPU threads too."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if self.jobs == 1:
+            return [self.run_one(spec) for spec in runs]
+        pool, futures = ThreadPoolExecutor(max_workers=self.jobs), []
+        try:
+            futures = [pool.submit(self.run_one, spec) for spec in runs]
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            self.stop_children()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

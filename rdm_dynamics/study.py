@@ -1,0 +1,147 @@
+"""``python -m rdm_dynamics.study``: the depth study behind C11 and C12.
+
+    python -m rdm_dynamics.study                         # the cpu preset, into rdm-study/
+    python -m rdm_dynamics.study --preset smoke --out /tmp/s
+    python -m rdm_dynamics.study --file my-study.toml --jobs 2
+    python -m rdm_dynamics.study --show-preset gpu > my-study.toml    # a file to copy and edit
+
+Trains every run of the study's grid (each an ordinary run folder under ``<out>/runs/``), runs
+the trained-model checks and the sample-quality score on each, and judges C11
+(``depth-consistency``) and C12 (``depth-scaling``).  Writes ``report.json`` (verify's report
+contract), ``runs.csv`` (every run's figures) and one figure per claim.  Running it again on
+the same ``--out`` skips finished runs and resumes the others exactly.
+
+Exit codes: 0 every claim holds; 1 a claim fails (a measured outcome, said in the summary);
+2 bad input (one line on stderr); 130 interrupted (finished runs are kept; run again to go on).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .cli import Parser, UsageError, parse_device, parse_int
+
+PROG = "python -m rdm_dynamics.study"
+
+
+def build_parser() -> Parser:
+    from .checks.study import PRESETS
+
+    p = Parser(prog=PROG, description=__doc__.splitlines()[0])
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=None,
+                        help=f"a shipped study: {', '.join(PRESETS)} (default cpu)")
+    source.add_argument("--file", default=None, metavar="PATH",
+                        help="a study file (TOML or YAML: [train], [[grid]], [measure])")
+    p.add_argument("--show-preset", default=None, metavar="NAME",
+                   help="print a preset's file, to copy and edit, and exit")
+    p.add_argument("--out", default="rdm-study", help="the study folder (default rdm-study/)")
+    p.add_argument("--jobs", default="1", help="runs trained at a time, in processes "
+                   "(default 1); the CPU threads are shared among them")
+    p.add_argument("--nproc-per-run", default="1",
+                   help="processes per run through torchrun (several GPUs; default 1)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda[:N] for training, checks and samples (default cpu)")
+    p.add_argument("--max-steps", default=None,
+                   help="cap every run's step budget (a quick trial of a preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training setting for every run, over the study file's (repeatable; "
+                        "e.g. --set compile=false)")
+    p.add_argument("--runs", default=None, metavar="GLOB",
+                   help="only the runs whose id matches this pattern (e.g. '*gate-rdm*'); "
+                        "C11 and C12 are judged on those")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
+    return p
+
+
+def _plan(args):
+    from .checks.study import load_study, plan, preset_path
+
+    from .training.settings import SETTINGS, coerce
+
+    if args.file is None:
+        preset_path(args.preset or "cpu")  # an unknown preset name is not read as a file
+    study = load_study(args.file or args.preset or "cpu")
+    overrides = {"device": str(parse_device(args.device))}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SETTINGS:
+            raise UsageError(f"--set wants KEY=VALUE with KEY a training setting, got {item!r}")
+        overrides[key] = coerce(key, value)
+    if args.max_steps is not None:
+        cap = parse_int(args.max_steps, "max-steps", 1)
+        overrides["steps"] = min(cap, int(overrides.get("steps", study.train.get("steps", cap))))
+        overrides["warmup"] = min(int(study.train.get("warmup", 0)), cap)
+        overrides["ckpt_every"] = min(int(study.train.get("ckpt_every", cap)), cap)
+    runs = plan(study, args.out, overrides)
+    if args.runs is not None:
+        import fnmatch
+
+        runs = [r for r in runs if fnmatch.fnmatchcase(r.id, args.runs)]
+        if not runs:
+            raise UsageError(f"--runs {args.runs!r} matches no run of the study")
+    return study, runs
+
+
+def main(argv=None) -> int:
+    began = time.perf_counter()
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        if args.show_preset is not None:
+            from .checks.study import preset_path
+
+            sys.stdout.write(preset_path(args.show_preset).read_text())
+            return 0
+        jobs = parse_int(args.jobs, "jobs", 1)
+        nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
+        study, runs = _plan(args)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {args.out!r} is a file, not a folder")
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+    from .checks.report import format_table
+    from .checks.study import StudyRunner, judge_study, study_report, write_outputs
+
+    runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
+                         nproc_per_run=nproc,
+                         log=lambda line: print(f"study: {line}", file=sys.stderr, flush=True))
+    print(f"study {study.name}: {len(runs)} runs into {out}/runs, {jobs} at a time",
+          file=sys.stderr)
+    try:
+        records = runner.run(runs)
+        results = judge_study(records, out)
+        report = study_report(study, results, records, device=args.device,
+                              seconds=time.perf_counter() - began)
+        write_outputs(out, report, results, records, figures=not args.no_figures)
+        if args.json:
+            from .files import atomic_write_json
+
+            atomic_write_json(args.json, report)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        runner.stop_children()
+        print(f"{PROG}: interrupted; finished runs are kept in {out}/measurements, run the same "
+              "command again to go on", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"{PROG}: error: cannot write the study: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    print()
+    for r in results:
+        print(f"[{'PASS' if r.passed else 'FAIL'}] {r.id}: {r.summary}")
+    print(f"\n{len(runs)} runs ({report['diverged']} diverged); report: {out / 'report.json'}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The study command end to end: the report contract, resumption after SIGKILL, the presets, and
+bad input (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rdm_dynamics import study as study_command
+
+TINY = """
+[train]
+model = "RDM-DiT-T/2"
+model_options = { width = 16, heads = 2 }
+data = "digits-gmm"
+steps = 12
+batch_size = 16
+warmup = 2
+log_every = 2
+ckpt_every = 4
+n_samples = 4
+sample_steps = 2
+device = "cpu"
+
+[[grid]]
+gate = ["rdm"]
+depth = [1, 2]
+init = ["smooth"]
+seed = [0]
+
+[measure]
+checks = false
+fd_samples = 16
+sample_steps = 4
+"""
+
+
+def _study(*args, cwd=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rdm_dynamics.study", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, **kw)
+
+
+def _without_timing(report: dict) -> dict:
+    out = {k: v for k, v in report.items() if k not in ("seconds",)}
+    out["checks"] = [{k: v for k, v in c.items() if k != "seconds"} for c in report["checks"]]
+    return out
+
+
+def test_a_killed_study_resumes_to_the_same_report(tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY)
+    whole = _study("--file", str(spec), "--out", str(tmp_path / "whole"), "--jobs", "2",
+                   "--no-figures", timeout=600)
+    assert whole.returncode == 1, whole.stderr  # one gate, no control: the claims cannot pass
+    assert "cannot be stated" in whole.stdout
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rdm_dynamics.study", "--file", str(spec),
+                             "--out", str(out), "--jobs", "2", "--no-figures"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "runs").glob("*/ckpt-00000004.json")):
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 1.5))  # a moment in the middle of training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    orphans = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert not orphans.strip(), "a child of the killed study is still running"
+
+    again = _study("--file", str(spec), "--out", str(out), "--jobs", "2", "--no-figures",
+                   timeout=600)
+    assert again.returncode == 1, again.stderr
+    a = json.loads((tmp_path / "whole" / "report.json").read_text())
+    b = json.loads((out / "report.json").read_text())
+    assert _without_timing(a) | {"source": ""} == _without_timing(b) | {"source": ""}
+    assert (tmp_path / "whole" / "runs.csv").read_text() == (out / "runs.csv").read_text()
+    # a third call reuses everything
+    third = _study("--file", str(spec), "--out", str(out), "--no-figures", timeout=600)
+    assert third.stderr.count("finished earlier, kept") == 2
+
+
+def test_smoke_preset_writes_the_report_contract(tmp_path):
+    out = tmp_path / "s"
+    result = _study("--preset", "smoke", "--max-steps", "6", "--runs",
+                    "depth-2_gate-*_init-smooth_seed-0", "--out", str(out), "--jobs", "2",
+                    timeout=600)
+    assert result.returncode in (0, 1), result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [c["id"] for c in report["checks"]] == ["depth-consistency", "depth-scaling"]
+    assert [c["claim"] for c in report["checks"]] == ["C11", "C12"]
+    assert report["runs"] == 2 and report["passed"] is (result.returncode == 0)
+    for c in report["checks"]:  # re-applying expected gives the verdict
+        ok = all((lo is None or (c["metrics"].get(k) is not None and c["metrics"][k] >= lo))
+                 and (hi is None or (c["metrics"].get(k) is not None and c["metrics"][k] <= hi))
+                 for k, (lo, hi) in c["expected"].items())
+        assert ok == c["passed"]
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert {r["axis.gate"] for r in rows} == {"rdm", "plain"}
+    for column in ("quality.fd_ratio", "denoising-risk.excess_risk_mean",
+                   "trained-propagation.output_error_bf16",
+                   "trained-sensitivity.sensitivity_ratio"):
+        assert all(r[column] for r in rows), column
+    assert (out / "depth-consistency.png").is_file() and (out / "depth-scaling.png").is_file()
+
+
+def test_gpu_preset_runs_on_the_cpu(tmp_path):
+    """The gpu preset's recipe (16x16 digits-gmm, bf16 settings) on the CPU, one run, 2 steps;
+    torch.compile is switched off here only because compiling on a CPU takes minutes."""
+    out = tmp_path / "g"
+    result = _study("--preset", "gpu", "--device", "cpu", "--max-steps", "2", "--set",
+                    "compile=false", "--runs", "depth-4_gate-rdm_init-smooth_seed-0", "--out",
+                    str(out), "--no-figures", timeout=600)
+    assert result.returncode == 1, result.stderr
+    record = json.loads(next((out / "measurements").glob("*.json")).read_text())
+    assert record["train_status"] == "done" and record["step"] == 2
+    assert record["checks"]["trained-propagation"]["metrics"]["output_error_bf16"] > 0
+
+
+BAD = [
+    (["--preset", "nope"], "unknown preset"),
+    (["--file", "missing.toml"], "does not exist"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--preset", "smoke", "--runs", "no-such-run"], "matches no run"),
+    (["--preset", "smoke", "--set", "colour=red"], "--set wants KEY=VALUE"),
+    (["--preset", "smoke", "--set", "steps=many"], "steps must be int"),
+    (["--preset", "smoke", "--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--preset", "smoke", "--device", "tpu"], "--device"),
+    (["--preset", "smoke", "--file", "x.toml"], "not allowed with"),
+    (["--show-preset", "nope"], "unknown preset"),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(args, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert study_command.main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("mine")
+    assert study_command.main(["--preset", "smoke", "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "mine"
+
+
+def test_show_preset_prints_a_file_study_reads(tmp_path, capsys):
+    assert study_command.main(["--show-preset", "cpu"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    from rdm_dynamics.checks.study import load_study, plan
+
+    assert len(plan(load_study(str(path)), tmp_path)) == len(plan(load_study("cpu"), tmp_path))
