@@ -208,13 +208,18 @@ class GatedResidualStack(nn.Module):
         z_next = z + alpha * residual(z, t) + beta
         return z_next if noise is None else z_next + noise
 
+    @staticmethod
+    def _noise(gamma: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The noise term of stochastic units, gamma * xi (gamma the per-unit std)."""
+        return gamma * xi
+
     def unit(self, i: int, z: torch.Tensor, xi: torch.Tensor | None = None) -> torch.Tensor:
         """One gated residual unit: z + alpha_i F_i(z, t_i) + beta_i [+ gamma_i xi]."""
         noise = None
         if self.stochastic:
             if xi is None:
                 raise ValueError("a stochastic unit needs its noise xi")
-            noise = self.gamma[i] * xi
+            noise = self._noise(self.gamma[i], xi)
         return self._step(z, self.alpha[i], self.residuals[i], self.times[i], self.beta[i],
                           noise)
 
@@ -247,7 +252,7 @@ class GatedResidualStack(nn.Module):
         if self.stochastic:
             gamma = self.gamma.reshape(self.depth, *(1,) * (xi.ndim - self.gamma.ndim),
                                        *self.gamma.shape[1:])
-            noises = (gamma * xi).unbind(0)
+            noises = self._noise(gamma, xi).unbind(0)
         else:
             noises = (None,) * self.depth
         z = z0

@@ -70,7 +70,7 @@ def trained(tmp_path_factory) -> Path:
 def reported(tmp_path_factory) -> Path:
     """A verify report folder (C1 at a small depth, with its figure)."""
     out = tmp_path_factory.mktemp("reported") / "report"
-    assert verify_cli.main(["--only", "C1", "--depth", "8", "--quick", "--out", str(out)]) == 0
+    assert verify_cli.main(["--only", "C1", "--depth", "16", "--quick", "--out", str(out)]) == 0
     return out
 
 
@@ -410,7 +410,7 @@ def test_no_figures_into_a_folder_of_an_earlier_run_leaves_no_stale_figure(repor
     shutil.copytree(reported, out)
     (out / "mine.png").write_bytes(b"the user's")
     assert (out / "depth-limit.png").is_file()
-    code = verify_cli.main(["--only", "C1", "--depth", "8", "--quick", "--no-figures",
+    code = verify_cli.main(["--only", "C1", "--depth", "16", "--quick", "--no-figures",
                             "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -521,10 +521,10 @@ def test_the_count():
 def test_a_long_verify_run_prints_its_estimate_first(tmp_path, monkeypatch, capsys):
     assert verify_cli.estimated_seconds(4096, False, 6, 6) > verify_cli.ANNOUNCE_SECONDS
     monkeypatch.setattr(verify_cli, "ANNOUNCE_SECONDS", 0.0)
-    assert verify_cli.main(["--only", "C1", "--depth", "8", "--quick", "--no-figures",
+    assert verify_cli.main(["--only", "C1", "--depth", "16", "--quick", "--no-figures",
                             "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "depth 8: estimated" in err[0], err
+    assert len(err) == 1 and "depth 16: estimated" in err[0], err
 
 
 def test_grids_caption_every_cell_with_its_class_and_the_summary_names_the_grid(tmp_path,

@@ -187,21 +187,16 @@ def _normalised_by_dt(original):
 
 
 def _unit_without_beta(original):
-    def unit(self, i, z, xi=None):  # forgets + beta_i
-        z_next = z + self.alpha[i] * self.residuals[i](z, self.times[i])
-        if self.stochastic:
-            z_next = z_next + self.gamma[i] * xi
-        return z_next
-    return unit
+    def step(z, alpha, residual, t, beta, noise):  # forgets + beta_i
+        z_next = z + alpha * residual(z, t)
+        return z_next if noise is None else z_next + noise
+    return staticmethod(step)
 
 
 def _unit_noise_squared(original):
-    def unit(self, i, z, xi=None):  # gamma_i^2 xi: the noise variance used as its scale
-        z_next = z + self.alpha[i] * self.residuals[i](z, self.times[i]) + self.beta[i]
-        if self.stochastic:
-            z_next = z_next + self.gamma[i] ** 2 * xi
-        return z_next
-    return unit
+    def noise(gamma, xi):  # gamma_i^2 xi: the noise variance used as its scale
+        return gamma ** 2 * xi
+    return staticmethod(noise)
 
 
 def _propagated_noise_std(original):
@@ -328,10 +323,10 @@ FAULTS: list[Fault] = [
           _refine_siblings_equal, ("reverse-sde",), "Levy refinement: both halves the same"),
     Fault("brownian-normalised-by-dt", f"{PATHS}.BrownianPath.normalised_increments",
           _normalised_by_dt, ("reverse-sde",), "noise dW / dt instead of dW / sqrt(dt)"),
-    Fault("unit-forgets-beta", f"{STACK}.GatedResidualStack.unit", _unit_without_beta,
+    Fault("unit-forgets-beta", f"{STACK}.GatedResidualStack._step", _unit_without_beta,
           ("depth-limit", "error-propagation", "residual-sensitivity", "gate-moments"),
           "gated unit without + beta_i"),
-    Fault("unit-noise-variance-as-scale", f"{STACK}.GatedResidualStack.unit",
+    Fault("unit-noise-variance-as-scale", f"{STACK}.GatedResidualStack._noise",
           _unit_noise_squared, ("reverse-sde", "gate-moments"),
           "stochastic unit adds gamma_i^2 xi instead of gamma_i xi"),
     Fault("propagated-noise-std-as-variance", f"{STACK}.GatedResidualStack.affine_units",

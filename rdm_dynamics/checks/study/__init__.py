@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from ...files import atomic_write_bytes, atomic_write_json
-from ..report import CheckResult, save_figure, versions
+from ..report import CheckResult, overall_status, save_figure, versions
 from . import depth_consistency, depth_scaling
 from .plan import PRESETS, Study, load_study, plan, preset_path
 from .runner import StudyRunner
@@ -84,7 +84,8 @@ def study_report(study: Study, results: list[CheckResult], records: list[dict], 
             "runs": len(records),
             "diverged": sum(r.get("train_status") == "diverged" for r in records),
             "failed_runs": [r["id"] for r in records if r.get("train_status") == "failed"],
-            "passed": all(r.passed for r in results), "seconds": round(seconds, 3),
+            "passed": all(r.passed for r in results), "status": overall_status(results),
+            "seconds": round(seconds, 3),
             "versions": versions(), "checks": [r.to_json() for r in results]}
 
 

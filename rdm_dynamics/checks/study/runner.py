@@ -35,6 +35,7 @@ import yaml
 from ...cli import UsageError
 from ...files import atomic_write_bytes, atomic_write_json
 from ...training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from ...training.settings import FLAG_ONLY
 from .plan import MeasureConfig, RunSpec
 
 __all__ = ["StudyRunner", "measurement_path", "TRAIN_FAILED"]
@@ -133,7 +134,8 @@ class StudyRunner:
             args = [*self._python("rdm_dynamics.train"), "--out", str(spec.folder), "--resume"]
         else:
             config = self.out / "configs" / f"{spec.id}.yaml"
-            text = yaml.safe_dump(spec.config.to_json(), sort_keys=False)
+            settings = {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
+            text = yaml.safe_dump(settings, sort_keys=False)
             config.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(config, text.encode())
             args = [*self._python("rdm_dynamics.train"), "--config", str(config)]
