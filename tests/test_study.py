@@ -166,3 +166,17 @@ def test_show_preset_prints_a_file_study_reads(tmp_path, capsys):
     from rdm_dynamics.checks.study import load_study, plan
 
     assert len(plan(load_study(str(path)), tmp_path)) == len(plan(load_study("cpu"), tmp_path))
+
+
+def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]"))
+    first = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
+                   timeout=600)
+    assert first.returncode == 1, first.stderr
+    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("lr", "lr")
+                    .replace("batch_size = 16", "batch_size = 8"))
+    again = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
+                   timeout=600)
+    assert again.returncode == 2 and "started with other settings (batch_size)" in again.stderr
+    assert again.stderr.count("\n") == 2  # the study's header line, then one error line

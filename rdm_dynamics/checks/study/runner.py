@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import yaml
 from ...cli import UsageError
 from ...files import atomic_write_bytes, atomic_write_json
 from ...training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from ...training.settings import FLAG_ONLY
+from ...training.settings import FLAG_ONLY, SETTINGS
 from .plan import MeasureConfig, RunSpec
 
 __all__ = ["StudyRunner", "measurement_path", "TRAIN_FAILED"]
@@ -126,15 +127,31 @@ class StudyRunner:
         except (CheckpointError, OSError, ValueError):
             return 0
 
+    @staticmethod
+    def _same_recipe(spec: RunSpec, before: dict, now: dict) -> None:
+        """A run folder is continued only under its own recipe: settings that a resume may not
+        change (SETTINGS[...].resumable false) must be those it started with."""
+        changed = sorted(k for k, s in SETTINGS.items()
+                         if not s.resumable and k in now and before.get(k) != now[k])
+        if changed:
+            raise UsageError(f"run {spec.id} was started with other settings ({', '.join(changed)}"
+                             f"); use another --out for a new recipe")
+
     def train(self, spec: RunSpec) -> str:
         """Train (or resume) one run to its step budget: 'done', 'diverged' or TRAIN_FAILED."""
+        config = self.out / "configs" / f"{spec.id}.yaml"
+        settings = {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
+        if config.is_file():
+            self._same_recipe(spec, yaml.safe_load(config.read_text()) or {}, settings)
         if self._trained_step(spec) >= spec.config.steps:
             return "done"
         if latest_checkpoint(spec.folder) is not None:
             args = [*self._python("rdm_dynamics.train"), "--out", str(spec.folder), "--resume"]
         else:
-            config = self.out / "configs" / f"{spec.id}.yaml"
-            settings = {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
+            if spec.folder.exists() and config.is_file():
+                # this study started the run and it died before its first checkpoint: what the
+                # folder holds (a log, a sample grid) is this study's own, and train starts anew
+                shutil.rmtree(spec.folder)
             text = yaml.safe_dump(settings, sort_keys=False)
             config.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(config, text.encode())
@@ -249,6 +266,11 @@ class StudyRunner:
         it keeps to its share of the CPU threads too."""
         import torch
 
+        for spec in runs:  # every refusal before any work
+            config = self.out / "configs" / f"{spec.id}.yaml"
+            if config.is_file():
+                now = {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
+                self._same_recipe(spec, yaml.safe_load(config.read_text()) or {}, now)
         torch.set_num_threads(self.threads)
         if self.jobs == 1:
             return [self.run_one(spec) for spec in runs]
