@@ -59,7 +59,6 @@ def build_parser() -> Parser:
 
 def _plan(args):
     from .checks.study import load_study, plan, preset_path
-
     from .training.settings import SETTINGS, coerce
 
     if args.file is None:

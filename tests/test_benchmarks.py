@@ -85,8 +85,11 @@ def test_gpu_suite_smoke_on_the_cpu(tmp_path):
         assert stages[name]["verdicts_match_cpu_float64"] in (True, False)
     assert stages["gpu_throughput"]["figures"]["runs"]
     assert stages["train"]["status"] == "ok"
-    for name in ("verify_ckpt", "study"):
-        assert stages[name]["status"] in ("ok", "not available", "skipped")
+    assert stages["verify_ckpt"]["status"] == "ok"
+    # the study's gpu preset on the CPU: one run of it, 2 steps (issue 12: known to work without
+    # a GPU); its claims cannot be judged on one run, so they fail
+    assert stages["study"]["status"] == "ok" and stages["study"]["runs"] == 1
+    assert stages["study"]["verdicts"] == {"depth-consistency": False, "depth-scaling": False}
 
 
 def test_gpu_suite_skips_stages_past_its_budget(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rdm_dynamics.models import GATE_KINDS, build_model, initialize
-from rdm_dynamics.models.depth_init import default_variance, unit_groups, _random_tensors
+from rdm_dynamics.models.depth_init import _random_tensors, default_variance, unit_groups
 from rdm_dynamics.training.loop import build_network
 from rdm_dynamics.training.settings import TrainConfig
 
@@ -109,7 +109,7 @@ def test_iid_is_the_backbone_s_own_initialisation_bit_for_bit():
     a = build_model("RDM-UNet-T", gate="rdm")
     torch.manual_seed(5)
     b = initialize(build_model("RDM-UNet-T", gate="rdm"), "iid", 5)
-    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(p, q), n
 
 

@@ -29,10 +29,10 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "versions", "overall_status", "wrap_summary", "WIDTH", "Series",
-           "order_figure", "format_table", "save_figure", "render_figure", "RenderedFigure",
-           "figure_bytes", "order_axes", "depth_axes", "error_trend", "depth_trend_words",
-           "legend_outside", "MARKERS"]
+__all__ = ["CheckResult", "build_report", "versions", "overall_status", "wrap_summary", "WIDTH",
+           "Series", "order_figure", "format_table", "save_figure", "render_figure",
+           "RenderedFigure", "figure_bytes", "order_axes", "depth_axes", "error_trend",
+           "depth_trend_words", "legend_outside", "MARKERS"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:

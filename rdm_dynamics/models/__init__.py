@@ -9,9 +9,9 @@
     load_model(ckpt, "ema")       # rebuilt from a checkpoint, with its weights
 
 Gates (``GATE_KINDS``): plain, post-ln, rezero, adaln-zero, rdm (see :mod:`.gates`).
-Initialisations (``INITS``): the backbone's own i.i.d. one, or ``initialize(model, "smooth", seed)``,
-which makes unit i's weights one smooth function of tau_i = i / L at every depth
-(:mod:`.depth_init`).
+Initialisations (``INITS``): the backbone's own i.i.d. one, or
+``initialize(model, "smooth", seed)``, which makes unit i's weights one smooth function of
+tau_i = i / L at every depth (:mod:`.depth_init`).
 
 Models from checkpoints.  A checkpoint stores the model's ``config`` (the keyword arguments that
 rebuild it) and its weights under prefixes (``model``, ``ema``).  The builder is
@@ -38,7 +38,8 @@ from .gates import GATE_KINDS, ResidualUnit
 from .unet import UNET_CONFIGS, RDMUNet
 
 __all__ = ["build_model", "model_builder", "load_model", "ModelLoadError", "MODEL_CONFIGS",
-           "GATE_KINDS", "BACKBONES", "INITS", "initialize", "smooth_in_depth_", "depth_option", "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
+           "GATE_KINDS", "BACKBONES", "INITS", "initialize", "smooth_in_depth_", "depth_option",
+           "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
 
 BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet}
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from ..cli import MAX_SEED, Parser, UsageError
 from ..models import MODEL_CONFIGS
 from ..models.depth_init import INITS
-from .checkpoint import CheckpointError, find_checkpoints, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 
 __all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce",
            "load_config_file", "add_arguments", "build_parser", "resolve_config",

@@ -50,7 +50,7 @@ def log_slope_over_seeds(ladders: Sequence[Sequence[tuple[float, float]]], *,
     for ladder in ladders:
         if len(ladder) < 2:
             continue
-        depths, values = zip(*sorted(ladder))
+        depths, values = zip(*sorted(ladder), strict=True)
         line = fit_line(depths, values, log_x=True, missing=missing)
         slopes.append(line.slope)
         fit_se = line.stderr if len(depths) > 2 else math.nan

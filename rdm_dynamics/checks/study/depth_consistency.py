@@ -82,7 +82,7 @@ def pair_distance(small: dict, large: dict) -> float:
 def smoothness(groups: dict) -> float:
     """s(L): max over groups and neighbours of |theta_(j+1) - theta_j| / |theta_j|."""
     values = [float((b - a).norm() / a.norm().clamp_min(1e-300))
-              for units in groups.values() for a, b in zip(units, units[1:])]
+              for units in groups.values() for a, b in zip(units, units[1:], strict=False)]
     return max(values) if values else math.nan
 
 
@@ -94,7 +94,7 @@ def measure(records: list[dict], runs_folder: Path) -> dict:
     cells = {}
     for cell, seeds in by_cell(finished).items():
         ladders, distances = [], {}
-        for seed, ladder in seeds.items():
+        for ladder in seeds.values():
             pairs = []
             for n in sorted(ladder):
                 if 2 * n in ladder:

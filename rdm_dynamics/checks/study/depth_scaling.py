@@ -18,7 +18,8 @@ of 7% per doubling of depth) as the line between holding and degrading.  rdm cel
 or improves (slopes of excess_risk and fd_ratio <= s0, consistent within 2 standard errors), the
 bf16 error and the sensitivity stay bounded in depth (slopes <= s0 within 2 standard errors), no
 run diverged.  plain cells: quality degrades (slope of excess_risk > s0 beyond 2 standard errors;
-fd_ratio where the data have no known law).  Other gates are measured and reported, not gated.  A study without
+fd_ratio where the data have no known law).  Other gates are measured and reported, not gated.
+A study without
 an rdm and a plain cell cannot state the hypothesis: its cell-count rules fail.
 
 When the learning rate is an axis, the best learning rate at each depth (lowest mean excess risk,
@@ -190,7 +191,7 @@ def _summary(cells, metrics, verdict) -> str:
 def _figure(table):
     def draw(fig):
         axes = fig.subplots(1, len(FIGURES))
-        for ax, (name, (_, title)) in zip(axes, FIGURES.items()):
+        for ax, (name, (_, title)) in zip(axes, FIGURES.items(), strict=True):
             for cell, figures in table.items():
                 series = figures[name]
                 depths = [d for d in sorted(series) if math.isfinite(series[d][0])]

@@ -27,8 +27,14 @@ from pathlib import Path
 
 from ...cli import UsageError
 from ...models import depth_option
-from ...training.settings import (SETTINGS, TrainConfig, check, coerce, read_mapping_file,
-                                  settings_from_mapping)
+from ...training.settings import (
+    SETTINGS,
+    TrainConfig,
+    check,
+    coerce,
+    read_mapping_file,
+    settings_from_mapping,
+)
 
 __all__ = ["PRESETS", "PRESET_DIR", "MeasureConfig", "Study", "RunSpec", "load_study",
            "preset_path", "plan"]
@@ -140,7 +146,8 @@ def load_study(source: str) -> Study:
         raise UsageError(f"{path}: the study needs at least one [[grid]] block of axes")
     train = settings_from_mapping(train, f"[train] of {str(path)!r}")
     if set(train) & set(MANAGED):
-        raise UsageError(f"{path}: [train] cannot set {', '.join(sorted(set(train) & set(MANAGED)))}"
+        managed = ", ".join(sorted(set(train) & set(MANAGED)))
+        raise UsageError(f"{path}: [train] cannot set {managed}"
                          f" (the study sets them for every run)")
     parsed = []
     for i, block in enumerate(grids, 1):
@@ -176,7 +183,7 @@ def plan(study: Study, out: str | Path, overrides: dict | None = None) -> list[R
     for block in study.grids:
         keys = list(block)
         for values in itertools.product(*(block[k] for k in keys)):
-            axes = dict(zip(keys, values))
+            axes = dict(zip(keys, values, strict=True))
             settings = {**study.train, **(overrides or {})}
             settings.update({k: v for k, v in axes.items() if k != "depth"})
             model = settings.get("model", TrainConfig().model)
