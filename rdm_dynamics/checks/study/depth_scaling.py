@@ -79,9 +79,8 @@ def figure_of(record: dict, name: str) -> float:
 
 
 def _slope(seeds: dict, name: str) -> tuple[float, float, int]:
-    ladders = [[(d, figure_of(r, name)) for d, r in ladder.items()
-                if math.isfinite(figure_of(r, name)) and figure_of(r, name) > 0]
-               for ladder in seeds.values()]
+    values = [[(d, figure_of(r, name)) for d, r in ladder.items()] for ladder in seeds.values()]
+    ladders = [[(d, v) for d, v in ladder if math.isfinite(v) and v > 0] for ladder in values]
     slope, se, per_seed = log_slope_over_seeds(ladders, missing="drop")
     return slope, se, len(per_seed)
 

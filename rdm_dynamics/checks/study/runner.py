@@ -73,6 +73,11 @@ def _launched(args: list[str]) -> list[str]:
     return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
 
 
+def _run_settings(spec: RunSpec) -> dict:
+    """What a run's configuration file holds: its settings, less those a file may not set."""
+    return {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
+
+
 class StudyRunner:
     """Runs the plan's runs, ``jobs`` at a time (threads, each driving child processes)."""
 
@@ -140,9 +145,7 @@ class StudyRunner:
     def train(self, spec: RunSpec) -> str:
         """Train (or resume) one run to its step budget: 'done', 'diverged' or TRAIN_FAILED."""
         config = self.out / "configs" / f"{spec.id}.yaml"
-        settings = {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
-        if config.is_file():
-            self._same_recipe(spec, yaml.safe_load(config.read_text()) or {}, settings)
+        settings = _run_settings(spec)
         if self._trained_step(spec) >= spec.config.steps:
             return "done"
         if latest_checkpoint(spec.folder) is not None:
@@ -194,24 +197,24 @@ class StudyRunner:
                 self._judges[key] = (judge, judge.floor())
             return self._judges[key]
 
-    def quality(self, spec: RunSpec) -> dict:
-        """FD of the run's samples against the training split, beside its real floor (numpy's
-        BLAS held to this process's share of the threads)."""
+    def quality(self, ckpt) -> dict:
+        """FD of the samples of a trained run (its checkpoint ``ckpt``, EMA weights) against the
+        training split, beside its real floor (numpy's BLAS held to this process's share of the
+        threads)."""
         from threadpoolctl import threadpool_limits
 
         n = self.measure.fd_samples
         if n == 0:
             return {}
         with threadpool_limits(self.threads):
-            return self._quality(spec, n)
+            return self._quality(ckpt, n)
 
-    def _quality(self, spec: RunSpec, n: int) -> dict:
+    def _quality(self, ckpt, n: int) -> dict:
         from ...models import load_model
         from ...sde import make_sde
         from ...training.sampling import cycle_labels, generate
         from ...training.settings import TrainConfig
 
-        ckpt = load_checkpoint(latest_checkpoint(spec.folder))
         net = load_model(ckpt, "ema")
         trained = TrainConfig.from_json(ckpt.meta["train_config"])
         shape = net.sample_shape
@@ -255,7 +258,7 @@ class StudyRunner:
             losses = [x["loss"] for x in lines if "loss" in x]
             record.update(step=ckpt.step, final_loss=losses[-1] if losses else math.nan,
                           checks=self.check(spec) if self.measure.checks else {},
-                          quality=self.quality(spec))
+                          quality=self.quality(ckpt))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
         self.log(f"{spec.id}: {status}")
@@ -269,8 +272,8 @@ class StudyRunner:
         for spec in runs:  # every refusal before any work
             config = self.out / "configs" / f"{spec.id}.yaml"
             if config.is_file():
-                now = {k: v for k, v in spec.config.to_json().items() if k not in FLAG_ONLY}
-                self._same_recipe(spec, yaml.safe_load(config.read_text()) or {}, now)
+                self._same_recipe(spec, yaml.safe_load(config.read_text()) or {},
+                                  _run_settings(spec))
         torch.set_num_threads(self.threads)
         if self.jobs == 1:
             return [self.run_one(spec) for spec in runs]
