@@ -21,14 +21,17 @@ Data are vectors: samples have shape ``(B, d)``.  Times may be a Python scalar o
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 
 from .sde import SDE, Time
 from .stats import empirical_moments, gaussian_w2_moments, psd_sqrt
 
-__all__ = ["Gaussian", "GaussianMixture", "AffineMap", "gaussian_w2", "random_rotation"]
+__all__ = ["Gaussian", "GaussianMixture", "DiffusedScore", "AffineMap", "gaussian_w2",
+           "random_rotation"]
 
 
 def _time(t: Time, like: torch.Tensor) -> torch.Tensor:
@@ -91,11 +94,21 @@ class Gaussian:
         m, V = self._m_V(sde, t)
         return Gaussian(m * self.mean, (self.eigvecs * V) @ self.eigvecs.T)
 
-    def score(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
-        """grad_x log p_t(x) = -(m^2 Sigma + v I)^{-1} (x - m mu)."""
-        m, V = self._m_V(sde, t)
+    def _score_given(self, x: torch.Tensor, m: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """-(U diag(1 / V) U^T) (x - m mu): the score of p_t given its coefficients m(t), V(t)."""
         y = (x - m * self.mean) @ self.eigvecs
         return -(y / V) @ self.eigvecs.T
+
+    def score(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
+        """grad_x log p_t(x) = -(m^2 Sigma + v I)^{-1} (x - m mu)."""
+        return self._score_given(x, *self._m_V(sde, t))
+
+    def score_on_grid(self, sde: SDE, times: torch.Tensor) -> list[Callable]:
+        """x -> score(x, t_i, sde) for every time of a 1-d ``times``: the same arithmetic, with
+        m(t_i) and V(t_i) computed for the whole grid in one vectorised call of ``_m_V``."""
+        m, V = self._m_V(sde, times.unsqueeze(-1))
+        return [functools.partial(self._score_given, m=m_i, V=V_i)
+                for m_i, V_i in zip(m.unbind(0), V.unbind(0), strict=True)]
 
     def marginal_log_prob(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
         return self.marginal(sde, t).log_prob(x)
@@ -194,6 +207,7 @@ class GaussianMixture:
         self.covs = torch.stack([c.cov for c in self.components])
         self.eigvals = torch.stack([c.eigvals for c in self.components])  # (K, d)
         self.eigvecs = torch.stack([c.eigvecs for c in self.components])  # (K, d, d)
+        self._ones = torch.ones(d, dtype=means.dtype, device=means.device)  # sums over axes
 
     @property
     def dim(self) -> int:
@@ -223,24 +237,42 @@ class GaussianMixture:
         m = sde.mean_coef(t)
         return m, m**2 * self.eigvals + sde.marginal_var(t)
 
-    def _component_terms(self, x: torch.Tensor, m: torch.Tensor, V: torch.Tensor):
-        """log w_k N(x; m mu_k, U_k diag(V_k) U_k^T) (shape (B, K)) and the component scores
-        (shape (B, K, d)); V (K, d) or per sample (B, K, d)."""
-        diff = x.unsqueeze(1) - m * self.means  # (B, K, d)
-        y = torch.einsum("bkd,kde->bke", diff, self.eigvecs)  # eigen-coordinates
-        quad = (y**2 / V).sum(-1)
-        logdet = torch.log(V).sum(-1)
+    def _time_terms(self, m: torch.Tensor, V: torch.Tensor):
+        """The part of every component's log-density and score that does not depend on x, from
+        the coefficients of ``_diffused``: the centres m mu_k, the eigenvalues V_k as given and
+        log w_k - (log det + d log 2 pi) / 2, with log det = sum log V_k.  Shapes (K, d), (K, d),
+        (K,) for one time; a leading axis for per-sample times (B, 1, 1) or a grid (n, 1, 1)."""
         log_norm = self.dim * math.log(2 * math.pi)
-        log_joint = torch.log(self.weights) - 0.5 * (quad + logdet + log_norm)
-        comp_scores = -torch.einsum("bke,kde->bkd", y / V, self.eigvecs)
+        log_coef = torch.log(self.weights) - 0.5 * (torch.log(V) @ self._ones + log_norm)
+        return m * self.means, V, log_coef
+
+    def _component_terms(self, x: torch.Tensor, centres: torch.Tensor, V: torch.Tensor,
+                         log_coef: torch.Tensor):
+        """log w_k N(x; m mu_k, U_k diag(V_k) U_k^T) and the component scores
+        -U_k diag(1 / V_k) U_k^T (x - m mu_k), component-major: shapes (K, B) and (K, B, d),
+        given ``_time_terms`` (for one time, or per sample with a leading B axis).  The
+        eigen-coordinates y_k = (x - m mu_k) U_k are K batched matrix products, and the sum over
+        coordinates a product with a vector of ones (a matrix-vector product: much faster than a
+        reduction over a short last axis)."""
+        diff = (x.unsqueeze(1) - centres).transpose(0, 1)  # (K, B, d)
+        if V.ndim == 3:  # per sample
+            V, log_coef = V.transpose(0, 1), log_coef.T  # (K, B, d), (K, B)
+        else:
+            V, log_coef = V.unsqueeze(1), log_coef.unsqueeze(1)  # (K, 1, d), (K, 1)
+        y = torch.matmul(diff, self.eigvecs)  # eigen-coordinates
+        y_over_V = y / V
+        log_joint = log_coef - 0.5 * ((y * y_over_V) @ self._ones)
+        comp_scores = -torch.matmul(y_over_V, self.eigvecs.transpose(-1, -2))
         return log_joint, comp_scores
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         one = torch.ones((), dtype=self.means.dtype, device=self.means.device)
-        return torch.logsumexp(self._component_terms(x, one, self.eigvals)[0], dim=1)
+        return torch.logsumexp(self._component_terms(x, *self._time_terms(one, self.eigvals))[0],
+                               dim=0)
 
     def marginal_log_prob(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
-        return torch.logsumexp(self._component_terms(x, *self._diffused(sde, t))[0], dim=1)
+        terms = self._time_terms(*self._diffused(sde, t))
+        return torch.logsumexp(self._component_terms(x, *terms)[0], dim=0)
 
     def marginal(self, sde: SDE, t: Time) -> GaussianMixture:
         m, V = self._diffused(sde, t)
@@ -255,11 +287,23 @@ class GaussianMixture:
         the mixture conditioned on the component lying in that set (e.g. of one class), whose
         responsibilities are those of the full mixture renormalised over the set.
         """
-        log_joint, comp_scores = self._component_terms(x, *self._diffused(sde, t))
+        return self._score_given(x, self._time_terms(*self._diffused(sde, t)), allowed)
+
+    def _score_given(self, x: torch.Tensor, terms: tuple,
+                     allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_k r_k(x) s_k(x) given the ``_time_terms`` of the time (see ``score``)."""
+        log_joint, comp_scores = self._component_terms(x, *terms)  # (K, B), (K, B, d)
         if allowed is not None:
-            log_joint = log_joint.masked_fill(~allowed, -math.inf)
-        resp = torch.softmax(log_joint, dim=1)
-        return (resp.unsqueeze(-1) * comp_scores).sum(1)
+            log_joint = log_joint.masked_fill(~allowed.T, -math.inf)
+        resp = torch.softmax(log_joint, dim=0)
+        return (resp.unsqueeze(-1) * comp_scores).sum(0)
+
+    def score_on_grid(self, sde: SDE, times: torch.Tensor) -> list[Callable]:
+        """x -> score(x, t_i, sde) for every time of a 1-d ``times``: the same arithmetic, with
+        m(t_i) and V(t_i) computed for the whole grid in one vectorised call of ``_diffused``."""
+        terms = zip(*(a.unbind(0) for a in self._time_terms(*self._diffused(sde, times))),
+                    strict=True)
+        return [functools.partial(self._score_given, terms=terms_i) for terms_i in terms]
 
     def optimal_eps(self, x: torch.Tensor, t: Time, sde: SDE,
                     allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -273,10 +317,13 @@ class GaussianMixture:
     def responsibilities(self, x: torch.Tensor, t: Time | None = None,
                          sde: SDE | None = None) -> torch.Tensor:
         """r_k(x) = w_k N_k(x) / p(x) (B, K) under p_0 (t None) or under p_t."""
-        terms = self._component_terms(x, *self._diffused(sde, t)) if t is not None else \
-            self._component_terms(x, torch.ones((), dtype=self.means.dtype,
-                                                device=self.means.device), self.eigvals)
-        return torch.softmax(terms[0], dim=1)
+        if t is None:
+            coefficients = (torch.ones((), dtype=self.means.dtype, device=self.means.device),
+                            self.eigvals)
+        else:
+            coefficients = self._diffused(sde, t)
+        log_joint = self._component_terms(x, *self._time_terms(*coefficients))[0]
+        return torch.softmax(log_joint, dim=0).T
 
     def moment_matched(self) -> Gaussian:
         """The Gaussian with this mixture's mean and covariance:
@@ -305,6 +352,27 @@ class GaussianMixture:
                                             generator=generator, dtype=dtype).cov
                             for _ in range(components)])
         return cls(weights, means, covs)
+
+
+class DiffusedScore:
+    """The exact score of a law diffused by an SDE, (x, t) -> scale * grad_x log p_t(x), with
+    ``on_grid(times)``: the same function at each time of a grid, its time coefficients computed
+    once for the whole grid (``score_on_grid``), for the units of a stack (``sde.DenoisingField``).
+    ``scale`` != 1 is a negative control (a score of the wrong sign or size)."""
+
+    def __init__(self, law: Gaussian | GaussianMixture, sde: SDE, scale: float = 1.0):
+        self.law, self.sde, self.scale = law, sde, float(scale)
+
+    def _scaled(self, score: torch.Tensor) -> torch.Tensor:
+        return score if self.scale == 1.0 else self.scale * score
+
+    def __call__(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        return self._scaled(self.law.score(x, t, self.sde))
+
+    def on_grid(self, times: torch.Tensor) -> list[Callable]:
+        """x -> scale * score(x, t_i) for every time of a 1-d ``times``."""
+        scores = self.law.score_on_grid(self.sde, times)
+        return scores if self.scale == 1.0 else [lambda x, s=s: self.scale * s(x) for s in scores]
 
 
 def gaussian_w2(p: Gaussian, q: Gaussian) -> torch.Tensor:

@@ -24,6 +24,7 @@ against exact laws, so the exact transition is the one they need.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -32,7 +33,8 @@ import torch
 Time = float | torch.Tensor
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "SDES", "make_sde", "expand_as_batch"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "DenoisingField", "SDES", "make_sde",
+           "expand_as_batch"]
 
 
 def expand_as_batch(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -129,9 +131,9 @@ class ReverseSDE:
         reverse SDE:  dx = [f(t) x - g(t)^2 s(x, t)] dt + g(t) dW_bar,
         PF-ODE:       dx = [f(t) x - g(t)^2 s(x, t) / 2] dt,
 
-    to be integrated with dt < 0.  ``denoising_field`` is minus that drift: the vector field in the
-    direction of travel (from T down to eps), which is what a residual unit adds with a positive
-    step h.
+    to be integrated with dt < 0.  ``denoising_field`` (a :class:`DenoisingField`) is minus that
+    drift: the vector field in the direction of travel (from T down to eps), which is what a
+    residual unit adds with a positive step h.
     """
 
     def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
@@ -140,17 +142,58 @@ class ReverseSDE:
         self.probability_flow = probability_flow
         self.T = forward.T
 
+    def _drift(self, x: torch.Tensor, f: torch.Tensor, g2: torch.Tensor,
+               score: torch.Tensor) -> torch.Tensor:
+        """f x - w g^2 s, w = 1/2 for the PF-ODE and 1 for the reverse SDE: the reverse drift
+        given f = f(t), g2 = g(t)^2 and the score s = s(x, t) (the one place it is formed)."""
+        weight = 0.5 if self.probability_flow else 1.0
+        return f * x - weight * g2 * score
+
     def sde(self, x: torch.Tensor, t: Time) -> tuple[torch.Tensor, torch.Tensor]:
         t = _as_time(t, x)
-        drift, g = self.forward.sde(x, t)
-        weight = 0.5 if self.probability_flow else 1.0
-        drift = drift - weight * g**2 * self.score_fn(x, t)
+        f = expand_as_batch(self.forward.drift_coef(t), x)
+        g = expand_as_batch(self.forward.diffusion_coef(t), x)
+        drift = self._drift(x, f, g**2, self.score_fn(x, t))
         diffusion = torch.zeros_like(g) if self.probability_flow else g
         return drift, diffusion
 
-    def denoising_field(self, x: torch.Tensor, t: Time) -> torch.Tensor:
-        """-(reverse drift): the velocity of x as t decreases."""
-        return -self.sde(x, t)[0]
+    @functools.cached_property
+    def denoising_field(self) -> DenoisingField:
+        """-(reverse drift): the velocity of x as t decreases, F(x, t)."""
+        return DenoisingField(self)
+
+
+class DenoisingField:
+    """F(x, t) = -(reverse drift of ``reverse``) = -(f(t) x - w g(t)^2 s(x, t)), the residual
+    function of a denoising stack, and ``on_grid(times)``: F restricted to each time t_i of a
+    grid, with f(t_i), g(t_i)^2 and (for a score that has ``on_grid``, such as
+    ``laws.DiffusedScore``) the score's time coefficients computed once for the whole grid in
+    vectorised calls.  A gated residual stack evaluates its units through ``on_grid`` (the same
+    arithmetic per unit, up to the last bit of the vectorised coefficient functions), leaving
+    only the operations on x in its loop."""
+
+    def __init__(self, reverse: ReverseSDE):
+        self.reverse = reverse
+
+    def __call__(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        return -self.reverse.sde(x, t)[0]
+
+    def on_grid(self, times: torch.Tensor) -> list[Callable]:
+        """[F_0, ..., F_{n-1}] for a 1-d ``times``, F_i(x, t) = F(x, t_i) (``t`` is ignored: a
+        stack passes t_i)."""
+        reverse = self.reverse
+        f = reverse.forward.drift_coef(times).unbind(0)
+        g2 = (reverse.forward.diffusion_coef(times) ** 2).unbind(0)
+        on_grid = getattr(reverse.score_fn, "on_grid", None)
+        scores = (on_grid(times) if on_grid is not None else
+                  [lambda x, t=t: reverse.score_fn(x, t) for t in times.unbind(0)])
+        return [functools.partial(_grid_unit, reverse._drift, f_i, g2_i, s_i)
+                for f_i, g2_i, s_i in zip(f, g2, scores, strict=True)]
+
+
+def _grid_unit(drift, f, g2, score, x: torch.Tensor, t: Time) -> torch.Tensor:
+    """F(x, t_i) from the tabulated f(t_i), g(t_i)^2 and score at t_i (``t`` unused)."""
+    return -drift(x, f, g2, score(x))
 
 
 class VPSDE(SDE):

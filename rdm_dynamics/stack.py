@@ -213,6 +213,22 @@ class GatedResidualStack(nn.Module):
         """The noise term of stochastic units, gamma * xi (gamma the per-unit std)."""
         return gamma * xi
 
+    def unit_residuals(self) -> Sequence[Residual]:
+        """F_0, ..., F_{L-1} as the units evaluate them.  A shared F with an ``on_grid(times)``
+        method (a field whose time coefficients can be computed for a whole grid at once, such
+        as ``sde.DenoisingField``) is evaluated through it: F restricted to each t_i, the same
+        function with only its operations on z left per unit.  The tabulation is made once and
+        kept while the grid is the same tensor, unmodified (moving or casting the stack makes a
+        new one)."""
+        on_grid = getattr(self.residuals[0], "on_grid", None) if self.shared_residual else None
+        if on_grid is None:
+            return self.residuals
+        cached = self.__dict__.get("_tabulated")
+        if cached is None or cached[0] is not self.times or cached[1] != self.times._version:
+            cached = (self.times, self.times._version, on_grid(self.times[:-1]))
+            self.__dict__["_tabulated"] = cached
+        return cached[2]
+
     def unit(self, i: int, z: torch.Tensor, xi: torch.Tensor | None = None) -> torch.Tensor:
         """One gated residual unit: z + alpha_i F_i(z, t_i) + beta_i [+ gamma_i xi]."""
         noise = None
@@ -220,8 +236,8 @@ class GatedResidualStack(nn.Module):
             if xi is None:
                 raise ValueError("a stochastic unit needs its noise xi")
             noise = self._noise(self.gamma[i], xi)
-        return self._step(z, self.alpha[i], self.residuals[i], self.times[i], self.beta[i],
-                          noise)
+        return self._step(z, self.alpha[i], self.unit_residuals()[i], self.times[i],
+                          self.beta[i], noise)
 
     def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
@@ -255,10 +271,11 @@ class GatedResidualStack(nn.Module):
             noises = self._noise(gamma, xi).unbind(0)
         else:
             noises = (None,) * self.depth
+        residuals = self.unit_residuals()
         z = z0
         states = [z0] if return_all else None
         for i in range(self.depth):
-            z = self._step(z, alphas[i], self.residuals[i], times[i], betas[i], noises[i])
+            z = self._step(z, alphas[i], residuals[i], times[i], betas[i], noises[i])
             if perturbations is not None:
                 z = z + perturbations[i]
             if return_all:

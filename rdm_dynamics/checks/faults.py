@@ -111,25 +111,24 @@ def _transition_ratio_inverted(original):
 
 
 def _reverse_sde_with_pf_weight(original):
-    def sde(self, x, t):  # the PF-ODE's 1/2 in the reverse SDE's drift
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        drift, g = self.forward.sde(x, t)
-        drift = drift - 0.5 * g**2 * self.score_fn(x, t)
-        return drift, torch.zeros_like(g) if self.probability_flow else g
-    return sde
+    def _drift(self, x, f, g2, score):  # the PF-ODE's 1/2 in the reverse SDE's drift too
+        return f * x - 0.5 * g2 * score
+    return _drift
 
 
 def _mixture_score_without_weights(original):
-    def score(self, x, t, sde):  # responsibilities without the log-weights
-        log_joint, comp_scores = self._component_terms(x, *self._diffused(sde, t))
-        resp = torch.softmax(log_joint - torch.log(self.weights), dim=1)
-        return (resp.unsqueeze(-1) * comp_scores).sum(1)
-    return score
+    def _score_given(self, x, terms, allowed=None):  # responsibilities without the log-weights
+        log_joint, comp_scores = self._component_terms(x, *terms)  # (K, B), (K, B, d)
+        resp = torch.softmax(log_joint - torch.log(self.weights).unsqueeze(1), dim=0)
+        return (resp.unsqueeze(-1) * comp_scores).sum(0)
+    return _score_given
 
 
 def _mixture_diffused_without_square(original):
     def _diffused(self, sde, t):  # V = m lam + v instead of m^2 lam + v
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device)
+        if t.ndim:
+            t = t.reshape(-1, 1, 1)
         m = sde.mean_coef(t)
         return m, m * self.eigvals + sde.marginal_var(t)
     return _diffused
@@ -144,11 +143,10 @@ def _gaussian_std_for_variance(original):
 
 
 def _gaussian_score_basis_transposed(original):
-    def score(self, x, t, sde):  # back from eigen-coordinates with U instead of U^T
-        m, V = self._m_V(sde, t)
+    def _score_given(self, x, m, V):  # back from eigen-coordinates with U instead of U^T
         y = (x - m * self.mean) @ self.eigvecs
         return -(y / V) @ self.eigvecs
-    return score
+    return _score_given
 
 
 def _pf_map_without_sqrt(original):
@@ -300,9 +298,9 @@ FAULTS: list[Fault] = [
     Fault("transition-ratio-inverted", f"{SDE}.SDE.transition_coefs",
           _transition_ratio_inverted, ("reverse-sde", "gate-moments"),
           "transition mean ratio m(s)/m(t) instead of m(t)/m(s)"),
-    Fault("reverse-drift-half-score", f"{SDE}.ReverseSDE.sde", _reverse_sde_with_pf_weight,
+    Fault("reverse-drift-half-score", f"{SDE}.ReverseSDE._drift", _reverse_sde_with_pf_weight,
           DENOISING, "reverse SDE drift f - g^2 s / 2 (the PF-ODE's 1/2)"),
-    Fault("mixture-score-no-weights", f"{LAWS}.GaussianMixture.score",
+    Fault("mixture-score-no-weights", f"{LAWS}.GaussianMixture._score_given",
           _mixture_score_without_weights, DENOISING + ("gate-moments",),
           "mixture score: responsibilities without the weights"),
     Fault("mixture-marginal-missing-square", f"{LAWS}.GaussianMixture._diffused",
@@ -311,7 +309,7 @@ FAULTS: list[Fault] = [
     Fault("gaussian-marginal-std-for-var", f"{LAWS}.Gaussian._m_V", _gaussian_std_for_variance,
           DENOISING + ("gate-moments",),
           "Gaussian marginal covariance m^2 Sigma + sqrt(v) instead of + v"),
-    Fault("gaussian-score-basis-transposed", f"{LAWS}.Gaussian.score",
+    Fault("gaussian-score-basis-transposed", f"{LAWS}.Gaussian._score_given",
           _gaussian_score_basis_transposed, DENOISING,
           "Gaussian score mapped back with U instead of U^T (a transposed basis)"),
     Fault("gaussian-pf-map-missing-sqrt", f"{LAWS}.Gaussian.pf_ode_map", _pf_map_without_sqrt,

@@ -80,6 +80,8 @@ from .rules import Rule, judge, order_rules
 CLAIM = "C4"
 ID = "gate-moments"
 TITLE = "Gates carry the mean and variance: closed-form gates are exact, learned gates converge"
+#: Serial seconds at --depth 256 on one idle core (measured 2026-12-01): a scheduling hint.
+COST = 2.1
 
 T_END, EPS = 1.0, 1e-3
 SPAN = (T_END, EPS)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis.fields import SmoothCoefficient, SmoothTanhField
-from ..laws import Gaussian, GaussianMixture
+from ..laws import DiffusedScore, Gaussian, GaussianMixture
 from ..sde import SDE
 from ..stack import GatedResidualStack
 from . import CheckConfig
@@ -104,11 +104,10 @@ def data_laws(config: CheckConfig, generator) -> dict[str, Gaussian | GaussianMi
                                               generator=generator)}
 
 
-def score_fn(law, sde: SDE, scale: float = 1.0):
-    """(x, t) -> scale * grad log p_t(x), the exact score of the diffused law (scale 1)."""
-    if scale == 1.0:
-        return lambda x, t: law.score(x, t, sde)
-    return lambda x, t: scale * law.score(x, t, sde)
+def score_fn(law, sde: SDE, scale: float = 1.0) -> DiffusedScore:
+    """(x, t) -> scale * grad log p_t(x), the exact score of the diffused law (scale 1), which a
+    stack tabulates on its grid (``laws.DiffusedScore``)."""
+    return DiffusedScore(law, sde, scale)
 
 
 def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, gating: str | None = None,

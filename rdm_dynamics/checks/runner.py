@@ -7,9 +7,9 @@ caller.  The numbers are those of a serial run: every check draws from its own s
 (``CheckConfig.generator``) and never from torch's global generator, so where it runs does not
 change what it computes (the tests compare the reports bit for bit).
 
-Workers are forked from this process on Linux when the checks run on the CPU, so they start in
-milliseconds with every module this process has imported (torch, the checks, matplotlib when
-figures are asked for).  For CUDA, whose state does not survive a fork, and on platforms without
+Workers take the checks longest first (each module's ``COST``).  They are forked from this
+process on Linux when the checks run on the CPU, so they start in milliseconds with every module
+this process has imported (torch, the checks, matplotlib when figures are asked for).  For CUDA, whose state does not survive a fork, and on platforms without
 fork, they come from a forkserver (or are spawned) that preloads the check modules once.
 Each worker draws its check's figure itself (a figure is a closure, which cannot be sent between
 processes) and sends back the result with the figure as PNG bytes
@@ -33,7 +33,7 @@ import time
 import traceback
 from multiprocessing.connection import wait
 
-__all__ = ["run_check", "run_in_processes", "default_jobs", "start_method"]
+__all__ = ["run_check", "run_in_processes", "default_jobs", "start_method", "cost"]
 
 
 def default_jobs(n_checks: int) -> int:
@@ -43,6 +43,17 @@ def default_jobs(n_checks: int) -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, n_checks))
+
+
+#: The cost of a check module that declares none (its ``COST``), in the same unit.
+DEFAULT_COST = 1.0
+
+
+def cost(module) -> float:
+    """A check's ``COST``: its serial seconds at --depth 256 on one idle core (measured, a
+    scheduling hint only).  Workers take the checks longest first, so the longest check does not
+    start last and the run ends close to max(longest check, total / jobs)."""
+    return float(getattr(module, "COST", DEFAULT_COST))
 
 
 def crashed_result(cid: str, claim: str, why: str, trace: str | None = None):
@@ -135,7 +146,7 @@ def run_in_processes(config, checks: dict, jobs: int, *, figures: bool = True,
         matplotlib.use("Agg")
         import matplotlib.figure  # noqa: F401
     threads = torch.get_num_threads()
-    pending = list(checks.items())
+    pending = sorted(checks.items(), key=lambda item: -cost(item[1]))  # longest first
     running: dict = {}  # connection -> (check id, module, process)
     done: dict = {}
     try:

@@ -25,14 +25,16 @@ from collections.abc import Sequence
 
 from . import CheckConfig, registry
 from .faults import CONTROLS, FAULTS, QUICK_CONTROLS, Fault, patched
+from .runner import cost
 
 __all__ = ["run_self_test", "plan"]
 
 
-#: Rough relative cost of each check at quick settings: a quick self-test tries a fault's checks
-#: cheapest first and stops at the first that catches it; the workers take the costliest first.
-COST = {"depth-limit": 1, "error-propagation": 4, "pf-ode": 5, "gate-moments": 5,
-        "residual-sensitivity": 6, "reverse-sde": 10}
+def _cost(cid: str) -> float:
+    """A check's cost (its module's ``COST``, ``runner.cost``): a quick self-test tries a fault's
+    checks cheapest first and stops at the first that catches it; the workers take the costliest
+    first."""
+    return cost(registry()[cid])
 
 
 def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -43,7 +45,7 @@ def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, tuple[str, 
     for f in FAULTS:
         ids = [cid for cid in (f.checks if quick else checks) if cid in checks]
         if quick:
-            ids.sort(key=lambda cid: COST.get(cid, 5))
+            ids.sort(key=_cost)
         faults.append((f.name, tuple(ids)))
     controls = [(c.name, c.check) for c in CONTROLS
                 if c.check in checks and (not quick or c.name in QUICK_CONTROLS)]
@@ -93,7 +95,7 @@ def _results(tasks, jobs: int):
     if jobs <= 1:
         return [_run_one(t) for t in tasks]
     context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-    order = sorted(range(len(tasks)), key=lambda i: -COST.get(tasks[i][2][0], 5))
+    order = sorted(range(len(tasks)), key=lambda i: -_cost(tasks[i][2][0]))
     with context.Pool(jobs) as pool:
         done = pool.map(_run_one, [tasks[i] for i in order], chunksize=1)
     out = [None] * len(tasks)
