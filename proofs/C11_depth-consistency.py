@@ -20,10 +20,11 @@ for i in range(L):
     verified(f"dl/dA_{i} = h p_(i+1) z_{i} with p_(i+1) = dl/dz_(i+1) (scalar stack, L = {L})",
              is_zero(p_next - zs[-1] * later))
 
-# --- Step 2: the gradient is h G(tau) + O(h^2) at a fixed tau --------------------------------------
+# --- Step 2: the gradient is h G(tau) + O(h^2) at a fixed tau ------------------------------------
 a0, a1, tau, t = sp.symbols("a0 a1 tau t", real=True)
 A = lambda s: a0 + a1 * s  # noqa: E731
-# continuous forward and adjoint for l = z(1)^2 / 2: z(t) = z0 exp(int_0^t A), p(t) = z(1) exp(int_t^1 A)
+# continuous forward and adjoint for l = z(1)^2 / 2:
+# z(t) = z0 exp(int_0^t A), p(t) = z(1) exp(int_t^1 A)
 I = lambda lo, hi: sp.integrate(A(t), (t, lo, hi))  # noqa: E731
 z_c = z0 * sp.exp(I(0, tau))
 p_c = z0 * sp.exp(I(0, 1)) * sp.exp(I(tau, 1))
@@ -53,7 +54,7 @@ coefficient = sp.simplify(sp.diff(series, h).subs(h, 0))
 verified("... and the O(h) term is a nonzero function of tau: the discretisation error is first "
          "order", coefficient != 0)
 
-# --- Step 3: one training step keeps matched units O(h) apart --------------------------------------
+# --- Step 3: one training step keeps matched units O(h) apart ------------------------------------
 eta, g0, g1, c = sp.symbols("eta g0 g1 c", real=True)
 Gk = lambda s: g0 + g1 * s  # noqa: E731  (the gradient density at step k)
 # unit at tau in a depth-L model: A_i^k = A^k(tau) + c h; gradient (1/h) dl/dA_i = G(tau) + O(h)
@@ -63,7 +64,7 @@ verified("after one step the 2N unit at tau and the N unit at tau differ by O(h)
          "(A + c h/2 - eta(G + c h/2)) - (A + c h - eta(G + c h)) = -(1 - eta) c h / 2",
          is_zero(diff_step + (1 - eta) * c * h / 2))
 
-# --- Step 4: independent draws stay sqrt(2) apart --------------------------------------------------
+# --- Step 4: independent draws stay sqrt(2) apart ------------------------------------------------
 s2 = sp.symbols("sigma2", positive=True)
 X, Y = sp.symbols("X Y", real=True)
 E = lambda expr: sp.expand(expr).subs({X ** 2: s2, Y ** 2: s2}).subs({X * Y: 0, X: 0, Y: 0})  # noqa: E731

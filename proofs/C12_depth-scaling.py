@@ -13,7 +13,8 @@ x = [sp.log(d) for d in depths]
 y = [sp.log(c * d ** s) for d in depths]
 n = len(x)
 xm, ym = sum(x) / n, sum(y) / n
-slope = sum((xi - xm) * (yi - ym) for xi, yi in zip(x, y)) / sum((xi - xm) ** 2 for xi in x)
+slope = (sum((xi - xm) * (yi - ym) for xi, yi in zip(x, y, strict=True))
+         / sum((xi - xm) ** 2 for xi in x))
 verified("least-squares slope of log(c L^s) against log L on L = 2, 4, 16 equals s",
          is_zero(sp.expand_log(slope, force=True) - s))
 
