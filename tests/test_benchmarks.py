@@ -67,7 +67,7 @@ def test_gpu_throughput_smoke_writes_json(tmp_path):
     assert all(r["images_per_s"] > 0 for r in out["runs"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # seven subprocesses, each importing torch, and a study run: 80 s alone
 def test_gpu_suite_smoke_on_the_cpu(tmp_path):
     """The GPU machine's script, on the CPU at its smallest settings: every stage runs (or says
     why not) and suite.json records it (about 25 s idle, a minute loaded: seven subprocesses,

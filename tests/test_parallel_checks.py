@@ -101,7 +101,6 @@ def test_default_jobs_is_one_per_core_at_most_one_per_check():
     assert 1 <= default_jobs(100) <= (os.cpu_count() or 1)
 
 
-@pytest.mark.slow
 def test_parallel_results_are_bit_identical_to_the_serial_ones():
     """Every check's metrics, bands, verdict and summary are the same run in this process one
     after another and in two worker processes; only the timings differ.  (The command line's
@@ -146,7 +145,6 @@ def test_bad_jobs_is_one_line_and_exit_two(jobs, needle, capsys, tmp_path):
     assert needle in err and len(err.splitlines()) == 1, err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["forkserver"])
 def test_workers_from_a_forkserver_give_the_same_numbers(method, monkeypatch):
     """CUDA runs start workers from a forkserver (spawn where there is none; the same code

@@ -83,12 +83,35 @@ def test_a_control_that_passes_fails_the_self_test(monkeypatch):
     assert rc == 1 and "PASSED (a control that passes!)" in text
 
 
-@pytest.mark.slow  # about 45 check runs (quick settings, 2 processes): the longest test
+#: The fast lane's sample of the fault library: one fault per check, each run against the check
+#: that catches it first in the whole quick self-test (the slow test below runs them all).
+FAULT_SAMPLE = {"depth-limit": "unit-forgets-beta",
+                "pf-ode": "gaussian-score-basis-transposed",
+                "reverse-sde": "brownian-bridge-siblings-equal",
+                "gate-moments": "gate-basis-transposed",
+                "error-propagation": "gronwall-skips-first-unit",
+                "residual-sensitivity": "adjoints-reversed"}
+
+
+@pytest.mark.parametrize("cid, name", FAULT_SAMPLE.items())
+def test_a_real_fault_fails_the_check_that_relies_on_it(cid, name):
+    """At the quick self-test's settings (--depth 256 --quick; the clean runs pass there:
+    test_verdicts), the planted fault makes its check FAIL by measurement, not by a crash."""
+    fault = next(f for f in FAULTS if f.name == name)
+    assert cid in fault.checks
+    with patched(fault):
+        result = registry()[cid].run(CheckConfig(depth=256, quick=True))
+    assert not result.passed and result.verdict.failed and result.error is None, result.summary
+
+
+@pytest.mark.slow  # 46 check runs (quick settings, 2 processes): about 45 s alone, idle
 def test_verify_self_test_quick_catches_every_fault():
-    """CI's run: ``python -m rdm_dynamics.verify --self-test --quick`` exits 0, every fault of
-    the library is caught and every negative control fails."""
+    """The whole library: ``python -m rdm_dynamics.verify --self-test --quick`` exits 0, every
+    fault is caught by a measurement (none only by crashing a check) and every negative
+    control fails."""
     proc = subprocess.run([sys.executable, "-m", "rdm_dynamics.verify", "--self-test", "--quick"],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"kill rate {len(FAULTS)}/{len(FAULTS)} (100%)" in proc.stdout
     assert "SURVIVED" not in proc.stdout and "CLEAN RUN FAILED" not in proc.stdout
+    assert "crashed:" not in proc.stdout, proc.stdout

@@ -55,6 +55,7 @@ def _without_timing(report: dict) -> dict:
     return out
 
 
+@pytest.mark.slow  # two tiny studies, one of them killed and resumed: about 40 s under -n 2
 def test_a_killed_study_resumes_to_the_same_report(tmp_path):
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY)
@@ -160,11 +161,13 @@ def test_show_preset_prints_a_file_study_reads(tmp_path, capsys):
 
 def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path):
     spec = tmp_path / "tiny.toml"
-    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]"))
+    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("fd_samples = 16",
+                                                                        "fd_samples = 0"))
     first = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
                    timeout=600)
     assert first.returncode == 1, first.stderr
-    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("lr", "lr")
+    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("fd_samples = 16",
+                                                                        "fd_samples = 0")
                     .replace("batch_size = 16", "batch_size = 8"))
     again = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
                    timeout=600)

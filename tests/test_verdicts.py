@@ -1,6 +1,6 @@
 """One verdict mechanism: re-applying a report's ``expected`` to its ``metrics`` gives ``passed``.
 
-Every check is run (quick) under every gate schedule, and its JSON (as a tool would read it,
+Every check is run (quick) under the gate schedules, and its JSON (as a tool would read it,
 after a round trip through ``json``) is judged again from ``expected`` alone: closed intervals,
 ``null`` for an open end, and a metric without a value failing.  The verdict, and the list of
 failed metrics, must be reproduced exactly, check by check.  The runs include passes (rdm gates
@@ -18,7 +18,8 @@ from rdm_dynamics.checks import CheckConfig, registry
 from rdm_dynamics.checks.rules import EMPTY_BAND, Rule, judge, within
 from rdm_dynamics.stack import GATINGS
 
-RUNS = [(gating, 64) for gating in GATINGS] + [("rdm", 256)]
+#: euler is left out: its gates are rdm's initial gates, so its runs are rdm's, number for number.
+RUNS = [(gating, 64) for gating in GATINGS if gating != "euler"] + [("rdm", 256)]
 
 
 def rejudge(check_json: dict) -> tuple[bool, list[str]]:

@@ -9,8 +9,9 @@ change what it computes (the tests compare the reports bit for bit).
 
 Workers take the checks longest first (each module's ``COST``).  They are forked from this
 process on Linux when the checks run on the CPU, so they start in milliseconds with every module
-this process has imported (torch, the checks, matplotlib when figures are asked for).  For CUDA, whose state does not survive a fork, and on platforms without
-fork, they come from a forkserver (or are spawned) that preloads the check modules once.
+this process has imported (torch, the checks, matplotlib when figures are asked for).  For
+CUDA, whose state does not survive a fork, and on platforms without fork, they come from a
+forkserver (or are spawned) that preloads the check modules once.
 Each worker draws its check's figure itself (a figure is a closure, which cannot be sent between
 processes) and sends back the result with the figure as PNG bytes
 (:class:`~rdm_dynamics.checks.report.RenderedFigure`).  Results come back in the order of
