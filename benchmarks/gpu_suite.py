@@ -232,8 +232,10 @@ def main(argv=None) -> int:
                                "why": "no python -m rdm_dynamics.study" if study_help is None
                                else "python -m rdm_dynamics.study --help names no 'gpu' preset"})
     else:
-        trial = (["--max-steps", "2", "--set", "compile=false", "--runs",
-                  "depth-4_gate-rdm_init-smooth_seed-0"] if args.smoke
+        trial = (["--max-steps", "2", "--set", "compile=false", "--set", "n_samples=4",
+                  "--set", "sample_steps=2", "--set", "measure.fd_samples=16", "--set",
+                  "measure.sample_steps=4", "--runs", "depth-4_gate-rdm_init-smooth_seed-0"]
+                 if args.smoke
                  else ["--max-steps", "150", "--jobs", "4", "--runs", "*seed-0"])
         path = out / "study.json"
         entry = suite.run("study", [PY, "-m", "rdm_dynamics.study", "--preset", "gpu",

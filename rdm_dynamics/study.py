@@ -17,6 +17,7 @@ Exit codes: 0 every claim holds; 1 a claim fails (a measured outcome, said in th
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -47,8 +48,9 @@ def build_parser() -> Parser:
     p.add_argument("--max-steps", default=None,
                    help="cap every run's step budget (a quick trial of a preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a training setting for every run, over the study file's (repeatable; "
-                        "e.g. --set compile=false)")
+                   help="a training setting for every run, over the study file's, or a "
+                        "measure.NAME setting (repeatable; e.g. --set compile=false --set "
+                        "measure.fd_samples=64)")
     p.add_argument("--runs", default=None, metavar="GLOB",
                    help="only the runs whose id matches this pattern (e.g. '*gate-rdm*'); "
                         "C11 and C12 are judged on those")
@@ -57,20 +59,42 @@ def build_parser() -> Parser:
     return p
 
 
+def _measure_value(key: str, text: str):
+    """The value of ``--set measure.NAME=TEXT``: a boolean (true/false), an int or a float, as
+    written (``MeasureConfig`` then checks it against the setting's type)."""
+    word = text.strip().lower()
+    if word in ("true", "false"):
+        return word == "true"
+    for kind in (int, float):
+        try:
+            return kind(word)
+        except ValueError:
+            pass
+    raise UsageError(f"--set {key}: {text!r} is not a number or true/false")
+
+
 def _plan(args):
     from .checks.study import load_study, plan, preset_path
+    from .checks.study.plan import measure_config
     from .training.settings import SETTINGS, coerce
 
     if args.file is None:
         preset_path(args.preset or "cpu")  # an unknown preset name is not read as a file
     study = load_study(args.file or args.preset or "cpu")
     overrides = {"device": str(parse_device(args.device))}
+    measure = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if sep and key.startswith("measure."):
+            measure[key.removeprefix("measure.")] = _measure_value(key, value)
+            continue
         if not sep or key not in SETTINGS:
-            raise UsageError(f"--set wants KEY=VALUE with KEY a training setting, got {item!r}")
+            raise UsageError(f"--set wants KEY=VALUE with KEY a training setting or "
+                             f"measure.NAME, got {item!r}")
         overrides[key] = coerce(key, value)
+    if measure:
+        study = dataclasses.replace(study, measure=measure_config(study.measure, measure))
     if args.max_steps is not None:
         cap = parse_int(args.max_steps, "max-steps", 1)
         overrides["steps"] = min(cap, int(overrides.get("steps", study.train.get("steps", cap))))

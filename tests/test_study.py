@@ -115,8 +115,24 @@ def test_smoke_preset_writes_the_report_contract(tmp_path):
     assert (out / "depth-consistency.png").is_file() and (out / "depth-scaling.png").is_file()
 
 
-# The gpu preset on the CPU (one run, 2 steps, no torch.compile) is run by
-# tests/test_benchmarks.py::test_gpu_suite_smoke_on_the_cpu, through the GPU machine's script.
+def test_the_gpu_preset_plans_for_the_cpu_and_measure_settings_are_set(tmp_path):
+    """The gpu preset as a CPU trial plans (issue 12: --device cpu --max-steps 2): every run a
+    valid training configuration on the CPU, capped at 2 steps, without torch.compile, and
+    ``--set measure.NAME=VALUE`` reaches the measurement.  One of its runs is trained and
+    measured on the CPU in the slow lane (test_benchmarks.py::test_gpu_suite_smoke_on_the_cpu,
+    through the GPU machine's script; about 20 s alone)."""
+    args = study_command.build_parser().parse_args(
+        ["--preset", "gpu", "--device", "cpu", "--max-steps", "2", "--set", "compile=false",
+         "--set", "measure.fd_samples=16", "--set", "measure.quick=false",
+         "--out", str(tmp_path / "g")])
+    study, runs = study_command._plan(args)
+    assert len(runs) == 5 * 3 * 2 + 3 * 2  # five gates x 3 depths x 2 seeds + the control
+    for run in runs:
+        c = run.config
+        assert (c.device, c.steps, c.compile, c.image_size, c.bf16) == ("cpu", 2, False, 16, True)
+        assert c.warmup <= 2 and c.ckpt_every <= 2
+    assert (study.measure.fd_samples, study.measure.quick, study.measure.sample_steps) == \
+        (16, False, 50)
 
 
 BAD = [
@@ -126,6 +142,10 @@ BAD = [
     (["--preset", "smoke", "--runs", "no-such-run"], "matches no run"),
     (["--preset", "smoke", "--set", "colour=red"], "--set wants KEY=VALUE"),
     (["--preset", "smoke", "--set", "steps=many"], "steps must be int"),
+    (["--preset", "smoke", "--set", "measure.fd=3"], "unknown setting(s) fd"),
+    (["--preset", "smoke", "--set", "measure.fd_samples=lots"], "not a number or true/false"),
+    (["--preset", "smoke", "--set", "measure.quick=3"], "measure.quick must be a bool"),
+    (["--preset", "smoke", "--set", "measure.fd_samples=-1"], "fd_samples must be >= 0"),
     (["--preset", "smoke", "--max-steps", "0"], "--max-steps must be at least 1"),
     (["--preset", "smoke", "--device", "tpu"], "--device"),
     (["--preset", "smoke", "--file", "x.toml"], "not allowed with"),

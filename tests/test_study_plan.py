@@ -70,7 +70,7 @@ BAD = {
     "bad constraint": ("[train]\nlr = -1.0\n[[grid]]\ndepth = [2]\n", "lr must"),
     "bad axis value": ("[[grid]]\ndepth = [2]\ninit = ['fancy']\n", "init must"),
     "unknown model": ("[train]\nmodel = 'RDM-Foo'\n[[grid]]\ndepth = [2]\n", "unknown model"),
-    "unknown measure": ("[[grid]]\ndepth = [2]\n[measure]\nfd = 3\n", "unknown [measure]"),
+    "unknown measure": ("[[grid]]\ndepth = [2]\n[measure]\nfd = 3\n", "[measure]: unknown setting"),
     "bad measure": ("[[grid]]\ndepth = [2]\n[measure]\nquick = 'yes'\n", "measure.quick"),
     "not toml": ("[[grid\n", "cannot parse"),
 }

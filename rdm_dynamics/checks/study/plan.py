@@ -37,7 +37,7 @@ from ...training.settings import (
 )
 
 __all__ = ["PRESETS", "PRESET_DIR", "MeasureConfig", "Study", "RunSpec", "load_study",
-           "preset_path", "plan"]
+           "preset_path", "plan", "measure_config"]
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
 PRESETS = ("smoke", "cpu", "gpu", "gpu-large")
@@ -157,14 +157,20 @@ def load_study(source: str) -> Study:
     measure = raw.get("measure", {})
     if not isinstance(measure, dict):
         raise UsageError(f"{path}: [measure] must be a mapping")
-    names = {f.name for f in dataclasses.fields(MeasureConfig)}
-    if set(measure) - names:
-        raise UsageError(f"{path}: unknown [measure] setting(s) "
-                         f"{', '.join(sorted(set(measure) - names))} (known: "
-                         f"{', '.join(sorted(names))})")
     name = source if source in PRESETS else path.stem
-    return Study(name=name, train=dict(train), grids=parsed, measure=MeasureConfig(**measure),
+    return Study(name=name, train=dict(train), grids=parsed,
+                 measure=measure_config(MeasureConfig(), measure, where=f"{path}: [measure]"),
                  source=str(path))
+
+
+def measure_config(base: MeasureConfig, changes: dict, *, where: str = "measure") -> MeasureConfig:
+    """``base`` with the settings ``changes`` (name -> value); UsageError (one line) for an
+    unknown name or a value of the wrong type."""
+    names = {f.name for f in dataclasses.fields(MeasureConfig)}
+    if set(changes) - names:
+        raise UsageError(f"{where}: unknown setting(s) {', '.join(sorted(set(changes) - names))}"
+                         f" (known: {', '.join(sorted(names))})")
+    return dataclasses.replace(base, **changes)
 
 
 def _slug(value) -> str:
