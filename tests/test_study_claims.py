@@ -154,3 +154,45 @@ def test_c12_not_applicable_checks_give_no_figure():
     result = depth_scaling.evaluate(records)
     assert "slope_excess_risk[digits-gmm,rdm]" not in result.metrics
     assert math.isfinite(result.metrics["slope_fd_ratio[digits-gmm,plain]"])  # plain judged on FD
+
+
+def test_c12_reports_and_draws_the_best_learning_rate_when_it_is_swept():
+    """Constructed sweep: at depth d the excess risk is lowest at lr = 1e-3 / d for rdm (the best
+    lr moves with depth) and at 1e-3 at every depth for plain (it transfers)."""
+    records = []
+    for gate in ("rdm", "plain"):
+        for seed in (0, 1):
+            for d in (2, 4, 8):
+                best = 1e-3 / d if gate == "rdm" else 1e-3
+                for lr in (1e-3 / 8, 1e-3 / 4, 1e-3 / 2, 1e-3):
+                    r = _record(gate, d, seed, excess=0.1 + abs(math.log(lr / best)),
+                                fd=2.0, bf16=0.01, sens=1.5)
+                    r["axes"]["lr"] = lr
+                    r["id"] += f"-{lr}"
+                    records.append(r)
+    result = depth_scaling.evaluate(records)
+    m = result.metrics
+    assert [m[f"best_lr[digits-gmm,rdm,depth={d}]"] for d in (2, 4, 8)] == \
+        pytest.approx([1e-3 / 2, 1e-3 / 4, 1e-3 / 8])
+    assert m["best_lr_transfers[digits-gmm,rdm]"] == 0
+    assert m["best_lr_transfers[digits-gmm,plain]"] == 1
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    result.figure(fig)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == len(depth_scaling.FIGURES) + 1 and "best learning rate" in titles[-1]
+    assert len(fig.axes[-1].get_lines()) == 2  # one line per cell without lr
+    plain = next(line for line in fig.axes[-1].get_lines() if "plain" in line.get_label())
+    assert list(plain.get_ydata()) == pytest.approx([1e-3] * 3)
+
+
+def test_c12_draws_no_learning_rate_panel_without_a_sweep():
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    depth_scaling.evaluate(_scaling()).figure(fig)
+    assert len(fig.axes) == len(depth_scaling.FIGURES)

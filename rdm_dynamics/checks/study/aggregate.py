@@ -34,6 +34,26 @@ def cell_label(cell: tuple) -> str:
     return ",".join(str(v) for _, v in cell) or "all"
 
 
+#: The colour of each gate in the study's figures (other gates: black).
+GATE_COLOURS = {"plain": "C3", "post-ln": "C1", "rezero": "C2", "adaln-zero": "C4", "rdm": "C0"}
+INIT_MARKERS = {"smooth": "o", "iid": "s"}
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def cell_style(cell: tuple, cells) -> dict:
+    """How a cell is drawn among ``cells`` (matplotlib keywords): the colour says its gate, the
+    marker its initialisation, the line style the values of its other axes (the data, ...)."""
+    values = dict(cell)
+
+    def rest(c):
+        return tuple((k, str(v)) for k, v in c if k not in ("gate", "init"))
+
+    others = sorted({rest(c) for c in cells})
+    return {"color": GATE_COLOURS.get(values.get("gate"), "k"),
+            "marker": INIT_MARKERS.get(values.get("init"), "^"),
+            "linestyle": LINE_STYLES[others.index(rest(cell)) % len(LINE_STYLES)]}
+
+
 def by_cell(records: Iterable[Record]) -> dict[tuple, dict[int, dict[int, Record]]]:
     """cell -> seed -> depth -> record."""
     out: dict = defaultdict(lambda: defaultdict(dict))

@@ -38,7 +38,7 @@ import torch
 
 from ..report import CheckResult
 from ..rules import Rule, judge
-from .aggregate import by_cell, cell_label, log_slope_over_seeds, mean_by_depth
+from .aggregate import by_cell, cell_label, cell_style, log_slope_over_seeds, mean_by_depth
 
 CLAIM = "C11"
 ID = "depth-consistency"
@@ -188,19 +188,19 @@ def _figure(cells):
     def draw(fig):
         ax1, ax2, ax3 = fig.subplots(1, 3)
         for cell, c in cells.items():
-            label = cell_label(cell)
+            label, style = cell_label(cell), cell_style(cell, cells)
             ns = sorted(c["distances"])
             if ns:
                 means = [np.mean(c["distances"][n]) for n in ns]
                 ses = [np.std(c["distances"][n], ddof=1) / math.sqrt(len(c["distances"][n]))
                        if len(c["distances"][n]) > 1 else 0.0 for n in ns]
-                ax1.errorbar(ns, means, yerr=ses, marker="o", capsize=3, label=label)
+                ax1.errorbar(ns, means, yerr=ses, capsize=3, label=label, **style)
             for ax, series in ((ax2, c["smoothness"]), (ax3, c["gate_sum"])):
                 depths = [d for d in sorted(series) if math.isfinite(series[d][0])]
                 if depths:
                     ax.errorbar(depths, [series[d][0] for d in depths],
                                 yerr=[np.nan_to_num(series[d][1]) for d in depths],
-                                marker="o", capsize=3, label=label)
+                                capsize=3, label=label, **style)
         ax1.set(xscale="log", yscale="log", xlabel="N", title="max_j |theta(2N)_2j - theta(N)_j|"
                 " / |theta(N)_j|")
         ax2.set(xscale="log", yscale="log", xlabel="depth",

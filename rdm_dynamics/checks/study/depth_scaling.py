@@ -36,7 +36,7 @@ import numpy as np
 
 from ..report import CheckResult
 from ..rules import Rule, judge
-from .aggregate import by_cell, cell_label, log_slope_over_seeds, mean_by_depth
+from .aggregate import by_cell, cell_label, cell_style, log_slope_over_seeds, mean_by_depth
 
 CLAIM = "C12"
 ID = "depth-scaling"
@@ -121,35 +121,37 @@ def evaluate(records: list[dict]) -> CheckResult:
                        for name in FIGURES}
     metrics["rdm_cells"], metrics["plain_cells"] = counts["rdm"], counts["plain"]
     rules = [Rule("rdm_cells", (1, None)), Rule("plain_cells", (1, None)), *rules]
-    best = _best_learning_rates(records)
+    best, best_series = _best_learning_rates(records)
     metrics.update(best)
     verdict = judge(metrics, rules)
     return CheckResult(id=ID, claim=CLAIM, metrics=metrics, verdict=verdict,
-                       summary=_summary(cells, metrics, verdict), figure=_figure(table),
+                       summary=_summary(cells, metrics, verdict),
+                       figure=_figure(table, best_series),
                        measured_text=_measured(cells, metrics),
                        theory_text=f"rdm: slopes <= {HOLD_SLOPE}; plain: > {HOLD_SLOPE}")
 
 
-def _best_learning_rates(records: list[dict]) -> dict[str, float]:
-    """Best learning rate per (cell without lr, depth), when the learning rate is an axis."""
+def _best_learning_rates(records: list[dict]) -> tuple[dict[str, float], dict]:
+    """Best learning rate per (cell without lr, depth), when the learning rate is an axis: the
+    metrics, and for the figure cell -> depth -> best lr ({} when lr is not swept)."""
     if len({r["axes"].get("lr") for r in records} - {None}) < 2:
-        return {}
+        return {}, {}
     groups: dict = defaultdict(lambda: defaultdict(list))
     for r in records:
         rest = tuple(sorted((k, v) for k, v in r["axes"].items()
                             if k not in ("depth", "seed", "lr")))
         name = "excess_risk" if math.isfinite(figure_of(r, "excess_risk")) else "fd_ratio"
         groups[(rest, int(r["depth"]))][r["axes"]["lr"]].append(figure_of(r, name))
-    out, best_by_rest = {}, defaultdict(set)
+    out, series = {}, defaultdict(dict)
     for (rest, depth), by_lr in sorted(groups.items()):
         means = {lr: np.nanmean(v) if np.isfinite(v).any() else math.inf
                  for lr, v in by_lr.items()}
         lr = min(means, key=means.get)
         out[f"best_lr[{cell_label(rest)},depth={depth}]"] = float(lr)
-        best_by_rest[rest].add(lr)
-    for rest, lrs in best_by_rest.items():
-        out[f"best_lr_transfers[{cell_label(rest)}]"] = int(len(lrs) == 1)
-    return out
+        series[rest][depth] = float(lr)
+    for rest, by_depth in series.items():
+        out[f"best_lr_transfers[{cell_label(rest)}]"] = int(len(set(by_depth.values())) == 1)
+    return out, dict(series)
 
 
 def _slope_text(metrics, name, label) -> str:
@@ -187,17 +189,30 @@ def _summary(cells, metrics, verdict) -> str:
     return "; ".join(words) + f". {outcome}."
 
 
-def _figure(table):
+def _figure(table, best_lr=None):
+    """Each figure against depth per cell, with standard-error bars; and, when the learning
+    rate was swept, the best learning rate against depth per cell (``best_lr``)."""
+    best_lr = best_lr or {}
+
     def draw(fig):
-        axes = fig.subplots(1, len(FIGURES))
-        for ax, (name, (_, title)) in zip(axes, FIGURES.items(), strict=True):
+        axes = fig.subplots(1, len(FIGURES) + bool(best_lr))
+        if best_lr:
+            ax = axes[-1]
+            for cell, by_depth in best_lr.items():
+                depths = sorted(by_depth)
+                ax.plot(depths, [by_depth[d] for d in depths], label=cell_label(cell),
+                        **cell_style(cell, best_lr))
+            ax.set(xscale="log", yscale="log", xlabel="depth",
+                   title="best learning rate (lowest excess risk, else FD)")
+            ax.legend(fontsize=7)
+        for ax, (name, (_, title)) in zip(axes, FIGURES.items(), strict=False):
             for cell, figures in table.items():
                 series = figures[name]
                 depths = [d for d in sorted(series) if math.isfinite(series[d][0])]
                 if depths:
                     ax.errorbar(depths, [series[d][0] for d in depths],
-                                yerr=[np.nan_to_num(series[d][1]) for d in depths], marker="o",
-                                capsize=3, label=cell_label(cell))
+                                yerr=[np.nan_to_num(series[d][1]) for d in depths], capsize=3,
+                                label=cell_label(cell), **cell_style(cell, table))
             ax.set(xscale="log", xlabel="depth", title=title)
             if ax.get_legend_handles_labels()[0]:
                 ax.set_yscale("log")
@@ -205,5 +220,5 @@ def _figure(table):
             else:
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center",
                         transform=ax.transAxes)
-        fig.set_size_inches(4.2 * len(FIGURES), 4.2)
+        fig.set_size_inches(4.2 * len(axes), 4.2)
     return draw
