@@ -1,8 +1,9 @@
 """Every sympy script in proofs/ runs and confirms its symbolic steps.
 
 Each script runs as ``__main__`` in this process (``runpy``: sympy is imported once per test
-process, not once per script), with its folder first on ``sys.path`` as for a script; a script that finds a step false exits with a non-zero code,
-which fails the test, and one that finishes prints "all steps verified"."""
+process, not once per script), with its folder first on ``sys.path`` as for a script; a script
+that finds a step false exits with a non-zero code, which fails the test, and one that finishes
+prints "all steps verified"."""
 
 import runpy
 from pathlib import Path
