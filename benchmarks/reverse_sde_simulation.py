@@ -1,14 +1,16 @@
 """The stack's reverse-SDE simulation against torchsde.sdeint, same steps and batch, with floors.
 
     python benchmarks/reverse_sde_simulation.py [--batch 256] [--steps 256] [--reps 21]
-                                                [--threads 1] [--json PATH]
+                                                [--base-steps 16] [--threads 1] [--json PATH]
 
 Every variant runs Euler-Maruyama for the VP reverse SDE of a Gaussian in R^4 with the exact
 score (``sde.reverse(...).denoising_field``, F below), from exact samples of p_T down to
 eps = 1e-3, in float64 on the CPU, noise included:
 
-* ``stack``:    ``paths.BrownianPath`` increments (dyadic Levy refinement from one step, one
-                tensor operation per level), then the gated residual stack with C3's
+* ``stack``:    ``paths.BrownianPath`` increments (dyadic Levy refinement from ``--base-steps``
+                steps, default 16 as C3 builds its path at depth 256: the coarsest rung of its
+                ladder, refined to the deepest; one tensor operation per level; ``--base-steps
+                1`` refines from one step), then the gated residual stack with C3's
                 stochastic units; the stack evaluates F through ``F.on_grid`` (its time
                 coefficients computed once for the stack's grid: ``sde.DenoisingField``);
 * ``torchsde``: ``torchsde.sdeint(method="euler")`` on the same SDE (``paths.TorchsdeReverse``),
@@ -72,14 +74,19 @@ def parse(argv):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--reps", type=int, default=21)
+    p.add_argument("--base-steps", type=int, default=16,
+                   help="steps of the Brownian path's coarsest level (default 16)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures here")
     args = p.parse_args(argv)
-    for name in ("batch", "steps", "reps", "threads"):
+    for name in ("batch", "steps", "reps", "threads", "base_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
     if args.steps & (args.steps - 1):
         raise ValueError("--steps must be a power of 2 (the Brownian path refines dyadically)")
+    args.base_steps = min(args.base_steps, args.steps)
+    if args.base_steps & (args.base_steps - 1):
+        raise ValueError("--base-steps must be a power of 2")
     return args
 
 
@@ -132,7 +139,7 @@ def measure(args) -> dict:
         return -(f_tab[i] * z - g2_tab[i] * score)
 
     def run_stack():
-        path = BrownianPath(span, x_T.shape, generator=g)
+        path = BrownianPath(span, x_T.shape, base_steps=args.base_steps, generator=g)
         return stack(x_T, xi=path.normalised_increments(L))
 
     def run_torchsde():
@@ -175,7 +182,8 @@ def measure(args) -> dict:
                            f"tabulated vs F {tabulated_vs_field:.3g}")
 
     def run_path():
-        BrownianPath(span, x_T.shape, generator=g).normalised_increments(L)
+        BrownianPath(span, x_T.shape, base_steps=args.base_steps,
+                     generator=g).normalised_increments(L)
 
     def run_randn():
         torch.randn((L, *x_T.shape), generator=g, dtype=x_T.dtype)
@@ -202,6 +210,7 @@ def measure(args) -> dict:
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "torchsde": torchsde.__version__, "threads": args.threads,
         "sde": "vp", "data": "Gaussian in R^4", "batch": args.batch, "steps": L,
+        "path_base_steps": args.base_steps,
         "dtype": "float64", "reps": args.reps, "target_speedup": TARGET,
         "median_seconds": medians,
         "median_paired_speedup_vs_torchsde": speedups["stack"]["median"],
@@ -212,7 +221,8 @@ def measure(args) -> dict:
                    "tabulated_vs_field_max_abs": tabulated_vs_field},
     }
     print(f"reverse-SDE simulation: VP, Gaussian data in R^4, batch {args.batch}, {L} "
-          f"Euler-Maruyama steps, float64, {args.threads} thread(s), {args.reps} repetitions")
+          f"Euler-Maruyama steps, float64, {args.threads} thread(s), {args.reps} repetitions; "
+          f"path refined from {args.base_steps} step(s)")
     labels = {"stack": "stack + BrownianPath", "torchsde": "torchsde.sdeint + BrownianInterval",
               "loop": "floor: hand loop over F", "tabulated": "floor: hand loop, F tabulated",
               "field": "the 256 evaluations of F(z, t) alone",

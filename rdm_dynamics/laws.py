@@ -94,21 +94,29 @@ class Gaussian:
         m, V = self._m_V(sde, t)
         return Gaussian(m * self.mean, (self.eigvecs * V) @ self.eigvecs.T)
 
-    def _score_given(self, x: torch.Tensor, m: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """-(U diag(1 / V) U^T) (x - m mu): the score of p_t given its coefficients m(t), V(t)."""
-        y = (x - m * self.mean) @ self.eigvecs
-        return -(y / V) @ self.eigvecs.T
+    def _score_coefficients(self, m: torch.Tensor, V: torch.Tensor):
+        """The x-free part of the score at a time, from ``_m_V``: the centre m mu and minus the
+        precision, -(m^2 Sigma + v I)^{-1} = U diag(-1 / V) U^T (symmetric; each with a leading
+        axis for a grid of times)."""
+        return m * self.mean, (self.eigvecs * (-1.0 / V).unsqueeze(-2)) @ self.eigvecs.T
+
+    @staticmethod
+    def _score_given(x: torch.Tensor, centre: torch.Tensor,
+                     neg_precision: torch.Tensor) -> torch.Tensor:
+        """-(m^2 Sigma + v I)^{-1} (x - m mu) given ``_score_coefficients`` (rows of x)."""
+        return (x - centre) @ neg_precision
 
     def score(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
         """grad_x log p_t(x) = -(m^2 Sigma + v I)^{-1} (x - m mu)."""
-        return self._score_given(x, *self._m_V(sde, t))
+        return self._score_given(x, *self._score_coefficients(*self._m_V(sde, t)))
 
     def score_on_grid(self, sde: SDE, times: torch.Tensor) -> list[Callable]:
         """x -> score(x, t_i, sde) for every time of a 1-d ``times``: the same arithmetic, with
-        m(t_i) and V(t_i) computed for the whole grid in one vectorised call of ``_m_V``."""
-        m, V = self._m_V(sde, times.unsqueeze(-1))
-        return [functools.partial(self._score_given, m=m_i, V=V_i)
-                for m_i, V_i in zip(m.unbind(0), V.unbind(0), strict=True)]
+        its coefficients computed for the whole grid in vectorised calls of ``_m_V`` and
+        ``_score_coefficients``."""
+        centres, neg_precisions = self._score_coefficients(*self._m_V(sde, times.unsqueeze(-1)))
+        return [functools.partial(self._score_given, centre=c, neg_precision=p)
+                for c, p in zip(centres.unbind(0), neg_precisions.unbind(0), strict=True)]
 
     def marginal_log_prob(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
         return self.marginal(sde, t).log_prob(x)

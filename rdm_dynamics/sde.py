@@ -142,18 +142,18 @@ class ReverseSDE:
         self.probability_flow = probability_flow
         self.T = forward.T
 
-    def _drift(self, x: torch.Tensor, f: torch.Tensor, g2: torch.Tensor,
-               score: torch.Tensor) -> torch.Tensor:
-        """f x - w g^2 s, w = 1/2 for the PF-ODE and 1 for the reverse SDE: the reverse drift
-        given f = f(t), g2 = g(t)^2 and the score s = s(x, t) (the one place it is formed)."""
+    def _drift_coefficients(self, f: torch.Tensor, g2: torch.Tensor):
+        """(f, w g^2), w = 1/2 for the PF-ODE and 1 for the reverse SDE: the reverse drift is
+        f x - w g^2 s(x, t), given f = f(t) and g2 = g(t)^2 (the one place w enters)."""
         weight = 0.5 if self.probability_flow else 1.0
-        return f * x - weight * g2 * score
+        return f, weight * g2
 
     def sde(self, x: torch.Tensor, t: Time) -> tuple[torch.Tensor, torch.Tensor]:
         t = _as_time(t, x)
-        f = expand_as_batch(self.forward.drift_coef(t), x)
         g = expand_as_batch(self.forward.diffusion_coef(t), x)
-        drift = self._drift(x, f, g**2, self.score_fn(x, t))
+        c_x, c_s = self._drift_coefficients(expand_as_batch(self.forward.drift_coef(t), x),
+                                            g**2)
+        drift = c_x * x - c_s * self.score_fn(x, t)
         diffusion = torch.zeros_like(g) if self.probability_flow else g
         return drift, diffusion
 
@@ -182,18 +182,21 @@ class DenoisingField:
         """[F_0, ..., F_{n-1}] for a 1-d ``times``, F_i(x, t) = F(x, t_i) (``t`` is ignored: a
         stack passes t_i)."""
         reverse = self.reverse
-        f = reverse.forward.drift_coef(times).unbind(0)
-        g2 = (reverse.forward.diffusion_coef(times) ** 2).unbind(0)
+        c_x, c_s = reverse._drift_coefficients(reverse.forward.drift_coef(times),
+                                               reverse.forward.diffusion_coef(times) ** 2)
         on_grid = getattr(reverse.score_fn, "on_grid", None)
         scores = (on_grid(times) if on_grid is not None else
                   [lambda x, t=t: reverse.score_fn(x, t) for t in times.unbind(0)])
-        return [functools.partial(_grid_unit, reverse._drift, f_i, g2_i, s_i)
-                for f_i, g2_i, s_i in zip(f, g2, scores, strict=True)]
+        return [functools.partial(_grid_unit, a, b, s_i)
+                for a, b, s_i in zip(c_x.tolist(), c_s.tolist(), scores, strict=True)]
 
 
-def _grid_unit(drift, f, g2, score, x: torch.Tensor, t: Time) -> torch.Tensor:
-    """F(x, t_i) from the tabulated f(t_i), g(t_i)^2 and score at t_i (``t`` unused)."""
-    return -drift(x, f, g2, score(x))
+def _grid_unit(c_x: float, c_s: float, score, x: torch.Tensor, t: Time) -> torch.Tensor:
+    """F(x, t_i) = c_s s(x, t_i) - c_x x = -(c_x x - c_s s): the denoising field from the
+    tabulated drift coefficients at t_i (Python numbers) and the score at t_i (``t`` unused).
+    The same numbers as -drift: a product is the same whatever its sign, and b - a = -(a - b)
+    exactly in floating point."""
+    return c_s * score(x) - c_x * x
 
 
 class VPSDE(SDE):

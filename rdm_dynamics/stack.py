@@ -203,10 +203,19 @@ class GatedResidualStack(nn.Module):
 
     @staticmethod
     def _step(z: torch.Tensor, alpha: torch.Tensor, residual: Residual, t: torch.Tensor,
-              beta: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """The arithmetic of one unit, in this order: (z + alpha F(z, t)) + beta [+ noise]."""
-        z_next = z + alpha * residual(z, t) + beta
+              beta: torch.Tensor | None, noise: torch.Tensor | None) -> torch.Tensor:
+        """The arithmetic of one unit, in this order: (z + alpha F(z, t)) [+ beta] [+ noise];
+        ``beta`` is None for a stack whose beta_i are 0 and fixed (no bias, gates not learnable:
+        there is nothing to add)."""
+        z_next = z + alpha * residual(z, t)
+        if beta is not None:
+            z_next = z_next + beta
         return z_next if noise is None else z_next + noise
+
+    @property
+    def _fixed_zero_bias(self) -> bool:
+        """beta_i = 0 for every unit, and not a parameter (no bias coefficient, fixed gates)."""
+        return self.bias is None and not self.schedule.learnable
 
     @staticmethod
     def _noise(gamma: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
@@ -237,7 +246,7 @@ class GatedResidualStack(nn.Module):
                 raise ValueError("a stochastic unit needs its noise xi")
             noise = self._noise(self.gamma[i], xi)
         return self._step(z, self.alpha[i], self.unit_residuals()[i], self.times[i],
-                          self.beta[i], noise)
+                          None if self._fixed_zero_bias else self.beta[i], noise)
 
     def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
@@ -264,7 +273,8 @@ class GatedResidualStack(nn.Module):
         # The units of ``unit``, with the per-unit values taken apart once (unbind: views, no
         # per-unit indexing) and the noise terms gamma_i xi_i formed in one product: the same
         # arithmetic, element for element, at a fraction of the per-unit overhead.
-        alphas, betas, times = self.alpha.unbind(0), self.beta.unbind(0), self.times.unbind(0)
+        alphas, times = self.alpha.unbind(0), self.times.unbind(0)
+        betas = (None,) * self.depth if self._fixed_zero_bias else self.beta.unbind(0)
         if self.stochastic:
             gamma = self.gamma.reshape(self.depth, *(1,) * (xi.ndim - self.gamma.ndim),
                                        *self.gamma.shape[1:])

@@ -111,9 +111,9 @@ def _transition_ratio_inverted(original):
 
 
 def _reverse_sde_with_pf_weight(original):
-    def _drift(self, x, f, g2, score):  # the PF-ODE's 1/2 in the reverse SDE's drift too
-        return f * x - 0.5 * g2 * score
-    return _drift
+    def _drift_coefficients(self, f, g2):  # the PF-ODE's 1/2 in the reverse SDE's drift too
+        return f, 0.5 * g2
+    return _drift_coefficients
 
 
 def _mixture_score_without_weights(original):
@@ -143,10 +143,9 @@ def _gaussian_std_for_variance(original):
 
 
 def _gaussian_score_basis_transposed(original):
-    def _score_given(self, x, m, V):  # back from eigen-coordinates with U instead of U^T
-        y = (x - m * self.mean) @ self.eigvecs
-        return -(y / V) @ self.eigvecs
-    return _score_given
+    def _score_coefficients(self, m, V):  # precision U^T diag(1/V) U instead of U diag(1/V) U^T
+        return m * self.mean, (self.eigvecs.T * (-1.0 / V).unsqueeze(-2)) @ self.eigvecs
+    return _score_coefficients
 
 
 def _pf_map_without_sqrt(original):
@@ -298,7 +297,8 @@ FAULTS: list[Fault] = [
     Fault("transition-ratio-inverted", f"{SDE}.SDE.transition_coefs",
           _transition_ratio_inverted, ("reverse-sde", "gate-moments"),
           "transition mean ratio m(s)/m(t) instead of m(t)/m(s)"),
-    Fault("reverse-drift-half-score", f"{SDE}.ReverseSDE._drift", _reverse_sde_with_pf_weight,
+    Fault("reverse-drift-half-score", f"{SDE}.ReverseSDE._drift_coefficients",
+          _reverse_sde_with_pf_weight,
           DENOISING, "reverse SDE drift f - g^2 s / 2 (the PF-ODE's 1/2)"),
     Fault("mixture-score-no-weights", f"{LAWS}.GaussianMixture._score_given",
           _mixture_score_without_weights, DENOISING + ("gate-moments",),
@@ -309,9 +309,9 @@ FAULTS: list[Fault] = [
     Fault("gaussian-marginal-std-for-var", f"{LAWS}.Gaussian._m_V", _gaussian_std_for_variance,
           DENOISING + ("gate-moments",),
           "Gaussian marginal covariance m^2 Sigma + sqrt(v) instead of + v"),
-    Fault("gaussian-score-basis-transposed", f"{LAWS}.Gaussian._score_given",
+    Fault("gaussian-score-basis-transposed", f"{LAWS}.Gaussian._score_coefficients",
           _gaussian_score_basis_transposed, DENOISING,
-          "Gaussian score mapped back with U instead of U^T (a transposed basis)"),
+          "Gaussian score's precision built with U^T in place of U (a transposed basis)"),
     Fault("gaussian-pf-map-missing-sqrt", f"{LAWS}.Gaussian.pf_ode_map", _pf_map_without_sqrt,
           ("pf-ode", "gate-moments"), "PF-ODE flow map scale V(b)/V(a) without its square root"),
     Fault("brownian-bridge-missing-half", f"{PATHS}.BrownianPath._refine",
