@@ -207,11 +207,13 @@ class TorchsdeReverse(torch.nn.Module):
 class GridBrownian:
     """Given increments on a uniform grid of [0, span], the Brownian motion object
     ``torchsde.sdeint`` takes (``bm(ta, tb)`` = W(tb) - W(ta) for grid times ta <= tb), so that
-    torchsde's fixed-step solvers run on exactly the increments a stack runs on."""
+    torchsde's fixed-step solvers run on exactly the increments a stack runs on.  A time off the
+    grid, or a query for U or A (the Levy areas of higher-order schemes), is a ValueError: this
+    path knows its increments only."""
 
     levy_area_approximation = "none"
 
-    def __init__(self, increments: torch.Tensor, span: float):
+    def __init__(self, increments: torch.Tensor, span: float = 1.0):
         self.steps, self.span = increments.shape[0], float(span)
         self.shape = tuple(increments.shape[1:])
         self.dtype, self.device = increments.dtype, increments.device
@@ -219,9 +221,18 @@ class GridBrownian:
                                       increments.cumsum(0)])
 
     def _index(self, t) -> int:
-        return round(float(t) / self.span * self.steps)
+        x = float(t) / self.span * self.steps
+        i = round(x)
+        if abs(x - i) > 1e-6:
+            raise ValueError(f"time {float(t)} is not on the grid of {self.steps} steps")
+        return i
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if return_U or return_A:
+            raise ValueError("GridBrownian gives increments W(tb) - W(ta) only")
         if tb is None:
             ta, tb = 0.0, ta
         return self._cumulative[self._index(tb)] - self._cumulative[self._index(ta)]
+
+    def __repr__(self):
+        return f"GridBrownian(steps={self.steps}, span={self.span}, shape={self.shape})"

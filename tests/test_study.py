@@ -193,3 +193,33 @@ def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path):
                    timeout=600)
     assert again.returncode == 2 and "started with other settings (batch_size)" in again.stderr
     assert again.stderr.count("\n") == 2  # the study's header line, then one error line
+
+
+def test_a_run_with_several_processes_is_trained_through_torchrun(tmp_path):
+    from rdm_dynamics.checks.study.plan import MeasureConfig
+    from rdm_dynamics.checks.study.runner import StudyRunner
+
+    runner = StudyRunner(tmp_path, MeasureConfig(), nproc_per_run=2)
+    assert runner._python("rdm_dynamics.train")[1:5] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert runner._python("rdm_dynamics.verify") == [sys.executable, "-m", "rdm_dynamics.verify"]
+    assert StudyRunner(tmp_path, MeasureConfig())._python("rdm_dynamics.train") == \
+        [sys.executable, "-m", "rdm_dynamics.train"]
+
+
+@pytest.mark.slow  # torchrun with two gloo processes, then the study's own steps: about 25 s
+def test_nproc_per_run_trains_a_study_run_on_two_processes(tmp_path):
+    from rdm_dynamics.training.checkpoint import load_checkpoint
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("fd_samples = 16",
+                                                                        "fd_samples = 0"))
+    done = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
+                  "--nproc-per-run", "2", timeout=600)
+    assert done.returncode in (0, 1), done.stderr
+    runs = list((tmp_path / "s" / "runs").iterdir())
+    assert len(runs) == 1
+    checkpoint = load_checkpoint(runs[0])
+    assert checkpoint.meta["world_size"] == 2 and checkpoint.meta["replica_max_param_diff"] == 0.0
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["runs"] == 1 and not report["failed_runs"]

@@ -17,10 +17,12 @@ import pytest
 from rdm_dynamics.checks import CheckConfig, registry
 from rdm_dynamics.checks.rules import EMPTY_BAND, Rule, judge, within
 
-#: Passes (rdm at 256), mixed verdicts (rdm at 64: pre-asymptotic VE ladders) and failures
-#: (plain at 64, the negative control).  euler is left out (its gates are rdm's initial gates, so
-#: its runs are rdm's, number for number), and so is inv-sqrt (it fails where plain does).
-RUNS = [("rdm", 64), ("plain", 64), ("rdm", 256)]
+#: Passes (rdm at 256) and failures (plain at 64, the negative control: every gate-dependent
+#: check fails, C7 passes).  euler is left out (its gates are rdm's initial gates, so its runs are
+#: rdm's, number for number), inv-sqrt too (it fails where plain does), and rdm at 64 (its
+#: pre-asymptotic VE ladders fail some rules of passing checks: test_self_test's clean runs need
+#: 256 for that reason).
+RUNS = [("plain", 64), ("rdm", 256)]
 
 
 def rejudge(check_json: dict) -> tuple[bool, list[str]]:

@@ -51,11 +51,12 @@ import numpy as np
 import torch
 import torchsde
 
+from ..paths import GridBrownian
 from ..stack import GatedResidualStack
 from .fields import tanh_residual
 
 __all__ = ["TanhWeightLaw", "numpy_rng", "tanh_square_mean", "tanh_square_mean_slope", "KappaTable",
-           "kappa_table", "IIDLimitSDE", "GridBrownian", "brownian_increments", "layer_noise",
+           "kappa_table", "IIDLimitSDE", "brownian_increments", "layer_noise",
            "iid_stack_output", "solve_limit_sde", "jackknife_se", "two_point_order"]
 
 # ------------------------------------------------------------------------------------------------
@@ -269,47 +270,6 @@ def layer_noise(increments: torch.Tensor, depth: int) -> torch.Tensor:
         * math.sqrt(depth)
 
 
-class GridBrownian(torchsde.BaseBrownian):
-    """A torchsde Brownian motion given by its increments on a uniform grid of [0, 1]: queries
-    W(tb) - W(ta) at grid times (what torchsde's fixed-step solvers ask for)."""
-
-    __slots__ = ("increments", "steps")
-
-    def __init__(self, increments: torch.Tensor):
-        self.increments, self.steps = increments, increments.shape[0]
-
-    def _index(self, t) -> int:
-        x = float(t) * self.steps
-        i = round(x)
-        if abs(x - i) > 1e-6:
-            raise ValueError(f"time {float(t)} is not on the grid of {self.steps} steps")
-        return i
-
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):
-        if tb is None or return_U or return_A:
-            raise ValueError("GridBrownian gives increments W(tb) - W(ta) only")
-        return self.increments[self._index(ta):self._index(tb)].sum(0)
-
-    def __repr__(self):
-        return f"GridBrownian(steps={self.steps}, shape={tuple(self.shape)})"
-
-    @property
-    def dtype(self):
-        return self.increments.dtype
-
-    @property
-    def device(self):
-        return self.increments.device
-
-    @property
-    def shape(self):
-        return self.increments.shape[1:]
-
-    @property
-    def levy_area_approximation(self):
-        return "none"
-
-
 class IIDLimitSDE(torch.nn.Module):
     """dz = sigma(|z|^2) dB (Ito, diagonal noise, no drift) in torchsde's form; by default
     sigma = sqrt(kappa) with kappa of ``law`` (:class:`KappaTable`)."""
@@ -342,7 +302,7 @@ def solve_limit_sde(sde: IIDLimitSDE, z0: torch.Tensor, increments: torch.Tensor
     coarse = increments.reshape(steps, fine // steps, *increments.shape[1:]).sum(1)
     ts = torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
     with torch.no_grad():
-        return torchsde.sdeint(sde, z0, ts, bm=GridBrownian(coarse), method="euler",
+        return torchsde.sdeint(sde, z0, ts, bm=GridBrownian(coarse, 1.0), method="euler",
                                dt=1.0 / steps)[-1]
 
 
