@@ -238,6 +238,13 @@ class GatedResidualStack(nn.Module):
             self.__dict__["_tabulated"] = cached
         return cached[2]
 
+    def __getstate__(self):
+        """The module's state without the grid tabulation (``unit_residuals``), for copies and
+        pickles: it belongs to this stack's grid tensor and is made again on first use."""
+        state = dict(super().__getstate__())
+        state.pop("_tabulated", None)
+        return state
+
     def unit(self, i: int, z: torch.Tensor, xi: torch.Tensor | None = None) -> torch.Tensor:
         """One gated residual unit: z + alpha_i F_i(z, t_i) + beta_i [+ gamma_i xi]."""
         noise = None

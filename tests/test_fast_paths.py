@@ -113,3 +113,42 @@ def test_a_cuda_path_has_the_cpu_path_numbers():
     a = stack(z0, generator=torch.Generator().manual_seed(0))
     b = stack.cpu()(z0.cpu(), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(a.cpu(), b, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("score_scale", [1.0, -1.0])
+def test_a_denoising_stack_tabulates_its_field_once_and_keeps_it_out_of_copies(score_scale):
+    """The denoising field evaluated on the stack's grid (``DenoisingField.on_grid``) gives the
+    numbers of the field called at each time, to rounding; the tabulation is made once per grid,
+    made again for a new grid tensor, and left out of a copy of the stack (``__getstate__``),
+    which computes the same."""
+    import copy
+
+    from rdm_dynamics.checks import CheckConfig
+    from rdm_dynamics.checks.problems import data_laws, denoising_stack
+    from rdm_dynamics.sde import make_sde
+
+    config = CheckConfig(depth=32, gating="euler")
+    laws = data_laws(config, config.generator(1))
+    for law in laws.values():
+        for name in ("vp", "ve"):
+            sde = make_sde(name)
+            stack = denoising_stack(sde, law, 16, config, probability_flow=False,
+                                    score_scale=score_scale)
+            field = stack.residuals[0]
+            x = law.sample(5, torch.Generator().manual_seed(2))
+            for i, unit_field in enumerate(stack.unit_residuals()):
+                t = stack.times[i]
+                expected = field(x, t)
+                assert torch.allclose(unit_field(x, t), expected, rtol=1e-12,
+                                      atol=1e-12 * float(expected.abs().max()))
+            assert stack.unit_residuals() is stack.unit_residuals()  # made once
+            xi = torch.randn(16, *x.shape, generator=torch.Generator().manual_seed(3),
+                             dtype=torch.float64)
+            with torch.no_grad():
+                before = stack(x, xi=xi)
+                again = copy.deepcopy(stack)
+                assert "_tabulated" not in again.__dict__
+                assert torch.equal(again(x, xi=xi), before)
+                stack.times = stack.times.clone()  # a new grid tensor: tabulated again
+                assert stack.unit_residuals() is not again.unit_residuals()
+                assert torch.equal(stack(x, xi=xi), before)
