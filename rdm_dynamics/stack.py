@@ -214,8 +214,11 @@ class GatedResidualStack(nn.Module):
 
     @property
     def _fixed_zero_bias(self) -> bool:
-        """beta_i = 0 for every unit, and not a parameter (no bias coefficient, fixed gates)."""
-        return self.bias is None and not self.schedule.learnable
+        """beta_i = 0 for every unit now, and not a parameter being trained (a buffer, or a
+        parameter without gradient): adding it would change nothing.  Read from the values, so
+        gates installed into the buffers later are never skipped."""
+        beta = self.beta
+        return not (beta.requires_grad or beta.is_meta) and not bool(beta.any())
 
     @staticmethod
     def _noise(gamma: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:

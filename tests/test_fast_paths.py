@@ -152,3 +152,17 @@ def test_a_denoising_stack_tabulates_its_field_once_and_keeps_it_out_of_copies(s
                 stack.times = stack.times.clone()  # a new grid tensor: tabulated again
                 assert stack.unit_residuals() is not again.unit_residuals()
                 assert torch.equal(stack(x, xi=xi), before)
+
+
+def test_a_bias_installed_into_fixed_gates_is_added():
+    """A stack without a bias coefficient skips + beta only while its beta_i are 0: a bias
+    written into the gate buffers later is applied, by forward and unit alike."""
+    stack = GatedResidualStack(lambda z, t: torch.tanh(z), 4, gating="euler")
+    z = torch.ones(2, 3, dtype=torch.float64)
+    before = stack(z)
+    stack.beta.fill_(0.5)
+    after = stack(z)
+    manual = z
+    for i in range(4):
+        manual = stack.unit(i, manual)
+    assert torch.equal(after, manual) and float((after - before).abs().min()) > 1.0
