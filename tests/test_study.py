@@ -145,6 +145,7 @@ BAD = [
     (["--preset", "smoke", "--set", "measure.fd=3"], "unknown setting(s) fd"),
     (["--preset", "smoke", "--set", "measure.fd_samples=lots"], "not a number or true/false"),
     (["--preset", "smoke", "--set", "measure.quick=3"], "measure.quick must be a bool"),
+    (["--preset", "smoke", "--set", "measure.guidance=nan"], "guidance must be a finite float"),
     (["--preset", "smoke", "--set", "measure.fd_samples=-1"], "fd_samples must be >= 0"),
     (["--preset", "smoke", "--max-steps", "0"], "--max-steps must be at least 1"),
     (["--preset", "smoke", "--device", "tpu"], "--device"),

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +66,10 @@ class MeasureConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             kind = {"bool": bool, "int": int, "float": (int, float)}[f.type]
-            if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, kind):
-                raise UsageError(f"measure.{f.name} must be a {f.type}, got {value!r}")
+            if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, kind) \
+                    or (isinstance(value, float) and not math.isfinite(value)):
+                kind_text = "finite float" if f.type == "float" else f.type
+                raise UsageError(f"measure.{f.name} must be a {kind_text}, got {value!r}")
         if self.fd_samples < 0 or self.sample_steps < 1 or self.guidance < 0:
             raise UsageError("measure: fd_samples must be >= 0, sample_steps >= 1 and "
                              "guidance >= 0")
