@@ -59,24 +59,10 @@ def build_parser() -> Parser:
     return p
 
 
-def _measure_value(key: str, text: str):
-    """The value of ``--set measure.NAME=TEXT``: a boolean (true/false), an int or a float, as
-    written (``MeasureConfig`` then checks it against the setting's type)."""
-    word = text.strip().lower()
-    if word in ("true", "false"):
-        return word == "true"
-    for kind in (int, float):
-        try:
-            return kind(word)
-        except ValueError:
-            pass
-    raise UsageError(f"--set {key}: {text!r} is not a number or true/false")
-
-
 def _plan(args):
     from .checks.study import load_study, plan, preset_path
-    from .checks.study.plan import measure_config
-    from .training.settings import SETTINGS, coerce
+    from .checks.study.plan import MEASURE_KINDS, measure_config
+    from .training.settings import SETTINGS, coerce, coerce_as
 
     if args.file is None:
         preset_path(args.preset or "cpu")  # an unknown preset name is not read as a file
@@ -87,7 +73,9 @@ def _plan(args):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if sep and key.startswith("measure."):
-            measure[key.removeprefix("measure.")] = _measure_value(key, value)
+            name = key.removeprefix("measure.")
+            kind = MEASURE_KINDS.get(name)  # an unknown name: measure_config says so
+            measure[name] = value if kind is None else coerce_as(kind, key, value)
             continue
         if not sep or key not in SETTINGS:
             raise UsageError(f"--set wants KEY=VALUE with KEY a training setting or "

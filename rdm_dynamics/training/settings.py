@@ -40,7 +40,7 @@ from ..models import MODEL_CONFIGS
 from ..models.depth_init import INITS
 from .checkpoint import CheckpointError, find_checkpoints, load_checkpoint
 
-__all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce",
+__all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce", "coerce_as",
            "load_config_file", "add_arguments", "build_parser", "resolve_config",
            "newest_intact_checkpoint", "FLAG_ONLY"]
 
@@ -260,8 +260,14 @@ def coerce(name: str, value):
         if s.optional:
             return None
         raise UsageError(f"{name} cannot be empty")
+    return coerce_as(s.kind, name, value)
+
+
+def coerce_as(kind: type, name: str, value):
+    """``value`` as ``kind`` (bool, int, float, dict or str), read as ``coerce`` reads a
+    setting's value; UsageError naming ``name`` if it is not one."""
     try:
-        if s.kind is bool:
+        if kind is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
@@ -269,15 +275,15 @@ def coerce(name: str, value):
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        if s.kind is int:
+        if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
-        if s.kind is float:
+        if kind is float:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if s.kind is dict:
+        if kind is dict:
             if isinstance(value, str):  # from the command line: a JSON object
                 value = json.loads(value)
             if not isinstance(value, dict):
@@ -285,7 +291,7 @@ def coerce(name: str, value):
             return dict(value)
         return str(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{name} must be {s.kind.__name__}, got {value!r}") from None
+        raise UsageError(f"{name} must be {kind.__name__}, got {value!r}") from None
 
 
 def check(cfg: TrainConfig) -> None:

@@ -38,7 +38,7 @@ from ...training.settings import (
 )
 
 __all__ = ["PRESETS", "PRESET_DIR", "MeasureConfig", "Study", "RunSpec", "load_study",
-           "preset_path", "plan", "measure_config"]
+           "preset_path", "plan", "measure_config", "MEASURE_KINDS"]
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
 PRESETS = ("smoke", "cpu", "gpu", "gpu-large")
@@ -65,7 +65,7 @@ class MeasureConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind = {"bool": bool, "int": int, "float": (int, float)}[f.type]
+            kind = (int, float) if f.type == "float" else MEASURE_KINDS[f.name]
             if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, kind) \
                     or (isinstance(value, float) and not math.isfinite(value)):
                 kind_text = "finite float" if f.type == "float" else f.type
@@ -73,6 +73,11 @@ class MeasureConfig:
         if self.fd_samples < 0 or self.sample_steps < 1 or self.guidance < 0:
             raise UsageError("measure: fd_samples must be >= 0, sample_steps >= 1 and "
                              "guidance >= 0")
+
+
+#: The type of each measure setting (read from the command line by ``coerce_as``).
+MEASURE_KINDS = {f.name: {"bool": bool, "int": int, "float": float}[f.type]
+                 for f in dataclasses.fields(MeasureConfig)}
 
 
 @dataclass(frozen=True)
