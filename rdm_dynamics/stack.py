@@ -205,20 +205,23 @@ class GatedResidualStack(nn.Module):
     def _step(z: torch.Tensor, alpha: torch.Tensor, residual: Residual, t: torch.Tensor,
               beta: torch.Tensor | None, noise: torch.Tensor | None) -> torch.Tensor:
         """The arithmetic of one unit, in this order: (z + alpha F(z, t)) [+ beta] [+ noise];
-        ``beta`` is None for a stack whose beta_i are 0 and fixed (no bias, gates not learnable:
-        there is nothing to add)."""
+        ``beta`` is None where there is nothing to add (``_bias_terms``)."""
         z_next = z + alpha * residual(z, t)
         if beta is not None:
             z_next = z_next + beta
         return z_next if noise is None else z_next + noise
 
-    @property
-    def _fixed_zero_bias(self) -> bool:
-        """beta_i = 0 for every unit now, and not a parameter being trained (a buffer, or a
-        parameter without gradient): adding it would change nothing.  Read from the values, so
-        gates installed into the buffers later are never skipped."""
-        beta = self.beta
-        return not (beta.requires_grad or beta.is_meta) and not bool(beta.any())
+    @staticmethod
+    def _bias_terms(beta: torch.Tensor) -> list[torch.Tensor | None]:
+        """The beta_i a unit adds, for the gates ``beta`` of consecutive units (n, ...): None for
+        a beta_i that is 0 and not being trained (a buffer, or a parameter without gradient),
+        where adding it would change nothing.  Read from the values, so gates installed into
+        the buffers later are never skipped."""
+        terms = list(beta.unbind(0))
+        if beta.requires_grad or beta.is_meta:
+            return terms
+        zero = (~beta.reshape(beta.shape[0], -1).any(1)).tolist()
+        return [None if z else b for z, b in zip(zero, terms, strict=True)]
 
     @staticmethod
     def _noise(gamma: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
@@ -256,7 +259,7 @@ class GatedResidualStack(nn.Module):
                 raise ValueError("a stochastic unit needs its noise xi")
             noise = self._noise(self.gamma[i], xi)
         return self._step(z, self.alpha[i], self.unit_residuals()[i], self.times[i],
-                          None if self._fixed_zero_bias else self.beta[i], noise)
+                          self._bias_terms(self.beta[i:i + 1])[0], noise)
 
     def forward(self, z0: torch.Tensor, *, xi: torch.Tensor | None = None,
                 generator: torch.Generator | None = None,
@@ -284,7 +287,7 @@ class GatedResidualStack(nn.Module):
         # per-unit indexing) and the noise terms gamma_i xi_i formed in one product: the same
         # arithmetic, element for element, at a fraction of the per-unit overhead.
         alphas, times = self.alpha.unbind(0), self.times.unbind(0)
-        betas = (None,) * self.depth if self._fixed_zero_bias else self.beta.unbind(0)
+        betas = self._bias_terms(self.beta)
         if self.stochastic:
             gamma = self.gamma.reshape(self.depth, *(1,) * (xi.ndim - self.gamma.ndim),
                                        *self.gamma.shape[1:])
