@@ -56,7 +56,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.stats import kstest, norm
 
 from ..laws import Gaussian
 from ..paths import BrownianPath, GridBrownian, TorchsdeReverse
@@ -129,6 +128,9 @@ def path_statistics(path: BrownianPath, steps: list[int], generator) -> dict[str
     ``PATH_KS_SAMPLES`` xi drawn at random.  Also the largest |W coarse - sum of its two fine
     halves| over the levels (the path is one path).  Returns the smallest p-value, the number of
     tests, and the consistency error."""
+    from scipy.stats import kstest, norm  # here: scipy.stats costs 0.7 s to import, which every
+    # process that lists the checks (verify --ckpt, its workers) would pay for nothing
+
     p_values, consistency = [], 0.0
     previous = None
     for n_steps in steps:
@@ -332,6 +334,8 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
                 return stack(x_T.to(config.dtype), xi=xi.to(config.dtype)).to(torch.float64)
 
             metrics.update(output_law_metrics(run_stack, laws["mixture"], sde, g, n_out, config))
+
+    from scipy.stats import norm
 
     z_bound = float(norm.isf(FAMILY_FALSE_ALARM / (2 * z_count)))
     metrics["moment_z_max"], metrics["moment_z_bound"] = z_max, z_bound
