@@ -174,9 +174,11 @@ class StudyRunner:
     def check(self, spec: RunSpec) -> dict:
         """The trained-model checks' report of one run: {check id: {passed, metrics, ...}}."""
         folder = self.out / "checks" / spec.id
+        # --jobs: the run's share of the cores, as its training had (OMP_NUM_THREADS): verify's
+        # own default, a worker per core, would put jobs x cores processes on the cores
         args = [*self._python("rdm_dynamics.verify"), "--ckpt", str(spec.folder), "--out",
                 str(folder), "--seed", str(spec.config.seed), "--device", self.device,
-                "--no-figures"]
+                "--jobs", str(self.threads), "--no-figures"]
         if self.measure.quick:
             args.append("--quick")
         code = self._child(args, f"{spec.id}.check")
