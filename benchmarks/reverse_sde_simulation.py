@@ -16,7 +16,8 @@ eps = 1e-3, in float64 on the CPU, noise included:
 * ``torchsde``: ``torchsde.sdeint(method="euler")`` on the same SDE (``paths.TorchsdeReverse``),
                 driven by a ``torchsde.BrownianInterval`` (one interval query per step);
 * ``loop``:     the floor of any Euler-Maruyama code that calls F: a hand-written Python loop
-                ``z = z + h F(z, t_i) + gamma_i xi_i`` over noise drawn by one ``torch.randn``;
+                ``z = z + h F(z, t_i) + gamma_i xi_i`` over noise drawn in one call of the
+                normal source the path uses (``paths.path_normal_source``: numpy's PCG64);
 * ``tabulated``: the floor of the arithmetic itself: the same loop with F written out by hand as
                 tensor operations on coefficients tabulated once per grid time (f_i, g_i^2,
                 m_i mu, V_i: F(z, t_i) = -f_i z - g_i^2 ((z - m_i mu) U / V_i) U^T);
@@ -25,8 +26,9 @@ eps = 1e-3, in float64 on the CPU, noise included:
                 torchsde / field;
 * ``grid_field``: the 256 evaluations of ``F.on_grid`` alone (tabulation included), which the
                 stack pays;
-* ``path``, ``randn``: the noise alone, as the stack makes it (``BrownianPath``) and as one
-                ``torch.randn`` of the same size (float64 normals: every variant draws as many).
+* ``path``, ``normals``, ``randn``: the noise alone, as the stack makes it (``BrownianPath``),
+                as one call of the path's normal source of the same size, and as one
+                ``torch.randn`` of that size (float64 normals: every variant draws as many).
 
 After one warm-up run of each, the repetitions are interleaved (one run of every variant per
 repetition, the order rotating), so slow drifts of a shared machine hit all alike.  Reported: the
@@ -62,11 +64,12 @@ from rdm_dynamics.checks.problems import (  # noqa: E402
 )
 from rdm_dynamics.files import atomic_write_json  # noqa: E402
 from rdm_dynamics.laws import Gaussian  # noqa: E402
-from rdm_dynamics.paths import BrownianPath, TorchsdeReverse  # noqa: E402
+from rdm_dynamics.paths import BrownianPath, TorchsdeReverse, path_normal_source  # noqa: E402
 from rdm_dynamics.sde import make_sde  # noqa: E402
 
 TARGET = 10.0
-VARIANTS = ("stack", "torchsde", "loop", "tabulated", "field", "grid_field", "path", "randn")
+VARIANTS = ("stack", "torchsde", "loop", "tabulated", "field", "grid_field", "path", "normals",
+            "randn")
 
 
 def parse(argv):
@@ -148,15 +151,18 @@ def measure(args) -> dict:
         return torchsde.sdeint(TorchsdeReverse(reverse), x_T, ends, method="euler", dt=span / L,
                                bm=bm)[-1]
 
+    def normals():  # the floors' noise: one call of the source the path draws from
+        return torch.from_numpy(path_normal_source(g).standard_normal((L, *x_T.shape)))
+
     def run_loop(xi=None):
-        xi = torch.randn((L, *x_T.shape), generator=g, dtype=x_T.dtype) if xi is None else xi
+        xi = normals() if xi is None else xi
         z = x_T
         for i in range(L):
             z = z + h * field(z, times[i]) + gammas[i] * xi[i]
         return z
 
     def run_tabulated():
-        xi = torch.randn((L, *x_T.shape), generator=g, dtype=x_T.dtype)
+        xi = normals()
         z = x_T
         for i in range(L):
             z = z + h * tabulated_field(z, i) + gammas[i] * xi[i]
@@ -190,8 +196,7 @@ def measure(args) -> dict:
 
     runs = {"stack": run_stack, "torchsde": run_torchsde, "loop": run_loop,
             "tabulated": run_tabulated, "field": run_field, "grid_field": run_grid_field,
-            "path": run_path,
-            "randn": run_randn}
+            "path": run_path, "normals": normals, "randn": run_randn}
     for fn in runs.values():  # warm-up
         fn()
     seconds = {name: [] for name in VARIANTS}
@@ -227,7 +232,9 @@ def measure(args) -> dict:
               "loop": "floor: hand loop over F", "tabulated": "floor: hand loop, F tabulated",
               "field": "the 256 evaluations of F(z, t) alone",
               "grid_field": "the 256 of F.on_grid alone (stack's)",
-              "path": "noise: BrownianPath alone", "randn": "noise: one torch.randn alone"}
+              "path": "noise: BrownianPath alone",
+              "normals": "noise: one draw of its normals alone",
+              "randn": "noise: one torch.randn alone"}
     for name in VARIANTS:
         line = f"  {labels[name]:36} median {medians[name] * 1e3:8.1f} ms"
         if name != "torchsde":

@@ -11,6 +11,12 @@ so the two halves are independent N(0, dt/2) given nothing, sum to D, and every 
 ladder sees the same path.  Levels are built in order, so the path is a function of the seed
 alone, whatever order the levels are asked for in.  No Brownian tree is queried per step: each
 level is one vectorised tensor operation.
+
+The path's normals Z come from numpy's ``Generator(PCG64)`` (ziggurat sampling, float64), seeded
+by one draw from the torch generator the path is given (``path_normal_source``): torch's CPU
+generator makes float64 normals at about half that rate, and the noise is the largest cost of a
+stochastic stack.  They are made in float64 on the CPU whatever the path's dtype and device, then
+cast and moved: a float32 or CUDA path is the float64 CPU path, rounded.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["BrownianPath", "standard_normal", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
+__all__ = ["BrownianPath", "path_normal_source", "standard_normal", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
            "GridBrownian", "REFERENCE_RTOL", "REFERENCE_ATOL",
            "ODE_METHODS",  # noqa: F822 (module __getattr__)
            "is_adaptive"]
@@ -77,6 +84,15 @@ def standard_normal(shape, *, generator: torch.Generator | None = None,
     return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
 
 
+def path_normal_source(generator: torch.Generator | None) -> np.random.Generator:
+    """The source of a Brownian path's normals: numpy's PCG64 generator seeded with one integer
+    drawn from ``generator`` (torch's default generator when None), so the path is a function of
+    the torch seed, and the torch stream moves on by one draw."""
+    seed = torch.randint(0, 2**63 - 1, (), generator=generator,
+                         device=None if generator is None else generator.device)
+    return np.random.Generator(np.random.PCG64(int(seed)))
+
+
 #: Tolerances of every dopri5 reference solution in the theory checks (float64).
 REFERENCE_RTOL = 1e-10
 REFERENCE_ATOL = 1e-12
@@ -98,13 +114,16 @@ class BrownianPath:
         if span <= 0 or base_steps < 1:
             raise ValueError("span must be positive and base_steps >= 1")
         self.span, self.shape, self.base_steps = float(span), tuple(shape), int(base_steps)
-        self.generator, self.dtype, self.device = generator, dtype, device
+        self.dtype, self.device = dtype, device
+        self._source = path_normal_source(generator)
         dt = self.span / self.base_steps
         self._levels = [math.sqrt(dt) * self._normal(self.base_steps)]
 
     def _normal(self, n: int) -> torch.Tensor:
-        return standard_normal((n, *self.shape), generator=self.generator, dtype=self.dtype,
-                               device=self.device)
+        """n x shape N(0, 1) draws: float64 on the CPU from the path's source, then cast and
+        moved to the path's dtype and device."""
+        z = torch.from_numpy(self._source.standard_normal((n, *self.shape)))
+        return z.to(device=self.device, dtype=self.dtype)
 
     def _refine(self, coarse: torch.Tensor) -> torch.Tensor:
         """The next level: left = D / 2 + (sqrt(dt) / 2) Z, right = D - left, interleaved.

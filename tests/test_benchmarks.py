@@ -31,7 +31,7 @@ def test_reverse_sde_simulation_writes_its_paired_speedup(tmp_path, capsys):
     speedup = out["median_paired_speedup_vs_torchsde"]
     assert speedup > 0 and speedup == out["paired_speedup_vs_torchsde"]["stack"]["median"]
     assert set(out["median_seconds"]) == {"stack", "torchsde", "loop", "tabulated", "field",
-                                          "grid_field", "path", "randn"}
+                                          "grid_field", "path", "normals", "randn"}
     assert out["checks"]["stack_vs_loop_max_abs"] == 0.0  # the same arithmetic, bit for bit
     assert "torchsde / this" in capsys.readouterr().out
 

@@ -5,6 +5,7 @@ by one."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,16 +17,21 @@ F64 = torch.float64
 
 def levy_path(span, shape, base_steps, levels, seed):
     """The dyadic Levy construction as its formula reads: left = D / 2 + (sqrt(dt) / 2) Z,
-    right = D - left, one normal draw per level, levels in order."""
+    right = D - left, one normal draw per level, levels in order; Z from numpy's PCG64 seeded by
+    one integer drawn from the torch generator (the path's documented source)."""
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**63 - 1, (), generator=g))))
+
+    def normal(n):
+        return torch.from_numpy(rng.standard_normal((n, *shape)))
+
     dt = span / base_steps
-    level = math.sqrt(dt) * torch.randn((base_steps, *shape), generator=g, dtype=F64)
+    level = math.sqrt(dt) * normal(base_steps)
     out = [level]
     for _ in range(levels):
         n = level.shape[0]
         dt = span / n
-        left = 0.5 * level + 0.5 * math.sqrt(dt) * torch.randn((n, *shape), generator=g,
-                                                               dtype=F64)
+        left = 0.5 * level + 0.5 * math.sqrt(dt) * normal(n)
         level = torch.stack([left, level - left], dim=1).reshape(2 * n, *shape)
         out.append(level)
     return out
