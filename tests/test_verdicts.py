@@ -1,10 +1,11 @@
 """One verdict mechanism: re-applying a report's ``expected`` to its ``metrics`` gives ``passed``.
 
-Every check is run (quick) under the gate schedules, and its JSON (as a tool would read it,
+Every check is run (quick) under the negative control, and its JSON (as a tool would read it,
 after a round trip through ``json``) is judged again from ``expected`` alone: closed intervals,
 ``null`` for an open end, and a metric without a value failing.  The verdict, and the list of
-failed metrics, must be reproduced exactly, check by check.  The runs include passes (rdm gates
-at depth 256) and failures (the controls, and the pre-asymptotic ladders of depth 64).
+failed metrics, must be reproduced exactly, check by check.  The passes (rdm gates at depth 256,
+every check) are judged again the same way in tests/test_verify.py, on the README command's own
+report, so that run is not paid twice.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import pytest
 from rdm_dynamics.checks import CheckConfig, registry
 from rdm_dynamics.checks.rules import EMPTY_BAND, Rule, judge, within
 
-#: Passes (rdm at 256) and failures (plain at 64, the negative control: every gate-dependent
-#: check fails, C7 passes).  euler is left out (its gates are rdm's initial gates, so its runs are
-#: rdm's, number for number), inv-sqrt too (it fails where plain does), and rdm at 64 (its
-#: pre-asymptotic VE ladders fail some rules of passing checks: test_self_test's clean runs need
-#: 256 for that reason).
-RUNS = [("plain", 64), ("rdm", 256)]
+#: Failures (plain at 64, the negative control: every gate-dependent check fails, C7 passes).
+#: The passes (rdm at 256) are rejudged in test_verify.py on the default run's report.  euler is
+#: left out (its gates are rdm's initial gates, so its runs are rdm's, number for number),
+#: inv-sqrt too (it fails where plain does), and rdm at 64 (its pre-asymptotic VE ladders fail
+#: some rules of passing checks: test_self_test's clean runs need 256 for that reason).
+RUNS = [("plain", 64)]
 
 
 def rejudge(check_json: dict) -> tuple[bool, list[str]]:
@@ -32,11 +33,10 @@ def rejudge(check_json: dict) -> tuple[bool, list[str]]:
     return not failed, failed
 
 
-#: Runs whose verdict is known for every check: every check passes with rdm gates at depth 256,
-#: and every gate-dependent check fails with plain residuals (the negative control), so both
-#: verdicts are reproduced.  A check that runs its own scalings (``USES_GATING = False``: C7)
-#: ignores --gating.
-ALL_PASS, ALL_FAIL = ("rdm", 256), ("plain", 64)
+#: The run whose verdict is known for every check: every gate-dependent check fails with plain
+#: residuals (the negative control).  A check that runs its own scalings
+#: (``USES_GATING = False``: C7) ignores --gating.
+ALL_FAIL = ("plain", 64)
 
 
 @pytest.mark.parametrize("gating, depth", RUNS)
@@ -48,8 +48,6 @@ def test_expected_reproduces_passed_for_every_check(gating, depth):
         assert result["expected"], f"{cid} under {gating} declares no rule"
         assert rejudge(result) == (result["passed"], result["failed"]), (cid, gating, depth)
         verdicts[cid] = result["passed"]
-    if (gating, depth) == ALL_PASS:
-        assert all(verdicts.values()), verdicts
     if (gating, depth) == ALL_FAIL:
         checks = registry()
         assert not any(passed for cid, passed in verdicts.items()

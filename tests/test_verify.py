@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from test_verdicts import rejudge
+
 from rdm_dynamics.checks import registry
 from rdm_dynamics.verify import main
 
@@ -21,7 +23,9 @@ def run_cli(*args):
 
 
 def test_default_run_passes_and_writes_the_contract(tmp_path):
-    """The README's command, as a user runs it (every check, --depth 256)."""
+    """The README's command, as a user runs it (every check, --depth 256): every check passes,
+    and re-applying each check's ``expected`` to its ``metrics`` gives its verdict and its list
+    of failed metrics (test_verdicts.py does the same for the failing negative control)."""
     out = tmp_path / "report"
     done = run_cli("--depth", "256", "--out", str(out), "--json", str(tmp_path / "copy.json"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -31,7 +35,8 @@ def test_default_run_passes_and_writes_the_contract(tmp_path):
     assert [c["id"] for c in report["checks"]] == list(registry())
     for check in report["checks"]:
         assert list(check) == CHECK
-        assert check["passed"] is True
+        assert check["passed"] is True and check["expected"], check["id"]
+        assert rejudge(check) == (check["passed"], check["failed"]), check["id"]
         assert all(isinstance(v, (int, float)) or v is None for v in check["metrics"].values())
         assert (out / f"{check['id']}.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "copy.json").read_text()) == report
