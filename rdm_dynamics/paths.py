@@ -27,8 +27,9 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["BrownianPath", "path_normal_source", "standard_normal", "solve_ode", "solve_ode_adjoint", "TorchsdeReverse",
-           "GridBrownian", "REFERENCE_RTOL", "REFERENCE_ATOL",
+__all__ = ["BrownianPath", "path_normal_source", "standard_normal", "solve_ode",
+           "solve_ode_adjoint", "TorchsdeReverse", "GridBrownian", "REFERENCE_RTOL",
+           "REFERENCE_ATOL",
            "ODE_METHODS",  # noqa: F822 (module __getattr__)
            "is_adaptive"]
 

@@ -180,20 +180,32 @@ def test_show_preset_prints_a_file_study_reads(tmp_path, capsys):
     assert len(plan(load_study(str(path)), tmp_path)) == len(plan(load_study("cpu"), tmp_path))
 
 
-def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path):
+@pytest.fixture
+def torch_threads():
+    """A study run in process sets torch's thread count (its share of the cores): restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path, capsys, torch_threads):
+    """In process (the study's own children still train): the refusal comes before any work."""
     spec = tmp_path / "tiny.toml"
-    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("fd_samples = 16",
-                                                                        "fd_samples = 0"))
-    first = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
-                   timeout=600)
-    assert first.returncode == 1, first.stderr
-    spec.write_text(TINY.replace("depth = [1, 2]", "depth = [1]").replace("fd_samples = 16",
-                                                                        "fd_samples = 0")
-                    .replace("batch_size = 16", "batch_size = 8"))
-    again = _study("--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures",
-                   timeout=600)
-    assert again.returncode == 2 and "started with other settings (batch_size)" in again.stderr
-    assert again.stderr.count("\n") == 2  # the study's header line, then one error line
+    one_run = TINY.replace("depth = [1, 2]", "depth = [1]").replace("fd_samples = 16",
+                                                                    "fd_samples = 0")
+    spec.write_text(one_run)
+    out = tmp_path / "s"
+    assert study_command.main(["--file", str(spec), "--out", str(out), "--no-figures"]) == 1
+    trained = sorted(p.name for p in (out / "runs").rglob("*") if p.is_file())
+    capsys.readouterr()
+    spec.write_text(one_run.replace("batch_size = 16", "batch_size = 8"))
+    assert study_command.main(["--file", str(spec), "--out", str(out), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "started with other settings (batch_size)" in err and "Traceback" not in err
+    assert err.count("\n") == 2  # the study's header line, then one error line
+    assert sorted(p.name for p in (out / "runs").rglob("*") if p.is_file()) == trained
 
 
 def test_a_run_with_several_processes_is_trained_through_torchrun(tmp_path):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_verdicts import rejudge
 
 from rdm_dynamics.checks import registry
