@@ -17,7 +17,7 @@ eps = 1e-3, in float64 on the CPU, noise included:
                 driven by a ``torchsde.BrownianInterval`` (one interval query per step);
 * ``loop``:     the floor of any Euler-Maruyama code that calls F: a hand-written Python loop
                 ``z = z + h F(z, t_i) + gamma_i xi_i`` over noise drawn in one call of the
-                normal source the path uses (``paths.path_normal_source``: numpy's PCG64);
+                normal source the path uses (``paths.numpy_rng``: numpy's PCG64);
 * ``tabulated``: the floor of the arithmetic itself: the same loop with F written out by hand as
                 tensor operations on coefficients tabulated once per grid time (f_i, g_i^2,
                 m_i mu, V_i: F(z, t_i) = -f_i z - g_i^2 ((z - m_i mu) U / V_i) U^T);
@@ -64,7 +64,7 @@ from rdm_dynamics.checks.problems import (  # noqa: E402
 )
 from rdm_dynamics.files import atomic_write_json  # noqa: E402
 from rdm_dynamics.laws import Gaussian  # noqa: E402
-from rdm_dynamics.paths import BrownianPath, TorchsdeReverse, path_normal_source  # noqa: E402
+from rdm_dynamics.paths import BrownianPath, TorchsdeReverse, numpy_rng  # noqa: E402
 from rdm_dynamics.sde import make_sde  # noqa: E402
 
 TARGET = 10.0
@@ -152,7 +152,7 @@ def measure(args) -> dict:
                                bm=bm)[-1]
 
     def normals():  # the floors' noise: one call of the source the path draws from
-        return torch.from_numpy(path_normal_source(g).standard_normal((L, *x_T.shape)))
+        return torch.from_numpy(numpy_rng(g).standard_normal((L, *x_T.shape)))
 
     def run_loop(xi=None):
         xi = normals() if xi is None else xi

@@ -18,9 +18,9 @@ F64 = torch.float64
 def levy_path(span, shape, base_steps, levels, seed):
     """The dyadic Levy construction as its formula reads: left = D / 2 + (sqrt(dt) / 2) Z,
     right = D - left, one normal draw per level, levels in order; Z from numpy's PCG64 seeded by
-    one integer drawn from the torch generator (the path's documented source)."""
+    one integer drawn from the torch generator (``paths.numpy_rng``, as documented)."""
     g = torch.Generator().manual_seed(seed)
-    rng = np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**63 - 1, (), generator=g))))
+    rng = np.random.default_rng(torch.randint(0, 2**62, (1,), generator=g).item())
 
     def normal(n):
         return torch.from_numpy(rng.standard_normal((n, *shape)))

@@ -51,11 +51,11 @@ import numpy as np
 import torch
 import torchsde
 
-from ..paths import GridBrownian
+from ..paths import GridBrownian, numpy_rng
 from ..stack import GatedResidualStack
 from .fields import tanh_residual
 
-__all__ = ["TanhWeightLaw", "numpy_rng", "tanh_square_mean", "tanh_square_mean_slope", "KappaTable",
+__all__ = ["TanhWeightLaw", "tanh_square_mean", "tanh_square_mean_slope", "KappaTable",
            "kappa_table", "IIDLimitSDE", "brownian_increments", "layer_noise",
            "iid_stack_output", "solve_limit_sde", "jackknife_se", "two_point_order"]
 
@@ -148,17 +148,6 @@ def kappa_table(device: str = "cpu") -> KappaTable:
 # ------------------------------------------------------------------------------------------------
 # The weights and the stack
 # ------------------------------------------------------------------------------------------------
-
-def numpy_rng(generator) -> np.random.Generator:
-    """The numpy generator that draws the bulk normals (numpy's ziggurat sampler is about twice
-    as fast as torch.randn in float64 on a CPU): ``generator`` itself if it is one, else one
-    seeded by a draw from the torch ``generator`` (None: from torch's default stream), so that
-    every draw is reproducible from the check's seed."""
-    if isinstance(generator, np.random.Generator):
-        return generator
-    seed = torch.randint(0, 2**62, (1,), generator=generator).item()
-    return np.random.default_rng(seed)
-
 
 @dataclass(frozen=True)
 class TanhWeightLaw:
