@@ -79,6 +79,15 @@ def test_table_interpolates_the_quadrature_on_and_beyond_its_grid():
     assert err < 1e-8
 
 
+def test_table_gives_nan_for_a_nan_variance_and_one_at_infinity():
+    """A diverged state (NaN) is measured as NaN, not turned into an index error; q = inf is
+    tanh^2 = 1."""
+    q = torch.tensor([0.5, math.nan, math.inf, 100.0], dtype=F64)
+    out = kappa_table()(q)
+    assert out.isnan().tolist() == [False, True, False, False]
+    assert out[2] == 1.0 and out[0] == pytest.approx(float(tanh_square_mean(0.5)), abs=1e-9)
+
+
 @given(st.floats(0.0, 50.0), st.floats(0.0, 50.0))
 def test_kappa_is_increasing_below_one_and_below_q(a, b):
     lo, hi = sorted((a, b))

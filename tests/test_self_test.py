@@ -31,7 +31,8 @@ def test_every_fault_resolves_and_names_registered_checks():
         resolve(f.target)
         assert f.checks and set(f.checks) <= checks, f.name
     controlled = {c.check for c in CONTROLS}
-    assert controlled <= checks and set(faults.CHECK_IDS) <= controlled
+    assert controlled == checks and set(faults.CHECK_IDS) <= controlled  # a control per check
+    assert {cid for f in FAULTS for cid in f.checks} == checks  # and a fault per check
 
 
 def test_a_patch_reaches_names_imported_elsewhere_and_is_restored():
@@ -90,7 +91,8 @@ FAULT_SAMPLE = {"depth-limit": "unit-forgets-beta",
                 "reverse-sde": "brownian-bridge-siblings-equal",
                 "gate-moments": "gate-basis-transposed",
                 "error-propagation": "gronwall-skips-first-unit",
-                "residual-sensitivity": "adjoints-reversed"}
+                "residual-sensitivity": "adjoints-reversed",
+                "iid-depth-limit": "iid-preactivation-variance-missing-dim"}
 
 
 @pytest.mark.parametrize("cid, name", FAULT_SAMPLE.items())
@@ -104,7 +106,7 @@ def test_a_real_fault_fails_the_check_that_relies_on_it(cid, name):
     assert not result.passed and result.verdict.failed and result.error is None, result.summary
 
 
-@pytest.mark.slow  # 46 check runs (quick settings, 2 processes): about 45 s alone, idle
+@pytest.mark.slow  # 56 check runs (quick settings, 2 processes): about 50 s alone, idle
 def test_verify_self_test_quick_catches_every_fault():
     """The whole library: ``python -m rdm_dynamics.verify --self-test --quick`` exits 0, every
     fault is caught by a measurement (none only by crashing a check) and every negative

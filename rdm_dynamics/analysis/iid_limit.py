@@ -124,8 +124,10 @@ class KappaTable:
         self.slopes = torch.as_tensor(tanh_square_mean_slope(s), device=device) * step
 
     def __call__(self, variance: torch.Tensor) -> torch.Tensor:
+        """K(variance), elementwise; NaN where the variance is NaN (a diverged state is
+        measured as such, not turned into an index error)."""
         s = variance.clamp(min=0).sqrt()
-        pos = (s / self.step).clamp(max=len(self.values) - 1 - 1e-9)
+        pos = (s / self.step).clamp(max=len(self.values) - 1 - 1e-9).nan_to_num(nan=0.0)
         i = pos.floor().long()
         t = pos - i
         t2, t3 = t * t, t * t * t
@@ -136,7 +138,7 @@ class KappaTable:
             exact = tanh_square_mean(variance[beyond].detach().cpu().numpy())
             out = out.clone()
             out[beyond] = torch.as_tensor(exact, dtype=out.dtype, device=out.device)
-        return out
+        return torch.where(variance.isnan(), variance, out)
 
 
 @functools.lru_cache(maxsize=4)

@@ -5,8 +5,8 @@ missing square root, a transposed basis, a mis-scaled noise), patched in process
 attribute ``target`` ("package.module.Class.attr" or "package.module.function") by
 :func:`patched`, one at a time, and restored after.  ``checks`` names the checks that rely on the
 target and are expected to catch it: ``verify --self-test --quick`` runs the fault against those
-only, the full self-test against every check.  To add a fault (for C7 and later checks), append a
-``Fault`` to :data:`FAULTS`; to add a negative control, append a :class:`Control` to
+only, the full self-test against every check.  To add a fault, append a ``Fault`` to
+:data:`FAULTS`; to add a negative control, append a :class:`Control` to
 :data:`CONTROLS`.
 
 Faults in the training objective, the samplers and the model gates are not here: no theory check
@@ -279,10 +279,48 @@ def _fit_line_drops_last_point(original):
     return fit_line
 
 
+def _preactivation_variance_without_dim(original):
+    def preactivation_variance(self, sq_norm):  # q = s_w^2 |z|^2 + s_b^2: forgets the 1/d
+        return self.weight_std**2 * sq_norm + self.bias_std**2
+    return preactivation_variance
+
+
+def _coupled_weights_over_dim(original):
+    def draw_coupled(self, z, xi, generator=None):  # W entries s_w / d instead of s_w / sqrt(d)
+        W, b = original(self, z, xi, generator)
+        return W / math.sqrt(self.dim), b
+    return draw_coupled
+
+
+def _layer_noise_not_normalised(original):
+    def layer_noise(increments, depth):  # the coarse increments, not divided by sqrt(1/L)
+        return original(increments, depth) / math.sqrt(depth)
+    return layer_noise
+
+
+def _limit_diffusion_kappa(original):
+    def g(self, t, y):  # diffusion kappa instead of sqrt(kappa)
+        return original(self, t, y) ** 2
+    return g
+
+
+def _hermite_slopes_swapped(original):
+    def __call__(self, variance):  # the two slope basis functions exchanged
+        s = variance.clamp(min=0).sqrt()
+        pos = (s / self.step).clamp(max=len(self.values) - 1 - 1e-9)
+        i = pos.floor().long()
+        t = pos - i
+        t2, t3 = t * t, t * t * t
+        return ((2 * t3 - 3 * t2 + 1) * self.values[i] + (t3 - t2) * self.slopes[i]
+                + (3 * t2 - 2 * t3) * self.values[i + 1] + (t3 - 2 * t2 + t) * self.slopes[i + 1])
+    return __call__
+
+
 SDE, LAWS, PATHS, STACK = "rdm_dynamics.sde", "rdm_dynamics.laws", "rdm_dynamics.paths", \
     "rdm_dynamics.stack"
 ANALYSIS, STATS = "rdm_dynamics.analysis", "rdm_dynamics.stats"
 DENOISING = ("pf-ode", "reverse-sde")
+IID = f"{ANALYSIS}.iid_limit"
 
 FAULTS: list[Fault] = [
     Fault("vp-variance-missing-square", f"{SDE}.VPSDE.marginal_var",
@@ -351,9 +389,22 @@ FAULTS: list[Fault] = [
           ("error-propagation",), "unit roundoff eps/4 instead of eps/2"),
     Fault("adjoints-reversed", f"{ANALYSIS}.adjoint.backprop_adjoints", _adjoints_reversed,
           ("residual-sensitivity",), "adjoints p_i listed from L down to 0"),
+    Fault("iid-preactivation-variance-missing-dim", f"{IID}.TanhWeightLaw.preactivation_variance",
+          _preactivation_variance_without_dim, ("iid-depth-limit",),
+          "C7's kappa from q = s_w^2 |z|^2 + s_b^2 (forgets the 1/d)"),
+    Fault("iid-weights-std-over-dim", f"{IID}.TanhWeightLaw.draw_coupled",
+          _coupled_weights_over_dim, ("iid-depth-limit",),
+          "C7's weights drawn with std s_w / d instead of s_w / sqrt(d)"),
+    Fault("iid-layer-noise-not-normalised", f"{IID}.layer_noise", _layer_noise_not_normalised,
+          ("iid-depth-limit",), "C7's layer noise B(t_i+1) - B(t_i), not normalised by sqrt(L)"),
+    Fault("iid-limit-diffusion-kappa", f"{IID}.IIDLimitSDE.g", _limit_diffusion_kappa,
+          ("iid-depth-limit",), "C7's limit SDE with diffusion kappa instead of sqrt(kappa)"),
+    Fault("iid-kappa-hermite-slopes-swapped", f"{IID}.KappaTable.__call__",
+          _hermite_slopes_swapped, ("iid-depth-limit",),
+          "kappa's cubic Hermite interpolation with its two slope terms exchanged"),
     Fault("fit-order-mixed-logs", f"{STATS}.fit_order", _fit_order_mixed_logs,
-          ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "residual-sensitivity"),
-          "order fit with log10 of the errors against ln L"),
+          ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "residual-sensitivity",
+           "iid-depth-limit"), "order fit with log10 of the errors against ln L"),
     Fault("fit-line-drops-last-point", f"{STATS}.fit_line", _fit_line_drops_last_point,
           ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "error-propagation",
            "residual-sensitivity"), "line fit leaves out the deepest rung (off by one)"),
@@ -369,6 +420,13 @@ def _gated(gating: str):
         import dataclasses
         return module.run(dataclasses.replace(config, gating=gating))
     return run
+
+
+def _linearised_diffusion(sq_norm):
+    """sqrt(q(|z|^2)) of C7's law: the diffusion if tanh were the identity."""
+    from .iid_depth_limit import LAW
+
+    return LAW.preactivation_variance(sq_norm).sqrt()
 
 
 def _measure(**kwargs):
@@ -395,7 +453,12 @@ CONTROLS: list[Control] = (
        Control("reverse-sde:noise-h", "reverse-sde", _measure(noise_power=1.0, sdes=("vp",)),
                "noise g h instead of g sqrt(h)"),
        Control("gate-moments:shifted-times", "gate-moments", _measure(time_shift=0.02),
-               "gates computed and fitted on shifted times")])
+               "gates computed and fitted on shifted times"),
+       Control("iid-depth-limit:shared-weights", "iid-depth-limit", _measure(weights="shared"),
+               "one weight draw reused at every layer (not i.i.d. across depth)"),
+       Control("iid-depth-limit:kappa-linearised", "iid-depth-limit",
+               _measure(diffusion=_linearised_diffusion),
+               "the limit's kappa replaced by its linearisation q (tanh taken as the identity)")])
 
 #: The controls ``--self-test --quick`` runs: every check-specific control, and the plain
 #: control of the checks that have no specific one (the full self-test runs them all; the test
