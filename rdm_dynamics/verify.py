@@ -74,9 +74,10 @@ def build_parser() -> Parser:
 #: Above this depth the checks' memory (C6 backpropagation stores O(L) states) and time (hours)
 #: are out of proportion; the estimate printed before a long run uses SECONDS_PER_DEPTH.
 MAX_DEPTH = 65536
-#: Measured wall time per unit of --depth of a full run (one thread of an idle 2-core CPU:
-#: 271 s at depth 4096), and of a --quick run (about half).
-SECONDS_PER_DEPTH = {False: 0.066, True: 0.035}
+#: Measured wall time per unit of --depth of a full serial run (--jobs 1, one thread of the
+#: 2-core CPU: 320 s at depth 4096 on 2026-12-02, C3 123 s of it), and of a --quick run (about
+#: half).
+SECONDS_PER_DEPTH = {False: 0.078, True: 0.041}
 #: Print the estimate when a run is expected to take longer than this.
 ANNOUNCE_SECONDS = 120.0
 
@@ -121,9 +122,14 @@ def validate_depth(depth: int, checks: dict) -> None:
                          "best by 16, for a ladder of 5 depths)")
 
 
-def estimated_seconds(depth: int, quick: bool, n_checks: int, n_all: int) -> float:
-    """A rough wall-time estimate: SECONDS_PER_DEPTH, scaled by the share of checks run."""
-    return SECONDS_PER_DEPTH[quick] * depth * n_checks / max(n_all, 1)
+def estimated_seconds(depth: int, quick: bool, checks: dict, n_all: int, jobs: int = 1) -> float:
+    """A rough wall-time estimate: SECONDS_PER_DEPTH (one thread), scaled by the share of the
+    checks run and by the share of the serial time their longest-first schedule on ``jobs``
+    workers takes (``runner.schedule_share``)."""
+    from .checks.runner import schedule_share
+
+    return (SECONDS_PER_DEPTH[quick] * depth * len(checks) / max(n_all, 1)
+            * schedule_share(checks.values(), jobs))
 
 
 def parse_args(argv):
@@ -242,11 +248,12 @@ def _main(argv) -> int:
     from .checks import run_checks
     from .checks.report import build_report, format_table, wrap_summary
 
-    estimate = estimated_seconds(config.depth, config.quick, len(checks), n_all)
+    estimate = estimated_seconds(config.depth, config.quick, checks, n_all, args.jobs)
     if estimate > ANNOUNCE_SECONDS:
-        print(f"{PROG}: depth {config.depth}: estimated {estimate / 60:.0f} min (about "
-              f"{SECONDS_PER_DEPTH[config.quick]} s per unit of depth on one CPU thread)",
-              file=sys.stderr)
+        shared = ", the checks shared among the workers" if args.jobs > 1 else ""
+        print(f"{PROG}: depth {config.depth}: estimated {estimate / 60:.0f} min with --jobs "
+              f"{args.jobs} (about {SECONDS_PER_DEPTH[config.quick]} s per unit of depth on "
+              f"one CPU thread{shared})", file=sys.stderr)
     try:
         results = run_checks(config, checks, jobs=args.jobs, figures=not args.no_figures)
         figures = {} if args.no_figures else render_figures(results)

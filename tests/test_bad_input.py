@@ -519,7 +519,13 @@ def test_the_count():
 
 
 def test_a_long_verify_run_prints_its_estimate_first(tmp_path, monkeypatch, capsys):
-    assert verify_cli.estimated_seconds(4096, False, 6, 6) > verify_cli.ANNOUNCE_SECONDS
+    from rdm_dynamics.checks import registry
+
+    checks = registry()
+    serial = verify_cli.estimated_seconds(4096, False, checks, len(checks))
+    assert serial > verify_cli.ANNOUNCE_SECONDS
+    # two workers: the longest-first schedule of the checks' COSTs, between 1/2 and 1 of serial
+    assert serial / 2 <= verify_cli.estimated_seconds(4096, False, checks, len(checks), 2) < serial
     monkeypatch.setattr(verify_cli, "ANNOUNCE_SECONDS", 0.0)
     assert verify_cli.main(["--only", "C1", "--depth", "16", "--quick", "--no-figures",
                             "--out", str(tmp_path)]) == 0

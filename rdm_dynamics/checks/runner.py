@@ -57,6 +57,20 @@ def cost(module) -> float:
     return float(getattr(module, "COST", DEFAULT_COST))
 
 
+def schedule_share(modules, jobs: int) -> float:
+    """The share of the serial time a run of ``modules`` on ``jobs`` workers takes, by their
+    ``COST``: the makespan of the longest-first schedule the workers follow (each check to the
+    worker that frees first) over the sum of the costs.  1 for one worker; at least 1 / jobs;
+    for a rough estimate only (parallel workers also slow each other down)."""
+    costs = sorted((cost(m) for m in modules), reverse=True)
+    if not costs or jobs <= 1:
+        return 1.0
+    loads = [0.0] * min(jobs, len(costs))
+    for c in costs:
+        loads[loads.index(min(loads))] += c
+    return max(loads) / sum(costs)
+
+
 def crashed_result(cid: str, claim: str, why: str, trace: str | None = None):
     """The result of a check that did not finish, ``why`` (one line) saying how it ended: an
     error of the toolkit (status ``error``), not a failed claim; no metrics, no bands."""
