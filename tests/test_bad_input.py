@@ -456,6 +456,7 @@ def run_process(args, cwd, env=None, **kw):
                             env={**os.environ, **(env or {})}, **kw)
 
 
+@pytest.mark.heavy
 def test_real_processes_ctrl_c_and_no_import_from_a_checkpoint(trained, tmp_path):
     """Ctrl-C (SIGINT) as a terminal sends it, and an evil factory named in a checkpoint, in
     real processes: one line each, exit 130 / 2, nothing imported."""

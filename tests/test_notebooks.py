@@ -55,6 +55,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         torch.set_grad_enabled(grad)  # a notebook may switch autograd off for itself
 
 
+@pytest.mark.heavy
 def test_a_notebook_runs_in_a_jupyter_kernel(tmp_path, monkeypatch):
     path = next(p for p in NOTEBOOKS if p.name.startswith("C1_"))
     _settings(monkeypatch, path, tmp_path)

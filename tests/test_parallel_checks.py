@@ -101,6 +101,7 @@ def test_default_jobs_is_one_per_core_at_most_one_per_check():
     assert 1 <= default_jobs(100) <= (os.cpu_count() or 1)
 
 
+@pytest.mark.heavy
 def test_parallel_results_are_bit_identical_to_the_serial_ones():
     """Every check's metrics, bands, verdict and summary are the same run in this process one
     after another and in two worker processes; only the timings differ.  (The command line's

@@ -91,6 +91,7 @@ def test_a_killed_study_resumes_to_the_same_report(tmp_path):
     assert third.stderr.count("finished earlier, kept") == 2
 
 
+@pytest.mark.heavy
 def test_smoke_preset_writes_the_report_contract(tmp_path):
     out = tmp_path / "s"
     result = _study("--preset", "smoke", "--max-steps", "6", "--runs",
@@ -190,6 +191,7 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.heavy
 def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path, capsys, torch_threads):
     """In process (the study's own children still train): the refusal comes before any work."""
     spec = tmp_path / "tiny.toml"

@@ -94,6 +94,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert good.step < 8
 
 
+@pytest.mark.heavy
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """torchrun, 2 CPU processes (gloo), global batch 16: the replicas stay bitwise identical,
     and their weights match a single process on the same global batch up to float round-off."""

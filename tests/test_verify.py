@@ -21,6 +21,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.heavy
 def test_default_run_passes_and_writes_the_contract(tmp_path):
     """The README's command, as a user runs it (every check, --depth 256): every check passes,
     and re-applying each check's ``expected`` to its ``metrics`` gives its verdict and its list
