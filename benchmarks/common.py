@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -21,8 +23,31 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``UsageError``), and a ``--json PATH`` checked before any
+    measuring: its folder must exist and be writable, and PATH must not be a folder, so a long
+    run is not lost at its end for want of a place to write its figures."""
+
     def error(self, message):
         raise UsageError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        for action in self._actions:
+            if "--json" in action.option_strings and getattr(parsed, action.dest, None):
+                check_json_path(getattr(parsed, action.dest))
+        return parsed
+
+
+def check_json_path(path: str) -> None:
+    """UsageError unless ``path`` can be written as a file."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"--json {path!r} is a folder, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"--json {path!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--json {path!r}: the folder {str(folder)!r} cannot be written")
 
 
 def run_main(main, argv=None) -> int:

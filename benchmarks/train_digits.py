@@ -24,7 +24,6 @@ Training time here is wall clock on whatever machine runs it: say whether it was
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -32,6 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Parser, run_main  # noqa: E402
 
 from rdm_dynamics.checks.report import save_figure
 from rdm_dynamics.files import atomic_write_json
@@ -55,7 +57,7 @@ TARGET_FD_RATIO = 3.0
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="benchmarks/train_digits.py", description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help="named configurations; the defaults get the overrides of DEFAULT_MODELS")
@@ -171,4 +173,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

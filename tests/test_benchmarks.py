@@ -8,6 +8,7 @@ its ``results.json``."""
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,31 @@ def test_reverse_sde_simulation_bad_arguments(capsys):
     module = load("reverse_sde_simulation")
     assert module.run_main(module.main, ["--steps", "12"]) == 2
     assert "power of 2" in capsys.readouterr().err
+
+
+JSON_SCRIPTS = ("reverse_sde_simulation", "adjoint_memory", "gate_overhead", "gpu_throughput",
+                "trained_checks", "train_digits")
+
+
+@pytest.mark.parametrize("name", JSON_SCRIPTS)
+def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(name, tmp_path, capsys):
+    """One line and exit 2 at once (before any measuring), for a missing folder, a folder in
+    place of the file, and a folder that cannot be written; nothing is written."""
+    module = load(name)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for path, words in ((tmp_path / "missing" / "x.json", "does not exist"),
+                            (tmp_path, "is a folder"), (locked / "x.json", "cannot be written")):
+            if words == "cannot be written" and os.access(locked, os.W_OK):
+                continue  # root writes anywhere: that case cannot be made here
+            assert module.run_main(module.main, ["--json", str(path)]) == 2
+            err = capsys.readouterr().err
+            assert words in err and err.count("\n") == 1, err
+    finally:
+        locked.chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]
 
 
 def test_adjoint_memory_and_gate_overhead_write_json(tmp_path):
