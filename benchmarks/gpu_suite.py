@@ -65,6 +65,8 @@ def parse(argv):
         raise ValueError(f"--device must be cuda[:N] or cpu, got {args.device!r}")
     if args.budget_s <= 0:
         raise ValueError("--budget-s must be positive")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"OUT {args.out!r} is a file, not a folder")
     return args
 
 

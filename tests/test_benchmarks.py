@@ -68,6 +68,15 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(name, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]
 
 
+def test_gpu_suite_refuses_a_file_as_its_folder(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("mine")
+    module = load("gpu_suite")
+    assert module.run_main(module.main, [str(target), "--device", "cpu", "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and err.count("\n") == 1 and target.read_text() == "mine"
+
+
 def test_adjoint_memory_and_gate_overhead_write_json(tmp_path):
     path = tmp_path / "adjoint.json"
     assert load("adjoint_memory").main(["--depths", "8,16", "--no-rss",
