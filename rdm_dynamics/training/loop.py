@@ -427,9 +427,13 @@ def train(cfg: TrainConfig, resume: bool | Path = False, on_step=None) -> dict:
         bar.close()
         seconds = time.perf_counter() - began  # training only, not the final sample grid
         grid = draw_samples(run, done, progress=cfg.progress) if start < done else None
+        # every rank ends together: none tears the process group down while the main one still
+        # draws the sample grid (a rank of a gloo run was once seen to abort at exit)
+        dist.barrier()
         return {"step": done, "loss": loss, "checkpoint": last_ckpt, "grid": grid,
                 "seconds": seconds, "skipped": run.dataset.skipped}
     except KeyboardInterrupt:
         raise TrainingInterrupted(_resume_point(run, done)) from None
     finally:
+        net = None  # the DDP wrapper (whose reducer uses the process group) goes before it
         run.dist.close()
