@@ -273,10 +273,17 @@ class GaussianMixture:
         comp_scores = -torch.matmul(y_over_V, self.eigvecs.transpose(-1, -2))
         return log_joint, comp_scores
 
+    def _coefficients(self, sde: SDE | None = None, t: Time | None = None):
+        """(m, V) of ``_diffused`` at t, or of the mixture itself (m = 1, V = its eigenvalues)
+        when t is None."""
+        if t is None:
+            return (torch.ones((), dtype=self.means.dtype, device=self.means.device),
+                    self.eigvals)
+        return self._diffused(sde, t)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        one = torch.ones((), dtype=self.means.dtype, device=self.means.device)
-        return torch.logsumexp(self._component_terms(x, *self._time_terms(one, self.eigvals))[0],
-                               dim=0)
+        log_joint = self._component_terms(x, *self._time_terms(*self._coefficients()))[0]
+        return torch.logsumexp(log_joint, dim=0)
 
     def marginal_log_prob(self, x: torch.Tensor, t: Time, sde: SDE) -> torch.Tensor:
         terms = self._time_terms(*self._diffused(sde, t))
@@ -325,12 +332,7 @@ class GaussianMixture:
     def responsibilities(self, x: torch.Tensor, t: Time | None = None,
                          sde: SDE | None = None) -> torch.Tensor:
         """r_k(x) = w_k N_k(x) / p(x) (B, K) under p_0 (t None) or under p_t."""
-        if t is None:
-            coefficients = (torch.ones((), dtype=self.means.dtype, device=self.means.device),
-                            self.eigvals)
-        else:
-            coefficients = self._diffused(sde, t)
-        log_joint = self._component_terms(x, *self._time_terms(*coefficients))[0]
+        log_joint = self._component_terms(x, *self._time_terms(*self._coefficients(sde, t)))[0]
         return torch.softmax(log_joint, dim=0).T
 
     def moment_matched(self) -> Gaussian:

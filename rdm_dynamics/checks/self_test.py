@@ -30,22 +30,22 @@ from .runner import cost
 __all__ = ["run_self_test", "plan"]
 
 
-def _cost(cid: str) -> float:
-    """A check's cost (its module's ``COST``, ``runner.cost``): a quick self-test tries a fault's
-    checks cheapest first and stops at the first that catches it; the workers take the costliest
-    first."""
-    return cost(registry()[cid])
+def _costs() -> dict[str, float]:
+    """Each check's cost (its module's ``COST``, ``runner.cost``), by id, read once per use: a
+    quick self-test tries a fault's checks cheapest first and stops at the first that catches
+    it; the workers take the costliest first."""
+    return {cid: cost(module) for cid, module in registry().items()}
 
 
 def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
     """The runs: (kind, name, check ids), kind in clean / control / fault.  A fault's run tries
     its checks in turn (--quick: those listed with it, cheapest first, up to the first FAIL; full:
     every check, all of them)."""
-    faults = []
+    faults, costs = [], _costs()
     for f in FAULTS:
         ids = [cid for cid in (f.checks if quick else checks) if cid in checks]
         if quick:
-            ids.sort(key=_cost)
+            ids.sort(key=costs.__getitem__)
         faults.append((f.name, tuple(ids)))
     controls = [(c.name, c.check) for c in CONTROLS
                 if c.check in checks and (not quick or c.name in QUICK_CONTROLS)]
@@ -95,7 +95,8 @@ def _results(tasks, jobs: int):
     if jobs <= 1:
         return [_run_one(t) for t in tasks]
     context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-    order = sorted(range(len(tasks)), key=lambda i: -_cost(tasks[i][2][0]))
+    costs = _costs()
+    order = sorted(range(len(tasks)), key=lambda i: -costs[tasks[i][2][0]])
     with context.Pool(jobs) as pool:
         done = pool.map(_run_one, [tasks[i] for i in order], chunksize=1)
     out = [None] * len(tasks)
