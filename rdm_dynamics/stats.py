@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LineFit", "fit_line", "OrderFit", "fit_order", "RateFit", "fit_growth_rate",
-           "per_sample_growth_rates", "mean_se", "depth_trend_metrics", "empirical_moments",
-           "moment_z_scores", "psd_sqrt", "gaussian_w2_moments", "frechet_distance"]
+__all__ = ["LineFit", "fit_line", "OrderFit", "fit_order", "two_point_order", "ladder_orders",
+           "RateFit", "fit_growth_rate", "per_sample_growth_rates", "jackknife_se", "mean_se",
+           "depth_trend_metrics", "empirical_moments", "moment_z_scores", "psd_sqrt",
+           "gaussian_w2_moments", "frechet_distance"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,6 +90,21 @@ def fit_order(depths: Sequence[float], errors: Sequence[float]) -> OrderFit:
     return OrderFit(order=-line.slope, intercept=line.intercept, stderr=line.stderr)
 
 
+def two_point_order(depths: Sequence[float], errors: Sequence[float]) -> float:
+    """The order between the first and the last rung, log(e_first / e_last) / log(L_last /
+    L_first): the line through those two points (:func:`fit_order`); NaN unless both errors are
+    finite and positive."""
+    return fit_order([depths[0], depths[-1]], [errors[0], errors[-1]]).order
+
+
+def ladder_orders(depths: Sequence[float], errors: Sequence[float]) -> tuple[float, float, float]:
+    """The three orders every convergence statement is gated on: the least-squares order on the
+    whole ladder, the end-to-end order between the coarsest and the deepest rung (``_span``) and
+    the local order between the two deepest rungs (``_deep``)."""
+    return (fit_order(depths, errors).order, two_point_order(depths, errors),
+            two_point_order(depths[-2:], errors[-2:]))
+
+
 @dataclass(frozen=True)
 class RateFit:
     """Least-squares fit log(value) = intercept + rate * depth: geometric growth per layer."""
@@ -149,6 +165,24 @@ def depth_trend_metrics(depths: Sequence[float], values, *, value: str, ratio: s
                           (rate, per_sample_growth_rates(depths, values))):
         out[name], out[f"{name}_se"] = mean_se(samples)
     return out
+
+
+def jackknife_se(samples: np.ndarray, statistic, batches: int = 20) -> float:
+    """Standard error of statistic(mean of samples over axis 0) by the delete-one-batch
+    jackknife over ``batches`` contiguous batches of the (i.i.d.) sample rows; NaN when the
+    statistic is not finite on some batch."""
+    samples = np.asarray(samples, dtype=float)
+    n = samples.shape[0]
+    batches = min(batches, n)
+    total = samples.sum(0)
+    edges = np.linspace(0, n, batches + 1).astype(int)
+    values = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        values.append(statistic((total - samples[a:b].sum(0)) / (n - (b - a))))
+    values = np.asarray(values, dtype=float)
+    if not np.isfinite(values).all():
+        return math.nan
+    return float(math.sqrt((batches - 1) / batches * ((values - values.mean()) ** 2).sum()))
 
 
 # ------------------------------------------------------------------------------------------------

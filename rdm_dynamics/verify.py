@@ -126,7 +126,7 @@ def estimated_seconds(depth: int, quick: bool, checks: dict, n_all: int, jobs: i
     """A rough wall-time estimate: SECONDS_PER_DEPTH (one thread), scaled by the share of the
     checks run and by the share of the serial time their longest-first schedule on ``jobs``
     workers takes (``runner.schedule_share``)."""
-    from .checks.runner import schedule_share
+    from .checks.workers import schedule_share
 
     return (SECONDS_PER_DEPTH[quick] * depth * len(checks) / max(n_all, 1)
             * schedule_share(checks.values(), jobs))
@@ -137,7 +137,7 @@ def parse_args(argv):
     import torch
 
     from .checks import CheckConfig, registry, resolve_ids
-    from .checks.runner import default_jobs
+    from .checks.workers import default_jobs
 
     args = build_parser().parse_args(argv)
     depth = parse_int(args.depth, "depth", 1)

@@ -374,7 +374,7 @@ def test_a_crash_inside_a_check_is_a_toolkit_error_not_a_failed_claim(tmp_path, 
     def crash(config):
         raise MemoryError("planted")
 
-    monkeypatch.setattr(module, "run", crash)
+    monkeypatch.setattr(module, "measure", crash)
     code = verify_cli.main(["--only", "C1", "--depth", "8", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and "crashed" in err[0] and "planted" in err[0]
@@ -397,7 +397,7 @@ def test_ctrl_c_in_verify_is_one_line_exit_130_and_keeps_the_previous_report(rep
     def interrupt(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(registry()["depth-limit"], "run", interrupt)
+    monkeypatch.setattr(registry()["depth-limit"], "measure", interrupt)
     code = verify_cli.main(["--only", "C1", "--depth", "8", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and len(err) == 1 and "left as it was" in err[0], err

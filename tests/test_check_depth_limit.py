@@ -2,12 +2,12 @@
 
 import pytest
 
-from rdm_dynamics.checks import CheckConfig, depth_limit
+from rdm_dynamics.checks import CheckConfig, depth_limit, run_claim
 
 
 @pytest.mark.parametrize("gating", ["rdm", "euler"])
 def test_consistent_gates_converge_at_order_one(gating):
-    r = depth_limit.run(CheckConfig(depth=128, gating=gating))
+    r = run_claim(depth_limit, CheckConfig(depth=128, gating=gating))
     assert r.passed, r.summary
     assert abs(r.metrics["order"] - 1) < 0.1
     assert r.metrics["iid_order"] < 0.5  # the i.i.d. control does not converge
@@ -16,15 +16,15 @@ def test_consistent_gates_converge_at_order_one(gating):
 
 @pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
 def test_negative_controls_fail(gating):
-    r = depth_limit.run(CheckConfig(depth=64, gating=gating, quick=True))
+    r = run_claim(depth_limit, CheckConfig(depth=64, gating=gating, quick=True))
     assert not r.passed
     assert r.metrics["order"] < 0  # the error grows with depth
 
 
 def test_reproducible_and_seed_dependent():
-    a = depth_limit.run(CheckConfig(depth=32, seed=3, quick=True))
-    b = depth_limit.run(CheckConfig(depth=32, seed=3, quick=True))
-    c = depth_limit.run(CheckConfig(depth=32, seed=4, quick=True))
+    a = run_claim(depth_limit, CheckConfig(depth=32, seed=3, quick=True))
+    b = run_claim(depth_limit, CheckConfig(depth=32, seed=3, quick=True))
+    c = run_claim(depth_limit, CheckConfig(depth=32, seed=4, quick=True))
     assert a.metrics == b.metrics
     assert a.metrics["error"] != c.metrics["error"]
 
@@ -32,5 +32,5 @@ def test_reproducible_and_seed_dependent():
 def test_float32_still_measures_order_one():
     import torch
 
-    r = depth_limit.run(CheckConfig(depth=64, dtype=torch.float32, quick=True))
+    r = run_claim(depth_limit, CheckConfig(depth=64, dtype=torch.float32, quick=True))
     assert r.passed, r.summary

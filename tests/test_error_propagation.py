@@ -15,7 +15,7 @@ from rdm_dynamics.analysis.fields import (
 )
 from rdm_dynamics.analysis.lipschitz import LipschitzBound
 from rdm_dynamics.analysis.propagation import gronwall_bound, gronwall_exp_bound, propagation_run
-from rdm_dynamics.checks import CheckConfig, error_propagation
+from rdm_dynamics.checks import CheckConfig, error_propagation, run_claim
 from rdm_dynamics.checks.problems import propagation_depths
 from rdm_dynamics.stack import GatedResidualStack
 
@@ -117,7 +117,7 @@ def test_propagation_depths():
 
 
 def test_gated_check_passes():
-    r = error_propagation.run(CheckConfig(depth=64, quick=True))
+    r = run_claim(error_propagation, CheckConfig(depth=64, quick=True))
     assert r.passed, r.summary
     m = r.metrics
     assert m["bound_violations"] == 0 and m["rounding_model_violations"] == 0
@@ -129,7 +129,7 @@ def test_gated_check_passes():
 
 @pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
 def test_negative_controls_fail(gating):
-    r = error_propagation.run(CheckConfig(depth=64, gating=gating, quick=True))
+    r = run_claim(error_propagation, CheckConfig(depth=64, gating=gating, quick=True))
     assert not r.passed
     assert r.metrics["amplification_ratio_gated"] > 2 or math.isnan(
         r.metrics["amplification_ratio_gated"])
@@ -137,9 +137,9 @@ def test_negative_controls_fail(gating):
 
 
 def test_reproducible_and_seed_dependent():
-    a = error_propagation.run(CheckConfig(depth=32, seed=3, quick=True))
-    b = error_propagation.run(CheckConfig(depth=32, seed=3, quick=True))
-    c = error_propagation.run(CheckConfig(depth=32, seed=4, quick=True))
+    a = run_claim(error_propagation, CheckConfig(depth=32, seed=3, quick=True))
+    b = run_claim(error_propagation, CheckConfig(depth=32, seed=3, quick=True))
+    c = run_claim(error_propagation, CheckConfig(depth=32, seed=4, quick=True))
     same = [k for k in a.metrics if not (a.metrics[k] == b.metrics[k]
                                          or (math.isnan(a.metrics[k])
                                              and math.isnan(b.metrics[k])))]

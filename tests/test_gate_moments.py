@@ -35,7 +35,7 @@ from rdm_dynamics.analysis.gaussian_gates import (
     to_eigen,
 )
 from rdm_dynamics.analysis.two_sample import energy_distance
-from rdm_dynamics.checks import CheckConfig, registry
+from rdm_dynamics.checks import CheckConfig, registry, run_claim
 from rdm_dynamics.checks import gate_moments as c4
 from rdm_dynamics.checks.rules import within
 from rdm_dynamics.laws import Gaussian, GaussianMixture
@@ -277,7 +277,7 @@ def test_check_is_registered():
 
 
 def test_check_passes_at_the_verify_depth():
-    result = c4.run(CheckConfig(depth=256, quick=True))
+    result = run_claim(c4, CheckConfig(depth=256, quick=True))
     assert result.passed, result.summary
     m = result.metrics
     assert m["closed_form_error"] <= 1e-10
@@ -298,7 +298,7 @@ def failed_metrics(result) -> set[str]:
 ])
 def test_fixed_gates_fail(gating, must_fail):
     """Schedules whose gates cannot take the closed form or a fit fail the check."""
-    result = c4.run(CheckConfig(depth=32, quick=True, gating=gating))
+    result = run_claim(c4, CheckConfig(depth=32, quick=True, gating=gating))
     assert not result.passed
     assert must_fail <= failed_metrics(result), result.summary
 

@@ -18,15 +18,14 @@ from rdm_dynamics.analysis.iid_limit import (
     TanhWeightLaw,
     brownian_increments,
     iid_stack_output,
-    jackknife_se,
     kappa_table,
     layer_noise,
     solve_limit_sde,
     tanh_square_mean,
     tanh_square_mean_slope,
 )
-from rdm_dynamics.checks import CheckConfig, iid_depth_limit, registry
-from rdm_dynamics.stats import mean_se
+from rdm_dynamics.checks import CheckConfig, iid_depth_limit, registry, run_claim
+from rdm_dynamics.stats import jackknife_se, mean_se
 
 F64 = torch.float64
 SMALL = CheckConfig(depth=128, quick=True)
@@ -212,8 +211,8 @@ def true_result():
 def test_registered_as_c7_and_independent_of_the_gating():
     assert registry()["iid-depth-limit"] is iid_depth_limit and iid_depth_limit.CLAIM == "C7"
     assert iid_depth_limit.USES_GATING is False
-    a = iid_depth_limit.run(CheckConfig(depth=32, quick=True, gating="plain"))
-    b = iid_depth_limit.run(CheckConfig(depth=32, quick=True, gating="rdm"))
+    a = run_claim(iid_depth_limit, CheckConfig(depth=32, quick=True, gating="plain"))
+    b = run_claim(iid_depth_limit, CheckConfig(depth=32, quick=True, gating="rdm"))
     assert a.metrics == b.metrics and "--gating does not change it" in a.summary
 
 

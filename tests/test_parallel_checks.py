@@ -14,7 +14,7 @@ import pytest
 from rdm_dynamics.checks import CheckConfig, run_checks
 from rdm_dynamics.checks.report import CheckResult, RenderedFigure, save_figure
 from rdm_dynamics.checks.rules import Verdict
-from rdm_dynamics.checks.runner import default_jobs, run_in_processes, start_method
+from rdm_dynamics.checks.workers import default_jobs, run_in_processes, start_method
 
 pytestmark = pytest.mark.skipif(start_method("cpu") != "fork",
                                 reason="the fake check modules reach workers by fork")
@@ -151,11 +151,11 @@ def test_workers_from_a_forkserver_give_the_same_numbers(method, monkeypatch):
     """CUDA runs start workers from a forkserver (spawn where there is none; the same code
     path): they import the check module by name and get the config by pickling; the numbers are
     the in-process ones.  (About 10 s: the forkserver imports torch and the checks once.)"""
-    from rdm_dynamics.checks import registry, runner
+    from rdm_dynamics.checks import registry, workers
 
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} here")
-    monkeypatch.setattr(runner, "start_method", lambda device: method)
+    monkeypatch.setattr(workers, "start_method", lambda device: method)
     config = CheckConfig(depth=16, quick=True)
     checks = {"depth-limit": registry()["depth-limit"]}
     here = run_checks(config, checks, progress=False, jobs=1)[0]
@@ -170,7 +170,7 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     script = f"""
 import os, sys, time, types
 from rdm_dynamics.checks import CheckConfig
-from rdm_dynamics.checks.runner import run_in_processes
+from rdm_dynamics.checks.workers import run_in_processes
 def run(config):
     open({str(pid_file)!r}, "w").write(str(os.getpid()))
     time.sleep(120)

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from rdm_dynamics.checks import CheckConfig, pf_ode, registry
+from rdm_dynamics.checks import CheckConfig, pf_ode, registry, run_claim
 from rdm_dynamics.checks.problems import EPS, data_laws, denoising_stack, sample_prior
 from rdm_dynamics.laws import GaussianMixture
 from rdm_dynamics.sde import make_sde
@@ -64,7 +64,7 @@ def test_run_is_measure_with_the_true_pf_ode(monkeypatch):
     assert defaults == {"score_sign": 1.0, "pf_weight": 0.5, "sdes": ("vp", "subvp", "ve")}
     calls = []
     monkeypatch.setattr(pf_ode, "measure", lambda config, **kw: calls.append((config, kw)))
-    pf_ode.run(SMALL)
+    run_claim(pf_ode, SMALL)
     assert calls == [(SMALL, {})]
 
 
@@ -129,7 +129,7 @@ def test_quick_ladder_to_64_runs_its_dopri5_reference_to_the_end():
     dopri5 step that landed exactly on an output time left the later times unenforced; the
     mixture reference then stepped past eps and stopped with 'underflow in dt'.  The run must
     finish, with a finite order for every SDE and law."""
-    result = pf_ode.run(CheckConfig(depth=64, quick=True))
+    result = run_claim(pf_ode, CheckConfig(depth=64, quick=True))
     orders = [result.metrics[f"order_{s}_{law}"] for s in ("vp", "subvp", "ve")
               for law in ("gaussian", "mixture")]
     assert len(orders) == 6 and all(math.isfinite(v) for v in orders)

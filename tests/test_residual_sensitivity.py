@@ -11,7 +11,7 @@ from rdm_dynamics.analysis.adjoint import adjoint_gradients, backprop_adjoints, 
 from rdm_dynamics.analysis.fields import SmoothCoefficient, SmoothTanhField, TanhLayer
 from rdm_dynamics.analysis.lipschitz import stack_gains
 from rdm_dynamics.analysis.memory import SavedTensorMeter, peak_memory
-from rdm_dynamics.checks import CheckConfig, residual_sensitivity
+from rdm_dynamics.checks import CheckConfig, residual_sensitivity, run_claim
 from rdm_dynamics.stack import GatedResidualStack
 
 
@@ -119,7 +119,7 @@ def test_backprop_memory_grows_linearly_and_the_adjoint_stays_flat():
 
 
 def test_gated_check_passes():
-    r = residual_sensitivity.run(CheckConfig(depth=64, quick=True))
+    r = run_claim(residual_sensitivity, CheckConfig(depth=64, quick=True))
     assert r.passed, r.summary
     m = r.metrics
     assert abs(m["order"] - 1) < 0.1
@@ -131,12 +131,12 @@ def test_gated_check_passes():
 
 @pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
 def test_negative_controls_fail(gating):
-    r = residual_sensitivity.run(CheckConfig(depth=64, gating=gating, quick=True))
+    r = run_claim(residual_sensitivity, CheckConfig(depth=64, gating=gating, quick=True))
     assert not r.passed
     assert r.metrics["order"] < 0.5 or math.isnan(r.metrics["order"])
     assert not 0.5 < r.metrics["sensitivity_ratio_gated"] < 2
 
 
 def test_float32_stacks_against_a_float64_reference():
-    r = residual_sensitivity.run(CheckConfig(depth=32, dtype=torch.float32, quick=True))
+    r = run_claim(residual_sensitivity, CheckConfig(depth=32, dtype=torch.float32, quick=True))
     assert r.passed, r.summary

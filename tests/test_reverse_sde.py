@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchsde
 
-from rdm_dynamics.checks import CheckConfig, registry, reverse_sde
+from rdm_dynamics.checks import CheckConfig, registry, reverse_sde, run_claim
 from rdm_dynamics.checks.problems import EPS, data_laws, denoising_stack, sample_prior, score_fn
 from rdm_dynamics.checks.rules import within
 from rdm_dynamics.paths import TorchsdeReverse
@@ -64,7 +64,7 @@ def test_run_is_measure_with_the_true_reverse_sde(monkeypatch):
     assert defaults == {"score_sign": 1.0, "noise_power": 0.5, "sdes": ("vp", "subvp", "ve")}
     calls = []
     monkeypatch.setattr(reverse_sde, "measure", lambda config, **kw: calls.append((config, kw)))
-    reverse_sde.run(SMALL)
+    run_claim(reverse_sde, SMALL)
     assert calls == [(SMALL, {})]
 
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from rdm_dynamics import stats
-from rdm_dynamics.checks import CheckConfig, depth_limit, faults, registry, self_test
+from rdm_dynamics.checks import CheckConfig, depth_limit, faults, registry, run_claim, self_test
 from rdm_dynamics.checks.faults import CONTROLS, FAULTS, Control, Fault, patched, resolve
 
 QUICK = CheckConfig(depth=64, quick=True)
@@ -102,7 +102,7 @@ def test_a_real_fault_fails_the_check_that_relies_on_it(cid, name):
     fault = next(f for f in FAULTS if f.name == name)
     assert cid in fault.checks
     with patched(fault):
-        result = registry()[cid].run(CheckConfig(depth=256, quick=True))
+        result = run_claim(registry()[cid], CheckConfig(depth=256, quick=True))
     assert not result.passed and result.verdict.failed and result.error is None, result.summary
 
 

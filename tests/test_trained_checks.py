@@ -9,7 +9,7 @@ import torch
 from tiny_models import tiny_model
 
 from rdm_dynamics.checks import denoising_risk as C10
-from rdm_dynamics.checks import registry
+from rdm_dynamics.checks import registry, run_claim
 from rdm_dynamics.checks import trained_propagation as C8
 from rdm_dynamics.checks import trained_sensitivity as C9
 from rdm_dynamics.checks.checkpoints import checkpoint_config, load_subject
@@ -117,7 +117,7 @@ def reapplied(result) -> bool:
 
 
 def test_denoising_risk_identity_holds_and_a_wrong_noise_level_breaks_it(trained):
-    result = C10.run(trained)
+    result = run_claim(C10, trained)
     assert result.passed, result.summary
     assert reapplied(result)
     m = result.metrics
@@ -141,22 +141,22 @@ def test_the_bayes_predictor_has_zero_excess_risk(trained):
 
 
 def test_linear_response_explains_the_rounding_and_skipping_a_unit_does_not(trained):
-    result = C8.run(trained)
+    result = run_claim(C8, trained)
     assert result.passed, result.summary
     assert reapplied(result)
     m = result.metrics
     assert 0 < m["output_error_fp16"] < m["output_error_bf16"] < 0.5
     assert m["amplification_max"] > 0 and m["units"] == 4
-    planted = C8.run(trained, skip_units=(0,))
+    planted = run_claim(C8, trained, skip_units=(0,))
     assert not planted.passed and "linear_response_residual" in planted.verdict.failed
 
 
 def test_autograd_is_the_discrete_adjoint_and_a_skipped_vjp_is_not(trained):
-    result = C9.run(trained)
+    result = run_claim(C9, trained)
     assert result.passed and reapplied(result)
     assert result.metrics["sensitivity_ratio"] > 0
     assert result.metrics["chain_adjoint_error"] <= 1e-8  # the transformer is a chain of units
-    planted = C9.run(trained, skip_vjp=(1,))
+    planted = run_claim(C9, trained, skip_vjp=(1,))
     assert not planted.passed and planted.metrics["adjoint_agreement_error"] > 1e-3
     assert "chain_adjoint_error" in planted.verdict.failed
 
@@ -165,11 +165,11 @@ def test_the_unet_is_checked_through_its_units_too(tmp_path):
     config = checkpoint_config(untrained_checkpoint(tmp_path, "RDM-UNet-T"), quick=True)
     assert config.depth == len(load_subject(config).net.residual_units()) > 4
     for module in (C8, C9):
-        result = module.run(config)
+        result = run_claim(module, config)
         assert result.passed, result.summary
-    unet = C9.run(config)
+    unet = run_claim(C9, config)
     assert "chain_adjoint_error" not in unet.metrics  # transitions and skips: no chain
-    assert not C9.run(config, skip_vjp=(2,)).passed
+    assert not run_claim(C9, config, skip_vjp=(2,)).passed
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from rdm_dynamics.checks import CheckConfig, registry
+from rdm_dynamics.checks import CheckConfig, registry, run_claim
 from rdm_dynamics.checks.rules import EMPTY_BAND, Rule, judge, within
 
 #: Failures (plain at 64, the negative control: every gate-dependent check fails, C7 passes).
@@ -44,7 +44,7 @@ def test_expected_reproduces_passed_for_every_check(gating, depth):
     config = CheckConfig(depth=depth, gating=gating, quick=True)
     verdicts = {}
     for cid, module in registry().items():
-        result = json.loads(json.dumps(module.run(config).to_json()))
+        result = json.loads(json.dumps(run_claim(module, config).to_json()))
         assert result["expected"], f"{cid} under {gating} declares no rule"
         assert rejudge(result) == (result["passed"], result["failed"]), (cid, gating, depth)
         verdicts[cid] = result["passed"]

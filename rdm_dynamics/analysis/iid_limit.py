@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +57,7 @@ from .fields import tanh_residual
 
 __all__ = ["TanhWeightLaw", "tanh_square_mean", "tanh_square_mean_slope", "KappaTable",
            "kappa_table", "IIDLimitSDE", "brownian_increments", "layer_noise",
-           "iid_stack_output", "solve_limit_sde", "jackknife_se", "two_point_order"]
+           "iid_stack_output", "solve_limit_sde"]
 
 # ------------------------------------------------------------------------------------------------
 # kappa by quadrature
@@ -295,34 +295,3 @@ def solve_limit_sde(sde: IIDLimitSDE, z0: torch.Tensor, increments: torch.Tensor
     with torch.no_grad():
         return torchsde.sdeint(sde, z0, ts, bm=GridBrownian(coarse, 1.0), method="euler",
                                dt=1.0 / steps)[-1]
-
-
-# ------------------------------------------------------------------------------------------------
-# Standard errors of smooth statistics of sample means
-# ------------------------------------------------------------------------------------------------
-
-def jackknife_se(samples: np.ndarray, statistic: Callable[[np.ndarray], float],
-                 batches: int = 20) -> float:
-    """Standard error of statistic(mean of samples over axis 0) by the delete-one-batch
-    jackknife over ``batches`` contiguous batches of the (i.i.d.) sample rows; NaN when the
-    statistic is not finite on some batch."""
-    samples = np.asarray(samples, dtype=float)
-    n = samples.shape[0]
-    batches = min(batches, n)
-    total = samples.sum(0)
-    edges = np.linspace(0, n, batches + 1).astype(int)
-    values = []
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        values.append(statistic((total - samples[a:b].sum(0)) / (n - (b - a))))
-    values = np.asarray(values, dtype=float)
-    if not np.isfinite(values).all():
-        return math.nan
-    return float(math.sqrt((batches - 1) / batches * ((values - values.mean()) ** 2).sum()))
-
-
-def two_point_order(depths: Sequence[float], errors: Sequence[float]) -> float:
-    """log(e_first / e_last) / log(L_last / L_first): the order between two rungs."""
-    e0, e1 = errors[0], errors[-1]
-    if not (e0 > 0 and e1 > 0):
-        return math.nan
-    return math.log(e0 / e1) / math.log(depths[-1] / depths[0])

@@ -1,27 +1,30 @@
-"""The theory checks, one module per claim, found by discovery.
+"""The checks, one module per claim, listed by kind in :data:`CLAIM_MODULES`.
 
-A check module defines ``CLAIM`` ("C1", ...), ``ID`` (the name used by ``--only``), ``TITLE``
-and ``run(config: CheckConfig) -> CheckResult``.  Adding a claim means adding one module here:
-the registry imports every module of this package that defines those names and orders the checks
-by claim number; ``run_checks`` runs them.  A claim module reads as measure (its metrics), rules
-(``rules.Rule``, applied by ``rules.judge``), summary (one sentence) and figure.  Beside the
-claim modules: ``report`` (results, table, JSON, figures), ``rules`` (the verdict mechanism),
-``problems`` (the problems several checks share) and ``checkpoints`` (the trained model that the
-checks of ``KIND = "checkpoint"``, C8 and up, are run on: a registry of their own).
+Every claim module has one shape (``claim.py`` says it in full): ``measure(config) -> Measurement``
+(the metrics, no judging), its pass rules declared once (``RULES``, or ``rules(measurement)``
+built from the metrics' names), ``summary(measurement, verdict)``, ``headline(measurement)``,
+``figure(measurement)``; ``claim.run_claim`` composes them into a ``report.CheckResult``.
+Adding a claim means adding its module and one entry in :data:`CLAIM_MODULES`.
+
+Beside the claim modules: ``claim`` (the shape and ``run_claim``), ``rules`` (pass rules and the
+one ``judge``), ``report`` (results, table, JSON, figures), ``workers`` (running checks in this
+process or in worker processes), ``problems`` (the problems several theory checks share),
+``trained_subject`` (the trained model the checkpoint checks run on), ``faults`` and
+``self_test`` (``verify --self-test``).  Listing or running the theory checks imports none of the
+training code: the registry imports only the modules of the kind asked for.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
 from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
 
-__all__ = ["CheckConfig", "KINDS", "registry", "depth_ladder", "resolve_ids", "run_checks",
-           "min_depth", "MIN_RUNGS"]
+__all__ = ["CheckConfig", "KINDS", "CLAIM_MODULES", "registry", "Measurement", "run_claim",
+           "depth_ladder", "resolve_ids", "run_checks", "min_depth", "MIN_RUNGS"]
 
 #: An order is a least-squares slope with a standard error: it needs at least three depths.
 MIN_RUNGS = 3
@@ -82,24 +85,24 @@ def _claim_number(module: ModuleType) -> tuple[int, str]:
     return (int(claim[1:]) if claim[1:].isdigit() else 10**6, module.ID)
 
 
-#: The two registries: ``theory`` checks run on exact residual functions (CheckConfig),
-#: ``checkpoint`` checks on a trained model (checks.checkpoints.CheckpointConfig).  A module
-#: says which with ``KIND`` (default ``theory``).
-KINDS = ("theory", "checkpoint")
+#: The claim modules of this package by kind: ``theory`` checks run on exact residual functions
+#: (:class:`CheckConfig`, ``verify``), ``checkpoint`` checks on one trained model
+#: (``trained_subject.CheckpointConfig``, ``verify --ckpt``), ``study`` claims on the runs of a
+#: depth study (``rdm_dynamics.depth_study``).  Only the modules of the kind asked for are
+#: imported.
+CLAIM_MODULES = {
+    "theory": ("depth_limit", "pf_ode", "reverse_sde", "gate_moments", "error_propagation",
+               "residual_sensitivity", "iid_depth_limit"),
+    "checkpoint": ("trained_propagation", "trained_sensitivity", "denoising_risk"),
+}
+KINDS = tuple(CLAIM_MODULES)
 
 
 def registry(kind: str = "theory") -> dict[str, ModuleType]:
-    """All check modules of ``kind`` (``KINDS``), by id, in claim order."""
+    """The claim modules of ``kind`` (:data:`KINDS`), by id, in claim order."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of check {kind!r}; choose one of {KINDS}")
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if all(hasattr(module, name) for name in ("CLAIM", "ID", "TITLE", "run")) \
-                and getattr(module, "KIND", "theory") == kind:
-            found.append(module)
+    found = [importlib.import_module(f"{__name__}.{name}") for name in CLAIM_MODULES[kind]]
     return {m.ID: m for m in sorted(found, key=_claim_number)}
 
 
@@ -127,7 +130,7 @@ def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: boo
                jobs: int = 1, figures: bool = True) -> list:
     """Run each check (``registry()`` entries), timing it; results in the order of ``checks``.
 
-    ``jobs`` > 1 runs them in that many worker processes (``runner.run_in_processes``: the same
+    ``jobs`` > 1 runs them in that many worker processes (``workers.run_in_processes``: the same
     numbers as a serial run; the figures come back rendered, or not at all when ``figures`` is
     false); ``jobs`` = 1 runs them one after another in this process.  A check that raises, or
     whose worker dies, is an error of the toolkit, not a failed claim: its result has ``error``
@@ -137,7 +140,7 @@ def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: boo
     """
     from tqdm.auto import tqdm
 
-    from .runner import run_check, run_in_processes
+    from .workers import run_check, run_in_processes
 
     class Bar(tqdm):
         monitor_interval = 0  # no monitor thread: worker processes are forked while it runs
@@ -157,3 +160,6 @@ def run_checks(config: CheckConfig, checks: dict[str, ModuleType], progress: boo
             results.append(run_check(cid, module, config))
             bar.update()
         return results
+
+
+from .claim import Measurement, run_claim  # noqa: E402  (the claim modules' one shape)

@@ -7,12 +7,10 @@ dz/dtau = a F + b solved by torchdiffeq dopri5 (rtol 1e-10, atol 1e-12, float64)
 grid.  Every rung of the depth ladder starts from the same initial points.
 
 Metric: error(L) = max over layers i and samples of |z_i - z(tau_i)|_2; the order is minus the
-fitted slope of log error against log L.  Pass (``rules.order_rules``): the fitted order, the
-end-to-end order between the coarsest and the deepest rung (``order_span``) and the local order
-between the two deepest rungs (``order_deep``) in 1 +/- 0.15 (the last two within 3 standard
-errors of the fit).  The control, gated too: the same measurement with layer weights W(tau_i) +
-i.i.d. noise, which has no ODE limit, must not converge: ``iid_order`` and ``iid_order_deep``
-<= 0.5 (an error that does not vanish at 1/L scaling).
+fitted slope of log error against log L, gated as first order (``rules.order_rules``: fitted,
+end to end and between the two deepest rungs).  The control, gated too: the same measurement
+with layer weights W(tau_i) + i.i.d. noise, which has no ODE limit, must not converge (an error
+that does not vanish at 1/L scaling).
 """
 
 from __future__ import annotations
@@ -22,21 +20,25 @@ import torch
 from ..analysis.fields import iid_tanh_layers
 from ..paths import solve_ode
 from ..stack import GatedResidualStack, get_gating
-from ..stats import fit_order
+from ..stats import fit_order, two_point_order
 from . import CheckConfig
+from .claim import Measurement
 from .problems import pathwise_error, smooth_problem
-from .report import CheckResult, Series, error_trend, order_figure
-from .rules import Rule, judge, order_rules
+from .report import Series, error_trend, order_figure
+from .rules import FIRST_ORDER, Rule, order_metrics, order_rules
 
 CLAIM = "C1"
 ID = "depth-limit"
 TITLE = "Gating-Residual ODE: the depth-L stack converges to its ODE at order 1"
-#: Serial seconds at --depth 256 on one idle core (measured 2026-12-01): a scheduling hint.
+THEORY = f"order 1 +/- {FIRST_ORDER[1] - 1:.2f}"
+#: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``).
 COST = 0.8
 
-ORDER_RANGE = (0.85, 1.15)
 #: The i.i.d. control "does not converge": its fitted and deepest local orders at most this.
 IID_ORDER_MAX = 0.5
+
+RULES = [*order_rules("order", FIRST_ORDER),
+         Rule("iid_order", (None, IID_ORDER_MAX)), Rule("iid_order_deep", (None, IID_ORDER_MAX))]
 
 
 def build_problem(config: CheckConfig):
@@ -47,19 +49,18 @@ def build_problem(config: CheckConfig):
     return p.field.to(**to), p.gain.to(**to), p.bias.to(**to), p.z0.to(**to), p.generator
 
 
-def run(config: CheckConfig) -> CheckResult:
+def pathwise_errors(config: CheckConfig) -> tuple[list[float], list[float]]:
+    """Per rung of the ladder, the pathwise error of the stack with smooth weights and of the
+    stack with i.i.d. weights per layer, both against the dopri5 solution of the smooth ODE."""
     field, gain, bias, z0, g = build_problem(config)
     depth = config.ladder[-1]
     with torch.no_grad():
         smooth_stack = GatedResidualStack(field, depth, gating="euler", gain=gain, bias=bias,
                                           **config.placement)
-        times = smooth_stack.times
-        reference = solve_ode(smooth_stack.continuous_limit(), z0, times)
-
+        reference = solve_ode(smooth_stack.continuous_limit(), z0, smooth_stack.times)
         errors, iid_errors = [], []
         for L in config.ladder:
-            stride = depth // L
-            ref_L = reference[::stride]
+            ref_L = reference[::depth // L]
             stack = GatedResidualStack(field, L, gating=config.gating, gain=gain, bias=bias,
                                        **config.placement)
             errors.append(pathwise_error(stack(z0, return_all=True), ref_L))
@@ -68,30 +69,39 @@ def run(config: CheckConfig) -> CheckResult:
             iid_stack = GatedResidualStack(layers, L, gating=config.gating, gain=gain, bias=bias,
                                            **config.placement)
             iid_errors.append(pathwise_error(iid_stack(z0, return_all=True), ref_L))
+    return errors, iid_errors
 
-    fit, iid_fit = fit_order(config.ladder, errors), fit_order(config.ladder, iid_errors)
-    metrics, rules = order_rules("order", config.ladder, errors, ORDER_RANGE)
+
+def measure(config: CheckConfig) -> Measurement:
+    errors, iid_errors = pathwise_errors(config)
+    ladder = config.ladder
+    fit, iid_fit = fit_order(ladder, errors), fit_order(ladder, iid_errors)
+    metrics = order_metrics("order", ladder, errors)
     metrics.update(order_fit_se=fit.stderr, error=errors[-1], iid_order=iid_fit.order,
                    iid_error=iid_errors[-1],
-                   iid_order_deep=fit_order(config.ladder[-2:], iid_errors[-2:]).order)
-    rules += [Rule("iid_order", (None, IID_ORDER_MAX)),
-              Rule("iid_order_deep", (None, IID_ORDER_MAX))]
-    verdict = judge(metrics, rules)
+                   iid_order_deep=two_point_order(ladder[-2:], iid_errors[-2:]))
+    return Measurement(metrics, config, curves={"smooth": (errors, fit),
+                                                 "iid": (iid_errors, iid_fit)})
 
-    ladder = f"L = {config.ladder[0]}..{depth}"
-    gating = get_gating(config.gating).name
-    summary = (f"With {gating} gates the error against the dopri5 solution of the ODE "
-               f"{error_trend(fit.order)}: order {fit.order:.3f} over {ladder}, "
-               f"{errors[-1]:.2e} at L = {depth}. With i.i.d. weights per layer it "
-               f"{error_trend(iid_fit.order)}: order {iid_fit.order:.3f}, {iid_errors[-1]:.2e} "
-               f"at L = {depth}.")
-    figure = order_figure(
-        f"C1 depth-limit ({gating} gates)",
-        [Series("smooth weights", config.ladder, errors, fit),
-         Series("i.i.d. weights per layer", config.ladder, iid_errors, iid_fit)],
+
+def summary(measured: Measurement, verdict) -> str:
+    m, depth = measured.metrics, measured.config.ladder[-1]
+    return (f"With {get_gating(measured.config.gating).name} gates the error against the dopri5 "
+            f"solution of the ODE {error_trend(m['order'])}: order {m['order']:.3f} over "
+            f"L = {measured.config.ladder[0]}..{depth}, {m['error']:.2e} at L = {depth}. With "
+            f"i.i.d. weights per layer it {error_trend(m['iid_order'])}: order "
+            f"{m['iid_order']:.3f}, {m['iid_error']:.2e} at L = {depth}.")
+
+
+def headline(measured: Measurement) -> str:
+    m = measured.metrics
+    return f"order {m['order']:.3f}, error {m['error']:.1e}; iid order {m['iid_order']:.2f}"
+
+
+def figure(measured: Measurement):
+    ladder = measured.config.ladder
+    return order_figure(
+        f"C1 depth-limit ({get_gating(measured.config.gating).name} gates)",
+        [Series("smooth weights", ladder, *measured.curves["smooth"]),
+         Series("i.i.d. weights per layer", ladder, *measured.curves["iid"])],
         reference_order=1.0, ylabel="max_i |z_i - z(tau_i)|")
-    return CheckResult(
-        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary, figure=figure,
-        measured_text=f"order {fit.order:.3f}, error {errors[-1]:.1e}; "
-                      f"iid order {iid_fit.order:.2f}",
-        theory_text=f"order 1 +/- {ORDER_RANGE[1] - 1:.2f}")

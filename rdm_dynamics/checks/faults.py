@@ -418,7 +418,9 @@ FAULTS: list[Fault] = [
 def _gated(gating: str):
     def run(module, config):
         import dataclasses
-        return module.run(dataclasses.replace(config, gating=gating))
+
+        from .claim import run_claim
+        return run_claim(module, dataclasses.replace(config, gating=gating))
     return run
 
 
@@ -431,7 +433,8 @@ def _linearised_diffusion(sq_norm):
 
 def _measure(**kwargs):
     def run(module, config):
-        return module.measure(config, **kwargs)
+        from .claim import run_claim
+        return run_claim(module, config, **kwargs)
     return run
 
 

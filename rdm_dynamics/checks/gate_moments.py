@@ -75,7 +75,7 @@ from ..stack import GatedResidualStack, get_gating
 from ..stats import OrderFit, fit_order, mean_se
 from . import CheckConfig
 from .report import CheckResult
-from .rules import Rule, judge, order_rules
+from .rules import Rule, judge, order_metrics_and_rules
 
 CLAIM = "C4"
 ID = "gate-moments"
@@ -425,7 +425,7 @@ def measure(config: CheckConfig, *, time_shift: float = 0.0) -> CheckResult:
             if len(rungs) < 2:  # no asymptotic rungs: nothing can pass
                 errors, rungs = [math.nan, math.nan], list(config.ladder[-2:])
             band = EULER_ORDER_RANGE if key == name else EULER_LAW_ORDER_RANGE
-            order_metrics, order_rule_list = order_rules(prefix, rungs, errors, band,
+            order_metrics, order_rule_list = order_metrics_and_rules(prefix, rungs, errors, band,
                                                          fit=key != name)
             if key == name:  # the fitted deterministic order and its rule are set above
                 order_metrics.pop(prefix)

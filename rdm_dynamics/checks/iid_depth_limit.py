@@ -47,12 +47,10 @@ from ..analysis.iid_limit import (
     TanhWeightLaw,
     brownian_increments,
     iid_stack_output,
-    jackknife_se,
     layer_noise,
     solve_limit_sde,
-    two_point_order,
 )
-from ..stats import fit_order, mean_se
+from ..stats import fit_order, jackknife_se, mean_se, two_point_order
 from . import CheckConfig
 from .report import CheckResult, Series, order_axes
 from .rules import Rule, judge

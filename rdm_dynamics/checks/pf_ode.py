@@ -57,7 +57,7 @@ from .problems import (
     sample_prior,
 )
 from .report import CheckResult, Series, extremes, order_figure, trend
-from .rules import Rule, judge, order_rules
+from .rules import Rule, judge, order_metrics_and_rules
 
 CLAIM = "C2"
 ID = "pf-ode"
@@ -136,7 +136,8 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, pf_weight: float = 
                         w2s.append(transport[2])
                 key = f"{sde_name}_{law_name}"
                 fit = fit_order(ladder, errors)
-                order_metrics, order_rule_list = order_rules(f"order_{key}", ladder, errors,
+                order_metrics, order_rule_list = order_metrics_and_rules(
+                    f"order_{key}", ladder, errors,
                                                              ORDER_RANGE)
                 metrics.update(order_metrics)
                 rules += order_rule_list

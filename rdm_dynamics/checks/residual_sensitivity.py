@@ -39,7 +39,7 @@ from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig
 from .problems import EXPANSIVE_SLOPE, propagation_depths, smooth_problem
 from .report import CheckResult, Series, depth_axes, depth_trend_words, error_trend, order_axes
-from .rules import Rule, judge, order_rules
+from .rules import Rule, judge, order_metrics_and_rules
 
 CLAIM = "C6"
 ID = "residual-sensitivity"
@@ -162,7 +162,8 @@ def run(config: CheckConfig) -> CheckResult:
         memory["adjoint"].append(bytes_adj)
     euler_adjoint_error = relative_error(list(problem.euler_adjoint(depth)[1]), ref_theta)
 
-    order_metrics, order_rule_list = order_rules("order", config.ladder, errors, ORDER_RANGE)
+    order_metrics, order_rule_list = order_metrics_and_rules("order", config.ladder, errors,
+                                                             ORDER_RANGE)
     metrics = {**order_metrics, "order_fit_se": fit.stderr, "grad_error": errors[-1],
                "grad_error_z0": z0_errors[-1], "grad_error_theta": theta_errors[-1],
                "euler_adjoint_grad_error_theta": euler_adjoint_error,

@@ -77,7 +77,7 @@ from .problems import (
     score_fn,
 )
 from .report import CheckResult, Series, extremes, legend_outside, order_axes, trend
-from .rules import Rule, judge, order_rules
+from .rules import Rule, judge, order_metrics_and_rules
 
 CLAIM = "C3"
 ID = "reverse-sde"
@@ -106,13 +106,13 @@ def rules(sdes, law_names, z_bound: float, ladder, strong, weak, layer) -> tuple
     for s in sdes:
         for law in law_names:
             errors, ses = strong[s, law]
-            m, r = order_rules(f"strong_order_{s}_{law}", ladder, errors, ORDER_RANGE,
+            m, r = order_metrics_and_rules(f"strong_order_{s}_{law}", ladder, errors, ORDER_RANGE,
                                error_ses=ses)
             metrics.update(m)
             out += r
         for family, errors, band in (("weak_order", weak[s], WEAK_ORDER_RANGE[s]),
                                      ("layer_w2_order", layer[s], AT_LEAST_FIRST_ORDER)):
-            m, r = order_rules(f"{family}_{s}", ladder, errors, band,
+            m, r = order_metrics_and_rules(f"{family}_{s}", ladder, errors, band,
                                deep=f"{family}_deep_{s}", span=f"{family}_span_{s}")
             metrics.update(m)
             out += r

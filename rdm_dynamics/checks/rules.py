@@ -23,10 +23,20 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["within", "Rule", "Verdict", "judge", "EMPTY_BAND", "order_rules", "ORDER_SE_MARGIN"]
+__all__ = ["within", "Rule", "Verdict", "judge", "EMPTY_BAND", "order_metrics", "order_rules",
+           "ORDER_SE_MARGIN", "FIRST_ORDER", "AT_LEAST_FIRST_ORDER", "BOUNDED_RATIO"]
 
 #: The band of a rule whose margin cannot be applied: lo > hi, so nothing lies within it.
 EMPTY_BAND = (1.0, 0.0)
+
+#: "Converges at order 1": a fitted order in 1 +/- 0.15 (DESIGN.md section 3, C1..C6).
+FIRST_ORDER = (0.85, 1.15)
+#: "At least first order": where the claim is O(h) and a higher order is no failure (the weak
+#: error of VE, a law error approached from above, a local order on the deepest rungs).
+AT_LEAST_FIRST_ORDER = (FIRST_ORDER[0], None)
+#: "Stays bounded in depth": the ratio of a quantity at --depth to its value at the shallowest
+#: depth lies in [1/2, 2].
+BOUNDED_RATIO = (0.5, 2.0)
 
 
 def within(value: float | None, interval: Sequence[float | None]) -> bool:
@@ -91,40 +101,56 @@ def judge(metrics: Mapping[str, float], rules: Iterable[Rule]) -> Verdict:
 ORDER_SE_MARGIN = 3.0
 
 
-def order_rules(name: str, ladder, errors, band, *, error_ses=None, deep: str | None = None,
-                span: str | None = None, fit: bool = True,
-                margin: float = ORDER_SE_MARGIN) -> tuple[dict[str, float], list[Rule]]:
-    """The metrics and rules of one convergence-order statement, e(L) ~ C L^(-p), p in ``band``.
+def order_metrics(name: str, ladder, errors, *, error_ses=None, deep: str | None = None,
+                  span: str | None = None) -> dict[str, float]:
+    """The metrics of one convergence-order statement, e(L) ~ C L^(-p) (gated by
+    :func:`order_rules`).
 
     A fitted slope alone can be fooled (an error that falls on the coarse rungs and then stalls
-    or grows still fits a slope near 1), so three statements are gated:
+    or grows still fits a slope near 1), so three orders are measured:
 
-    * ``name``: the least-squares order on the whole ladder (``stats.fit_order``) lies in ``band``
-      (with ``name_se`` its standard error from the fit's residuals; no margin);
+    * ``name``: the least-squares order on the whole ladder (``stats.fit_order``), with
+      ``name_se`` its standard error from the fit's residuals;
     * ``span`` (default ``name_span``): the end-to-end order log(e(L_0) / e(L_n)) / log(L_n / L_0),
       i.e. the deepest error is below the coarsest by the factor (L_n / L_0)^p the order implies;
     * ``deep`` (default ``name_deep``): the local order between the two deepest rungs, where the
-      asymptotic regime is;
+      asymptotic regime is.
 
-    the last two within ``margin`` standard errors of ``band``.  Their standard error ``_se`` is
-    the larger of the fit's and the sampling error of the ratio (delta method from the errors'
-    standard errors ``error_ses``, treated as independent).  With ``fit=False`` the fitted order
-    is reported but not gated (a caller gating it by its own rule).
+    The standard error ``_se`` of the last two is the larger of the fit's and the sampling error
+    of the ratio (delta method from the errors' standard errors ``error_ses``, treated as
+    independent).
     """
-    from ..stats import fit_order
+    from ..stats import fit_order, two_point_order
 
     ladder, errors = list(ladder), [float(e) for e in errors]
-    deep, span = deep or f"{name}_deep", span or f"{name}_span"
     fitted = fit_order(ladder, errors)
     metrics = {name: fitted.order, f"{name}_se": fitted.stderr}
-    rules = [Rule(name, tuple(band))] if fit else []
-    for key, (i, j) in ((span, (0, -1)), (deep, (-2, -1))):
-        ratio_order = fit_order([ladder[i], ladder[j]], [errors[i], errors[j]]).order
+    for key, (i, j) in ((span or f"{name}_span", (0, -1)), (deep or f"{name}_deep", (-2, -1))):
         sampling = 0.0
         if error_ses is not None:
             rel = [float(error_ses[k]) / errors[k] if errors[k] > 0 else math.inf for k in (i, j)]
             sampling = math.hypot(*rel) / math.log(ladder[j] / ladder[i])
-        se = max(fitted.stderr if math.isfinite(fitted.stderr) else math.inf, sampling)
-        metrics[key], metrics[f"{key}_se"] = ratio_order, se
-        rules.append(Rule(key, tuple(band), margin=-margin))
-    return metrics, rules
+        fit_se = fitted.stderr if math.isfinite(fitted.stderr) else math.inf
+        metrics[key] = two_point_order([ladder[i], ladder[j]], [errors[i], errors[j]])
+        metrics[f"{key}_se"] = max(fit_se, sampling)
+    return metrics
+
+
+def order_rules(name: str, band=FIRST_ORDER, *, deep: str | None = None,
+                span: str | None = None, fit: bool = True,
+                margin: float = ORDER_SE_MARGIN) -> list[Rule]:
+    """The rules of one convergence-order statement (:func:`order_metrics`), p in ``band``: the
+    fitted order in ``band`` (no margin; with ``fit=False`` it is reported but not gated, for a
+    caller gating it by its own rule), the end-to-end and the deepest local order within
+    ``margin`` standard errors of ``band``."""
+    return ([Rule(name, tuple(band))] if fit else []) + [
+        Rule(key, tuple(band), margin=-margin)
+        for key in (span or f"{name}_span", deep or f"{name}_deep")]
+
+
+def order_metrics_and_rules(name, ladder, errors, band, *, error_ses=None, deep=None, span=None,
+                            fit=True):
+    """TRANSITION: :func:`order_metrics` and :func:`order_rules` in one call, for the modules not
+    yet in the claim shape."""
+    return (order_metrics(name, ladder, errors, error_ses=error_ses, deep=deep, span=span),
+            order_rules(name, band, deep=deep, span=span, fit=fit))

@@ -24,14 +24,15 @@ import time
 from collections.abc import Sequence
 
 from . import CheckConfig, registry
+from .claim import run_claim
 from .faults import CONTROLS, FAULTS, QUICK_CONTROLS, Fault, patched
-from .runner import cost
+from .workers import cost
 
 __all__ = ["run_self_test", "plan"]
 
 
 def _costs() -> dict[str, float]:
-    """Each check's cost (its module's ``COST``, ``runner.cost``), by id, read once per use: a
+    """Each check's cost (its module's ``COST``, ``workers.cost``), by id, read once per use: a
     quick self-test tries a fault's checks cheapest first and stops at the first that catches
     it; the workers take the costliest first."""
     return {cid: cost(module) for cid, module in registry().items()}
@@ -61,14 +62,14 @@ def _run_check(kind: str, name: str, cid: str, config: CheckConfig):
     module = registry()[cid]
     try:
         if kind == "clean":
-            result = module.run(config)
+            result = run_claim(module, config)
         elif kind == "control":
             control = next(c for c in CONTROLS if c.name == name)
             result = control.run(module, config)
         else:
             fault: Fault = next(f for f in FAULTS if f.name == name)
             with patched(fault):
-                result = module.run(config)
+                result = run_claim(module, config)
         return bool(result.passed), list(result.verdict.failed), ""
     except Exception as exc:  # a check that crashes under a fault reports FAIL (run_checks)
         return False, [], f"{type(exc).__name__}: {exc}"

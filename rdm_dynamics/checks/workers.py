@@ -34,6 +34,8 @@ import time
 import traceback
 from multiprocessing.connection import wait
 
+from .claim import run_claim
+
 __all__ = ["run_check", "run_in_processes", "default_jobs", "start_method", "cost"]
 
 
@@ -88,7 +90,7 @@ def run_check(cid: str, module, config):
     raises gives an error result naming the exception, its traceback kept for the report."""
     start = time.perf_counter()
     try:
-        result = module.run(config)
+        result = run_claim(module, config)
     except Exception as exc:  # a crashed check is reported, never silently passed
         text = str(exc).strip().splitlines()
         why = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
