@@ -9,7 +9,6 @@ report is left as it was; the report is written at the end, atomically).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -92,15 +91,6 @@ def _check_writable_dir(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {str(path)!r} cannot be written: {exc.strerror or exc}") from None
 
 
-def _is_report(path: Path) -> bool:
-    """Whether ``path`` holds a report this command wrote (so it may be replaced)."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(old, dict) and isinstance(old.get("checks"), list) and "versions" in old
-
-
 def validate_depth(depth: int, checks: dict) -> None:
     """--depth must give every selected check a ladder it can fit an order on (at least
     ``MIN_RUNGS`` depths, and each check's ``MIN_DEPTH``), and stay below MAX_DEPTH."""
@@ -137,6 +127,7 @@ def parse_args(argv):
     import torch
 
     from .checks import CheckConfig, registry, resolve_ids
+    from .checks.report import is_report
     from .checks.workers import default_jobs
 
     args = build_parser().parse_args(argv)
@@ -177,10 +168,10 @@ def parse_args(argv):
         if not json_path.parent.is_dir():
             raise UsageError(f"--json {args.json!r}: folder {str(json_path.parent)!r} "
                              "does not exist")
-        if json_path.exists() and not _is_report(json_path):
+        if json_path.exists() and not is_report(json_path):
             raise UsageError(f"--json {args.json!r} exists and is not a verify report: "
                              "choose another path (it is left as it is)")
-    if (out / "report.json").exists() and not _is_report(out / "report.json"):
+    if (out / "report.json").exists() and not is_report(out / "report.json"):
         raise UsageError(f"--out {args.out!r} holds a report.json that verify did not write: "
                          "choose another folder (it is left as it is)")
     if not (args.list or args.self_test):
@@ -194,37 +185,6 @@ def parse_args(argv):
     torch.set_num_threads(threads)
     args.jobs = default_jobs(len(selected)) if jobs is None else jobs
     return args, config, selected, out, json_path, len(checks)
-
-
-def render_figures(results) -> dict[str, bytes]:
-    """{file name: PNG bytes} of every result's figure, drawn before any file is written."""
-    from .checks.report import figure_bytes
-
-    return {f"{r.id}.png": figure_bytes(r.figure) for r in results if r.figure is not None}
-
-
-def write_outputs(out: Path, json_path: Path | None, report: dict,
-                  figures: dict[str, bytes]) -> None:
-    """The figures, then the report (atomically: a reader sees the old or the new one), then
-    the removal of figures that an earlier report in ``out`` listed and this run did not draw
-    (so no figure is left beside a report it does not belong to)."""
-    from .files import atomic_write_bytes, atomic_write_json
-
-    old = []
-    if _is_report(out / "report.json"):
-        previous = json.loads((out / "report.json").read_text())
-        old = previous.get("figures") or [f"{c.get('id')}.png" for c in previous["checks"]
-                                          if isinstance(c, dict)]
-    for name, data in figures.items():
-        atomic_write_bytes(out / name, data)
-    report["figures"] = sorted(figures)
-    atomic_write_json(out / "report.json", report)
-    if json_path is not None:
-        atomic_write_json(json_path, report)
-    for name in old:
-        if isinstance(name, str) and name not in figures and name == Path(name).name \
-                and name.endswith(".png"):
-            (out / name).unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -246,7 +206,13 @@ def _main(argv) -> int:
         return run_self_test(config)
 
     from .checks import run_checks
-    from .checks.report import build_report, format_table, wrap_summary
+    from .checks.report import (
+        build_report,
+        format_table,
+        render_figures,
+        wrap_summary,
+        write_report,
+    )
 
     estimate = estimated_seconds(config.depth, config.quick, checks, n_all, args.jobs)
     if estimate > ANNOUNCE_SECONDS:
@@ -264,7 +230,7 @@ def _main(argv) -> int:
                           f"{kept}") from None
     report = build_report(config, results, time.perf_counter() - start)
     try:
-        write_outputs(out, json_path, report, figures)
+        write_report(out, report, figures, json_path)
     except OSError as exc:
         raise UsageError(f"cannot write the report: {exc.strerror or exc}") from None
 

@@ -63,6 +63,11 @@ class CheckConfig:
         return g
 
     @property
+    def report_fields(self) -> dict:
+        """What the report says of this configuration beyond depth, seed, dtype and device."""
+        return {"gating": self.gating}
+
+    @property
     def placement(self) -> dict:
         """The dtype and device the stack under test runs in, as keyword arguments:
         ``tensor.to(**config.placement)``, ``GatedResidualStack(..., **config.placement)``."""

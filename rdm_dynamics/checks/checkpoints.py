@@ -62,7 +62,7 @@ class CheckpointConfig:
 
     @property
     def report_fields(self) -> dict:
-        return {"checkpoint": self.ckpt}
+        return {"gating": self.gating, "checkpoint": self.ckpt}
 
 
 @dataclass

@@ -29,10 +29,11 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "versions", "overall_status", "wrap_summary", "WIDTH",
-           "Series", "order_figure", "format_table", "save_figure", "render_figure",
-           "RenderedFigure", "figure_bytes", "order_axes", "depth_axes", "error_trend",
-           "depth_trend_words", "legend_outside", "MARKERS"]
+__all__ = ["CheckResult", "build_report", "is_report", "render_figures", "write_report",
+           "versions", "overall_status", "wrap_summary", "WIDTH", "Series", "order_figure",
+           "format_table", "save_figure", "render_figure", "RenderedFigure", "figure_bytes",
+           "order_axes", "depth_axes", "error_trend", "depth_trend_words", "legend_outside",
+           "MARKERS"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -172,14 +173,63 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": sys.version.split()[0]}
 
 
+def is_report(path) -> bool:
+    """Whether ``path`` holds a report this toolkit wrote (verify's or the study's), so that it
+    may be replaced; anything else in its place is the user's and is left as it is."""
+    import json
+    from pathlib import Path
+
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and isinstance(old.get("checks"), list) and "versions" in old
+
+
+def render_figures(results: Sequence[CheckResult]) -> dict[str, bytes]:
+    """{file name: PNG bytes} of every result's figure, drawn before any file is written."""
+    return {f"{r.id}.png": figure_bytes(r.figure) for r in results if r.figure is not None}
+
+
+def write_report(out, report: dict, figures: dict[str, bytes], json_path=None,
+                 extra: dict[str, bytes] | None = None) -> None:
+    """Write a report folder: the figures (``render_figures``) and ``extra`` files (name ->
+    bytes), then ``report.json`` (and a copy at ``json_path``), each atomically, so a reader
+    sees the old or the new one; then remove the figures an earlier report in ``out`` listed
+    and this one did not draw (no figure is left beside a report it does not belong to).
+    ``report["figures"]`` is set to the names written."""
+    import json
+    from pathlib import Path
+
+    from ..files import atomic_write_bytes, atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = []
+    if is_report(out / "report.json"):
+        previous = json.loads((out / "report.json").read_text())
+        old = previous.get("figures") or [f"{c.get('id')}.png" for c in previous["checks"]
+                                          if isinstance(c, dict)]
+    for name, data in {**figures, **(extra or {})}.items():
+        atomic_write_bytes(out / name, data)
+    report["figures"] = sorted(figures)
+    atomic_write_json(out / "report.json", report)
+    if json_path is not None:
+        atomic_write_json(json_path, report)
+    for name in old:
+        if isinstance(name, str) and name not in figures and name == Path(name).name \
+                and name.endswith(".png"):
+            (out / name).unlink(missing_ok=True)
+
+
 def build_report(config, results: Sequence[CheckResult], seconds: float) -> dict:
-    """The JSON report of a verify run (DESIGN.md section 4): the run's settings, the overall
-    verdict, the wall time, the library versions, and every check's ``to_json``."""
-    return {"depth": config.depth, "gating": config.gating, "seed": config.seed,
+    """The JSON report of a verify run (DESIGN.md section 4): the run's settings (with what its
+    config adds, ``config.report_fields``), the overall verdict, the wall time, the library
+    versions, and every check's ``to_json``."""
+    return {"depth": config.depth, **config.report_fields, "seed": config.seed,
             "dtype": str(config.dtype).removeprefix("torch."), "device": config.device,
             "passed": all(r.passed for r in results), "status": overall_status(results),
-            "seconds": round(seconds, 3),
-            "versions": versions(), **getattr(config, "report_fields", {}),
+            "seconds": round(seconds, 3), "versions": versions(),
             "checks": [r.to_json() for r in results]}
 
 
