@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["BrownianPath", "numpy_rng", "standard_normal", "solve_ode",
+__all__ = ["BrownianPath", "stream_generator", "numpy_rng", "standard_normal", "solve_ode",
            "solve_ode_adjoint", "TorchsdeReverse", "GridBrownian", "REFERENCE_RTOL",
            "REFERENCE_ATOL",
            "ODE_METHODS",  # noqa: F822 (module __getattr__)
@@ -83,6 +83,16 @@ def standard_normal(shape, *, generator: torch.Generator | None = None,
     lives on the CPU or on a GPU (and torch refuses a generator of another device anyway)."""
     where = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
+def stream_generator(seed: int, stream: int) -> torch.Generator:
+    """The CPU generator of random stream ``stream`` under run seed ``seed``, seeded with
+    seed * 1_000_003 + stream: the one seeding formula of the toolkit (each check, each trained
+    model's draws, each epoch's shuffle and each known-law image have their own stream, so
+    running one alone gives the numbers it gives among the others)."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed((int(seed) * 1_000_003 + int(stream)) % 2**63)
+    return g
 
 
 def numpy_rng(generator) -> np.random.Generator:

@@ -58,9 +58,9 @@ class CheckConfig:
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, stream): each check draws from its own stream, so
         running one check alone (``--only``) gives the same numbers as running all of them."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(self.seed * 1_000_003 + stream)
-        return g
+        from ..paths import stream_generator
+
+        return stream_generator(self.seed, stream)
 
     @property
     def report_fields(self) -> dict:

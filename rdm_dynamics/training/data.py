@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..paths import stream_generator
 from . import known_law
 
 __all__ = ["DataError", "ArrayDataset", "ImageFolder", "BatchSchedule", "digits", "moving_digits",
@@ -460,6 +461,6 @@ class BatchSchedule:
     def indices(self, step: int) -> torch.Tensor:
         epoch, j = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = stream_generator(self.seed, epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.length, generator=g)
         return self._perm[j * self.batch_size:(j + 1) * self.batch_size]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..laws import GaussianMixture
+from ..paths import stream_generator
 
 __all__ = ["NAME", "COVARIANCES", "LawSpec", "KnownLaw", "fit_digits_mixture", "KnownLawData",
            "FreshSchedule", "law_tensors", "law_from_tensors", "LAW_PREFIX"]
@@ -208,7 +209,7 @@ class KnownLawData:
 
     def draw(self, index: int) -> tuple[torch.Tensor, int]:
         """Image ``index`` (flattened, float64) and its component."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + int(index)) % 2**63)
+        g = stream_generator(self.seed, index)
         m = self.law.mixture
         k = int(torch.multinomial(m.weights, 1, generator=g))
         eps = torch.randn(m.dim, generator=g, dtype=m.means.dtype)
