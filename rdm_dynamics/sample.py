@@ -45,7 +45,7 @@ from .files import atomic_write_bytes
 from .models import load_model
 from .sde import make_sde
 from .training.checkpoint import load_checkpoint
-from .training.diffusion import SAMPLERS
+from .training.diffusion import ODE_ATOL, ODE_METHOD, ODE_RTOL, SAMPLER, SAMPLERS, STEPS
 from .training.images import sample_path, save_samples
 from .training.sampling import cycle_labels, generate
 from .training.settings import TrainConfig, newest_intact_checkpoint
@@ -62,18 +62,20 @@ def build_parser():
     p.add_argument("--ckpt", required=True,
                    help="run folder (its newest intact checkpoint) or checkpoint file")
     p.add_argument("--n", default="64", help="number of samples (default 64)")
-    p.add_argument("--sampler", default="pf-ode", choices=SAMPLERS,
-                   help="pf-ode (default: adaptive dopri5, the accurate choice; train's grids "
-                        "use ddpm for speed), euler-maruyama or ddpm")
-    p.add_argument("--steps", default="100",
-                   help="steps of euler-maruyama / ddpm / fixed-grid ODE methods (default 100)")
-    p.add_argument("--method", default="dopri5",
-                   help="torchdiffeq method for pf-ode: dopri5 (adaptive, default), euler, "
-                        "midpoint, rk4, ...")
-    p.add_argument("--rtol", default="1e-4",
-                   help="relative tolerance of adaptive pf-ode methods (default 1e-4)")
-    p.add_argument("--atol", default="1e-4",
-                   help="absolute tolerance of adaptive pf-ode methods (default 1e-4)")
+    p.add_argument("--sampler", default=SAMPLER, choices=SAMPLERS,
+                   help=f"{SAMPLER} (default: adaptive {ODE_METHOD}, the accurate choice; train's "
+                        "grids use ddpm for speed), " + " or ".join(
+                            name for name in SAMPLERS if name != SAMPLER))
+    p.add_argument("--steps", default=str(STEPS),
+                   help="steps of euler-maruyama / ddpm / fixed-grid ODE methods "
+                        f"(default {STEPS})")
+    p.add_argument("--method", default=ODE_METHOD,
+                   help=f"torchdiffeq method for pf-ode: {ODE_METHOD} (adaptive, default), "
+                        "euler, midpoint, rk4, ...")
+    p.add_argument("--rtol", default=str(ODE_RTOL),
+                   help=f"relative tolerance of adaptive pf-ode methods (default {ODE_RTOL:g})")
+    p.add_argument("--atol", default=str(ODE_ATOL),
+                   help=f"absolute tolerance of adaptive pf-ode methods (default {ODE_ATOL:g})")
     p.add_argument("--guidance", default="1.0",
                    help="classifier-free guidance scale w >= 0 (default 1: the conditional "
                         "model, no guidance; 0: unconditional; train's grids use 2)")

@@ -34,7 +34,12 @@ Time = float | torch.Tensor
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "DenoisingField", "SDES", "make_sde",
-           "expand_as_batch"]
+           "expand_as_batch", "EPS"]
+
+#: Where the denoising direction stops, [eps, T]: the score of p_t is unbounded as t -> 0 for data
+#: without a density.  The default of the checks' stacks, of training's t_min (training times are
+#: uniform on [t_min, T]) and of the samplers' last time.
+EPS = 1e-3
 
 
 def expand_as_batch(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +109,18 @@ class SDE:
         """Mean m(t) x_0 and std sqrt(v(t)) of x_t given x_0 = x."""
         t = _as_time(t, x)
         return expand_as_batch(self.mean_coef(t), x) * x, expand_as_batch(self.marginal_std(t), x)
+
+    def perturb(self, x0: torch.Tensor, t: Time, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = m(t) x_0 + s(t) eps for standard normal ``noise`` eps: a draw of x_t given x_0
+        (the forward process as training and the trained-model checks use it)."""
+        mean, std = self.marginal_prob(x0, t)
+        return mean + std * noise
+
+    def uniform_times(self, n: int, t_min: float, *, generator: torch.Generator | None = None,
+                      dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """``n`` times uniform on [t_min, T]: t_min + (T - t_min) u, u ~ U[0, 1)."""
+        u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+        return t_min + (self.T - t_min) * u
 
     def prior_sampling(self, shape, *, generator: torch.Generator | None = None,
                        dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:

@@ -9,10 +9,12 @@ report is left as it was; the report is written at the end, atomically).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import (
@@ -122,41 +124,74 @@ def estimated_seconds(depth: int, quick: bool, checks: dict, n_all: int, jobs: i
             * schedule_share(checks.values(), jobs))
 
 
-def parse_args(argv):
-    """Parse and validate the command line; raises UsageError on any bad argument."""
-    import torch
+@dataclass
+class Request:
+    """What a verify command line asks for, validated: the parsed ``args``, the configuration the
+    checks run with, the checks selected (id -> module) out of ``n_all`` of their kind, the
+    report folder and the optional JSON copy."""
 
-    from .checks import CheckConfig, registry, resolve_ids
-    from .checks.report import is_report
-    from .checks.workers import default_jobs
+    args: argparse.Namespace
+    config: object
+    checks: dict
+    n_all: int
+    out: Path
+    json_path: Path | None
 
+
+def parse_args(argv) -> argparse.Namespace:
+    """Parse the command line and validate its scalar options (``args.depth``, ``args.seed``,
+    ``args.threads`` and ``args.jobs`` become integers, ``args.device`` a device string);
+    raises UsageError on any bad argument."""
     args = build_parser().parse_args(argv)
-    depth = parse_int(args.depth, "depth", 1)
-    seed = parse_seed(args.seed)
-    threads = parse_int(args.threads, "threads", 1, 1024)
-    jobs = None if args.jobs is None else parse_int(args.jobs, "jobs", 1, 1024)
+    args.depth = parse_int(args.depth, "depth", 1)
+    args.seed = parse_seed(args.seed)
+    args.threads = parse_int(args.threads, "threads", 1, 1024)
+    args.jobs = None if args.jobs is None else parse_int(args.jobs, "jobs", 1, 1024)
     try:
         get_gating(args.gating)
     except ValueError as exc:
         raise UsageError(f"--gating: {exc}") from None
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
-    device = parse_device(args.device)
+    args.device = str(parse_device(args.device))
+    return args
 
-    checkpoint = None
-    if args.ckpt is not None:  # the checks on a trained model, with their own registry
+
+def check_config(args):
+    """The configuration the checks run with: a trained model's (``--ckpt``, read and validated
+    here) or the theory checks' (from the command line)."""
+    import torch
+
+    from .checks import CheckConfig
+
+    if args.ckpt is not None:
         from .checks.checkpoints import checkpoint_config
 
-        checkpoint = checkpoint_config(args.ckpt, seed=seed, device=str(device),
-                                       quick=args.quick)
-    checks = registry("checkpoint" if checkpoint else "theory")
+        return checkpoint_config(args.ckpt, seed=args.seed, device=args.device, quick=args.quick)
+    return CheckConfig(depth=args.depth, gating=args.gating, seed=args.seed,
+                       dtype=getattr(torch, args.dtype), device=args.device, quick=args.quick)
+
+
+def select_checks(args) -> tuple[dict, int]:
+    """The checks ``--only`` selects (all by default) from the registry of the run's kind, and
+    the size of that registry; the depth is validated against them."""
+    from .checks import registry, resolve_ids
+
+    checks = registry("checkpoint" if args.ckpt is not None else "theory")
     try:
         ids = resolve_ids(args.only, checks) if args.only is not None else list(checks)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     selected = {cid: checks[cid] for cid in ids}
     if not args.list:
-        validate_depth(depth, selected)
+        validate_depth(args.depth, selected)
+    return selected, len(checks)
+
+
+def output_paths(args) -> tuple[Path, Path | None]:
+    """The report folder and the JSON copy, validated before any work: neither may replace a
+    file verify did not write, and both must be writable (unless nothing is written)."""
+    from .checks.report import is_report
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -178,13 +213,20 @@ def parse_args(argv):
         _check_writable_dir(out, "--out")
         if json_path is not None:
             _check_writable_dir(json_path.parent, "--json folder")
+    return out, json_path
 
-    config = checkpoint or CheckConfig(depth=depth, gating=args.gating, seed=seed,
-                                       dtype=getattr(torch, args.dtype), device=str(device),
-                                       quick=args.quick)
-    torch.set_num_threads(threads)
-    args.jobs = default_jobs(len(selected)) if jobs is None else jobs
-    return args, config, selected, out, json_path, len(checks)
+
+def request(argv) -> Request:
+    """Everything a verify run needs, validated in the order a user reads the errors: the
+    options, the checkpoint, the checks and the depth, the files."""
+    from .checks.workers import default_jobs
+
+    args = parse_args(argv)
+    config = check_config(args)
+    checks, n_all = select_checks(args)
+    out, json_path = output_paths(args)
+    args.jobs = default_jobs(len(checks)) if args.jobs is None else args.jobs
+    return Request(args, config, checks, n_all, out, json_path)
 
 
 def main(argv=None) -> int:
@@ -194,8 +236,12 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    import torch
+
     start = time.perf_counter()
-    args, config, checks, out, json_path, n_all = parse_args(argv)
+    req = request(argv)
+    args, config, checks, out, json_path = req.args, req.config, req.checks, req.out, req.json_path
+    torch.set_num_threads(args.threads)
     if args.list:
         for cid, module in checks.items():
             print(f"{module.CLAIM:4} {cid:22} {module.TITLE}")
@@ -214,7 +260,7 @@ def _main(argv) -> int:
         write_report,
     )
 
-    estimate = estimated_seconds(config.depth, config.quick, checks, n_all, args.jobs)
+    estimate = estimated_seconds(config.depth, config.quick, checks, req.n_all, args.jobs)
     if estimate > ANNOUNCE_SECONDS:
         shared = ", the checks shared among the workers" if args.jobs > 1 else ""
         print(f"{PROG}: depth {config.depth}: estimated {estimate / 60:.0f} min with --jobs "

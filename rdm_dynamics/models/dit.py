@@ -11,10 +11,9 @@ fixed sin-cos embedding of the frame index is added to the tokens, and the block
 between spatial attention (over the N tokens of a frame) and temporal attention (over the T
 frames at one spatial position).  Every unit works on tokens of shape (B T, N, D).
 
-Named configurations (``DIT_CONFIGS``) follow DiT's table (S, B, L, XL with p = 2, 4, 8) plus a
-tiny size T (6 blocks of width 128, 4 heads) and a nano size N (4 blocks of width 96, 4 heads: the
-digits benchmark's) for the CPU: ``RDM-DiT-N/2``, ``RDM-DiT-T/2`` ... ``RDM-DiT-XL/8`` (and
-``RDM-DiT-N/1``, ``RDM-DiT-T/1``).
+Named configurations (``DIT_CONFIGS``, sizes in ``DIT_SIZES``) follow DiT's table (S, B, L, XL
+with p = 2, 4, 8) plus a tiny size T and a nano size N (the digits benchmark's) for the CPU:
+``RDM-DiT-N/2``, ``RDM-DiT-T/2`` ... ``RDM-DiT-XL/8`` (and ``RDM-DiT-N/1``, ``RDM-DiT-T/1``).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from .layers import (
     sinusoidal_embedding,
 )
 
-__all__ = ["RDMDiT", "DIT_CONFIGS"]
+__all__ = ["RDMDiT", "DIT_CONFIGS", "DIT_SIZES", "describe_size"]
 
 DIT_SIZES = {  # depth (blocks), width (hidden size), heads
     "N": {"depth": 4, "width": 96, "heads": 4},  # the digits benchmark's (benchmarks/)
@@ -46,6 +45,12 @@ DIT_SIZES = {  # depth (blocks), width (hidden size), heads
 DIT_CONFIGS = {f"RDM-DiT-{size}/{p}": {"backbone": "dit", "patch_size": p, **dims}
                for size, dims in DIT_SIZES.items()
                for p in ((1, 2, 4, 8) if size in ("N", "T") else (2, 4, 8))}
+
+
+def describe_size(size: str) -> str:
+    """A DiT size in words, from ``DIT_SIZES`` (the one place the sizes are written)."""
+    dims = DIT_SIZES[size]
+    return f"{dims['depth']} blocks of width {dims['width']}, {dims['heads']} heads"
 
 
 class Block(nn.Module):

@@ -52,13 +52,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..paths import is_adaptive, solve_ode
-from ..sde import SDE, VPSDE, expand_as_batch
+from ..sde import EPS, SDE, VPSDE, expand_as_batch
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
 
 PREDICTIONS = ("eps", "v")
-SAMPLERS = ("euler-maruyama", "pf-ode", "ddpm")
+
+#: The samplers' defaults, one place each (``sample``, ``sampling.generate``, the ``sample``
+#: command and the training grids' setting read them): the sampler, the steps of the stepping
+#: samplers and fixed-grid ODE methods, and the ODE method with its tolerances.
+SAMPLER = "pf-ode"
+STEPS = 100
+ODE_METHOD = "dopri5"
+ODE_RTOL = ODE_ATOL = 1e-4
 
 __all__ = ["PREDICTIONS", "SAMPLERS", "DiffusionObjective", "TrainingDraws", "ScoreModel",
            "time_grid", "euler_maruyama", "pf_ode", "ddpm_ancestral", "tweedie_denoise",
@@ -120,7 +127,7 @@ class DiffusionObjective:
 
     sde: SDE = None  # type: ignore[assignment]
     prediction: str = "eps"
-    t_min: float = 1e-3
+    t_min: float = EPS
     label_dropout: float = 0.1
     num_classes: int | None = None
 
@@ -139,16 +146,14 @@ class DiffusionObjective:
         """Times t ~ U[t_min, T], noise eps ~ N(0, I) of ``shape`` = (B, ...) and the label-drop
         mask for a batch, in that order from ``generator``."""
         n = shape[0]
-        u = torch.rand(n, generator=generator, device=device, dtype=dtype)
-        t = self.t_min + (self.sde.T - self.t_min) * u
+        t = self.sde.uniform_times(n, self.t_min, generator=generator, dtype=dtype, device=device)
         noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
         drop = torch.rand(n, generator=generator, device=device) < self.label_dropout
         return TrainingDraws(t, noise, drop)
 
     def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = a(t) x_0 + s(t) eps."""
-        a, s = _coefs(self.sde, t, x0)
-        return a * x0 + s * noise
+        """x_t = a(t) x_0 + s(t) eps (``SDE.perturb``)."""
+        return self.sde.perturb(x0, t, noise)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.prediction == "eps":
@@ -243,7 +248,7 @@ def tweedie_denoise(score_fn: ScoreFn, x: torch.Tensor, t, *, sde: SDE) -> torch
 # Samplers
 # ------------------------------------------------------------------------------------------------
 
-def time_grid(steps: int, *, t_end: float = 1e-3, T: float = 1.0, dtype=torch.float32,
+def time_grid(steps: int, *, t_end: float = EPS, T: float = 1.0, dtype=torch.float32,
               device=None) -> torch.Tensor:
     """The uniform decreasing grid T = t_0 > t_1 > ... > t_steps = t_end."""
     if steps < 1:
@@ -323,17 +328,22 @@ def ddpm_ancestral(score_fn: ScoreFn, x: torch.Tensor, times: torch.Tensor, *, s
     return x
 
 
+#: The samplers by name.
+SAMPLER_FUNCTIONS = {"euler-maruyama": euler_maruyama, "pf-ode": pf_ode, "ddpm": ddpm_ancestral}
+SAMPLERS = tuple(SAMPLER_FUNCTIONS)
+
+
 def get_sampler(name: str):
     """The sampler function called ``name`` (one of :data:`SAMPLERS`)."""
-    table = {"euler-maruyama": euler_maruyama, "pf-ode": pf_ode, "ddpm": ddpm_ancestral}
     try:
-        return table[name]
+        return SAMPLER_FUNCTIONS[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
-def sample(score_fn: ScoreFn, shape, *, sde: SDE, sampler: str = "pf-ode", steps: int = 100,
-           t_end: float = 1e-3, method: str = "dopri5", rtol: float = 1e-4, atol: float = 1e-4,
+def sample(score_fn: ScoreFn, shape, *, sde: SDE, sampler: str = SAMPLER, steps: int = STEPS,
+           t_end: float = EPS, method: str = ODE_METHOD, rtol: float = ODE_RTOL,
+           atol: float = ODE_ATOL,
            denoise: bool = True, generator: torch.Generator | None = None,
            dtype=torch.float32, device=None, callback: Callback | None = None,
            disable: bool | None = None) -> torch.Tensor:

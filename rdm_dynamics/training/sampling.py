@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..sde import SDE
-from .diffusion import ScoreModel, sample
+from .diffusion import ODE_ATOL, ODE_METHOD, ODE_RTOL, SAMPLER, STEPS, ScoreModel, sample
 
 __all__ = ["generate", "cycle_labels"]
 
@@ -34,8 +34,9 @@ def cycle_labels(n: int, num_classes: int | None, label: int | None = None,
 
 
 def generate(net: nn.Module, n: int, *, sde: SDE, prediction: str, t_min: float,
-             labels: torch.Tensor | None = None, guidance: float = 1.0, sampler: str = "pf-ode",
-             steps: int = 100, method: str = "dopri5", rtol: float = 1e-4, atol: float = 1e-4,
+             labels: torch.Tensor | None = None, guidance: float = 1.0, sampler: str = SAMPLER,
+             steps: int = STEPS, method: str = ODE_METHOD, rtol: float = ODE_RTOL,
+             atol: float = ODE_ATOL,
              seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 256,
              autocast: bool = True, disable: bool | None = None) -> torch.Tensor:
     """``n`` samples (on the CPU) of the data shape of ``net.config``, in batches of

@@ -38,7 +38,11 @@ from pathlib import Path
 from ..cli import MAX_SEED, Parser, UsageError
 from ..models import MODEL_CONFIGS
 from ..models.depth_init import INITS
+from ..models.dit import describe_size
+from ..models.gates import GATES
+from ..sde import EPS, SDES
 from .checkpoint import CheckpointError, find_checkpoints, load_checkpoint
+from .diffusion import PREDICTIONS, SAMPLER, SAMPLERS, STEPS
 
 __all__ = ["TrainConfig", "Setting", "SETTINGS", "setting", "check", "coerce", "coerce_as",
            "load_config_file", "add_arguments", "build_parser", "resolve_config",
@@ -120,15 +124,21 @@ def setting(default, help: str, *, minimum: float | None = None, maximum: float 
     return field(default=default, metadata=meta)
 
 
+def _or(names) -> str:
+    """``a, b or c``: a list of names in a help text, from the table that defines them."""
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on.  Stored in every checkpoint; ``--resume`` reuses it."""
 
     # model
     model: str = setting("RDM-DiT-T/2", "named configuration of rdm_dynamics.models: "
-                         + ", ".join(MODEL_CONFIGS) + " (RDM-DiT-T/2: 6 blocks of width 128, 4 "
-                         "heads, patch 2; RDM-DiT-N/2: 4 blocks of width 96, the benchmark's)")
-    gate: str = setting("rdm", "residual gate: plain, post-ln, rezero, adaln-zero or rdm")
+                         + ", ".join(MODEL_CONFIGS) + f" (RDM-DiT-T/2: {describe_size('T')}, "
+                         f"patch 2; RDM-DiT-N/2: {describe_size('N')}, the benchmark's)")
+    gate: str = setting("rdm", "residual gate: " + _or(GATES))
     model_options: dict = setting({}, "architecture override passed to build_model "
                                   "(repeatable)", items=True, flag="--model-option")
     model_factory: str | None = setting(None, "module:function with build_model's signature, "
@@ -160,10 +170,10 @@ class TrainConfig:
                                  maximum=256)
     channels: int = setting(1, "image folders: 1 (grey) or 3 (RGB)", choices=(1, 3))
     # diffusion
-    sde: str = setting("vp", "forward SDE of rdm_dynamics.sde: vp, subvp or ve")
+    sde: str = setting("vp", "forward SDE of rdm_dynamics.sde: " + _or(SDES))
     sde_options: dict = setting({}, "JSON object of SDE arguments, e.g. '{\"beta_max\": 20}'")
-    prediction: str = setting("eps", "network target: eps or v")
-    t_min: float = setting(1e-3, "training times are uniform on [t_min, 1]; the samplers stop "
+    prediction: str = setting("eps", "network target: " + _or(PREDICTIONS))
+    t_min: float = setting(EPS, "training times are uniform on [t_min, 1]; the samplers stop "
                            "there", above=0, below=1)
     label_dropout: float = setting(0.1, "probability of the null label (classifier-free "
                                    "guidance training)", minimum=0, maximum=1)
@@ -198,10 +208,10 @@ class TrainConfig:
     # (clearly class-conditional digits); `sample` defaults to pf-ode (dopri5, adaptive) at
     # guidance 1 (the model's own conditional law), the setting the measurements use
     n_samples: int = setting(64, "samples per grid", minimum=1, maximum=4096, resumable=True)
-    sampler: str = setting("ddpm", "sampler of the grids: euler-maruyama, pf-ode or ddpm "
-                           "(ddpm: fixed steps, cheap during training; `sample` defaults to "
-                           "pf-ode)", resumable=True)
-    sample_steps: int = setting(100, "sampler steps for the grids", minimum=1, maximum=100000,
+    sampler: str = setting("ddpm", "sampler of the grids: " + _or(SAMPLERS) + " (ddpm: fixed "
+                           f"steps, cheap during training; `sample` defaults to {SAMPLER})",
+                           resumable=True)
+    sample_steps: int = setting(STEPS, "sampler steps for the grids", minimum=1, maximum=100000,
                                 resumable=True)
     guidance: float = setting(2.0, "classifier-free guidance scale of the grids (2: clearly "
                               "class-conditional; `sample` defaults to 1, the model's own "
