@@ -75,9 +75,9 @@ def build_parser() -> Parser:
 #: Above this depth the checks' memory (C6 backpropagation stores O(L) states) and time (hours)
 #: are out of proportion; the estimate printed before a long run uses SECONDS_PER_DEPTH.
 MAX_DEPTH = 65536
-#: Measured wall time per unit of --depth of a full serial run (--jobs 1, one thread of the
-#: 2-core CPU: 320 s at depth 4096 on 2026-12-02, C3 123 s of it), and of a --quick run (about
-#: half).
+#: Wall time per unit of --depth of a full serial run (--jobs 1, one thread of the 2-core CPU),
+#: and of a --quick run: a rough estimate, printed before a long run.  Re-measured as the
+#: report's ``seconds`` of ``verify --depth 4096 --jobs 1 --no-figures`` divided by 4096.
 SECONDS_PER_DEPTH = {False: 0.078, True: 0.041}
 #: Print the estimate when a run is expected to take longer than this.
 ANNOUNCE_SECONDS = 120.0

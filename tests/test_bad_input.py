@@ -475,9 +475,9 @@ def test_real_processes_ctrl_c_and_no_import_from_a_checkpoint(trained, tmp_path
     long_run = run_process(["rdm_dynamics.train", "--resume", str(run), "--steps", "100000",
                             "--ckpt-every", "1", "--no-progress"], tmp_path, env)
     try:
-        deadline = time.monotonic() + 60
-        while load_step(run) < 3 and time.monotonic() < deadline:
+        while load_step(run) < 3 and long_run.poll() is None:  # training, a step at a time
             time.sleep(0.2)
+        assert long_run.poll() is None and load_step(run) >= 3, "the resumed run did not train"
         long_run.send_signal(signal.SIGINT)
         _, err = long_run.communicate(timeout=60)
     finally:

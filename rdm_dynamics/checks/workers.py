@@ -1,7 +1,8 @@
 """Running checks: one at a time in this process, or in parallel worker processes.
 
-``run_check`` runs one check module and times it; a check that raises is a FAIL with the error
-in its summary (never a silent pass).  ``run_in_processes`` runs checks in up to ``jobs``
+``run_check`` runs one claim module (``claim.run_claim``) and times it; a check that raises is an
+error of the toolkit (status ``error``, exit code 3), with the exception in its summary, never a
+silent pass.  ``run_in_processes`` runs checks in up to ``jobs``
 worker processes, one process per check, each with the same number of torch threads as the
 caller.  The numbers are those of a serial run: every check draws from its own seeded stream
 (``CheckConfig.generator``) and never from torch's global generator, so where it runs does not
@@ -53,8 +54,8 @@ DEFAULT_COST = 1.0
 
 
 def cost(module) -> float:
-    """A check's ``COST``: its serial seconds at --depth 256 on one idle core (measured, a
-    scheduling hint only).  Workers take the checks longest first, so the longest check does not
+    """A check's ``COST``: its serial seconds at --depth 256 on one idle core, a scheduling hint
+    only (re-measured as the check's ``seconds`` in the report of ``verify --jobs 1``).  Workers take the checks longest first, so the longest check does not
     start last and the run ends close to max(longest check, total / jobs)."""
     return float(getattr(module, "COST", DEFAULT_COST))
 
