@@ -55,8 +55,9 @@ DEFAULT_COST = 1.0
 
 def cost(module) -> float:
     """A check's ``COST``: its serial seconds at --depth 256 on one idle core, a scheduling hint
-    only (re-measured as the check's ``seconds`` in the report of ``verify --jobs 1``).  Workers take the checks longest first, so the longest check does not
-    start last and the run ends close to max(longest check, total / jobs)."""
+    only (re-measured as the check's ``seconds`` in the report of ``verify --jobs 1``).  Workers
+    take the checks longest first, so the longest check does not start last and the run ends
+    close to max(longest check, total / jobs)."""
     return float(getattr(module, "COST", DEFAULT_COST))
 
 
