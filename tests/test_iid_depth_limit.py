@@ -205,7 +205,7 @@ def test_jackknife_of_a_mean_is_its_standard_error():
 
 @pytest.fixture(scope="module")
 def true_result():
-    return iid_depth_limit.measure(SMALL)
+    return run_claim(iid_depth_limit, SMALL)
 
 
 def test_registered_as_c7_and_independent_of_the_gating():
@@ -247,7 +247,7 @@ def test_negative_controls_fail(fault):
         "kappa-linearised": {"diffusion": lambda sq: law.preactivation_variance(sq).sqrt()},
         "shared-weights": {"weights": "shared"},
     }[fault]
-    r = iid_depth_limit.measure(SMALL, **kwargs)
+    r = run_claim(iid_depth_limit, SMALL, **kwargs)
     assert not r.passed
-    assert "weak_order" in r.verdict.failed or "weak_order_ends" in r.verdict.failed, \
+    assert "weak_order" in r.verdict.failed or "weak_order_span" in r.verdict.failed, \
         r.verdict.failed

@@ -1,32 +1,40 @@
 """C6 `residual-sensitivity`: backpropagation through the stack is the Euler adjoint ODE.
 
+Claim: backpropagation through z_{i+1} = z_i + alpha_i F_i(z_i) + beta_i gives the adjoints
+p_i = dl/dz_i by p_i = p_{i+1} (I + alpha_i dF_i/dz), one Euler step (backwards in depth) of the
+adjoint ODE dp/dtau = -p d(a F + b)/dz; so gradients with respect to z_0 and theta converge to the
+continuous adjoint gradients at O(1/L), the sensitivity |p_0| / |p_L| stays bounded in L with
+ODE-consistent gates (and grows geometrically with plain residuals), and backpropagation keeps
+O(L) memory where the adjoint method keeps O(1).
+
 Setting: the residual F(z, tau) = 0.5 z + tanh(W(tau) z + c(tau)) with weights smooth in depth
 (the Fourier coefficients W_k, c_k are the parameters theta), per-channel gate coefficients
 a(tau) = 1 + 0.5 sin(2 pi tau + phase), b(tau) = 0.5 sin(2 pi tau + phase'), and the linear loss
 l = sum_s <w_s, z_L,s> with unit vectors w_s (so p_L = w at every depth).
 
 Reference: dl/dz0 and dl/dtheta of the ODE dz/dtau = a F + b by the continuous adjoint method,
-torchdiffeq.odeint_adjoint with dopri5 at rtol 1e-10, atol 1e-12, float64 (forward and adjoint;
-rtol 1e-8, atol 1e-10 for --quick smoke runs).
-Measured: the same gradients by backpropagation through the depth-L stack on the depth ladder.
+torchdiffeq.odeint_adjoint with dopri5 at the reference tolerances (``paths.REFERENCE_RTOL``,
+``REFERENCE_ATOL``; :data:`QUICK_TOLERANCES` for --quick smoke runs), float64, forward and
+adjoint.  Measured: the same gradients by backpropagation through the depth-L stack on the depth
+ladder.
 
-Metrics: ``grad_error`` (max of the relative errors of dl/dz0 and dl/dtheta) at --depth and its
-fitted ``order`` (pass: 1 +/- 0.15, also end to end, ``order_span``, and between the two
-deepest rungs, ``order_deep``: ``rules.order_rules``); ``sensitivity_ratio_gated`` (mean over
-samples of |p_0| / |p_L| at --depth over its value at depth 16; pass: in [1/2, 2] with its 3-SE
-band); ``sensitivity_adjoint_gap``, the relative gap between that mean sensitivity at --depth and
-the adjoint ODE's (odeint_adjoint; pass: <= 0.05); plain residuals' growth rate of log
-|p_0| / |p_L| per layer (``sensitivity_rate_plain``; pass: > 0 with its 3-SE band: geometric
-growth for this expansive F); inv-sqrt sensitivities and growth rates reported;
-memory: peak bytes saved for backward (CUDA: peak allocation) by backpropagation through the
-stack and by odeint_adjoint with L Euler steps, at the first depth of the ladder and at --depth,
-with their growth exponents (pass: backprop 1 +/- 0.1, adjoint 0 +/- 0.1).
+Metrics (gated by :data:`RULES`): ``grad_error`` (max of the relative errors of dl/dz0 and
+dl/dtheta) at --depth and its order (fitted, end to end and between the two deepest rungs:
+``rules.order_rules``); ``sensitivity_ratio_gated`` (mean over samples of |p_0| / |p_L| at
+--depth over its value at depth 16); ``sensitivity_adjoint_gap``, the relative gap between that
+mean sensitivity at --depth and the adjoint ODE's (odeint_adjoint); plain residuals' growth rate
+of log |p_0| / |p_L| per layer (``sensitivity_rate_plain``: geometric growth for this expansive
+F); inv-sqrt sensitivities and growth rates reported; memory: peak bytes saved for backward
+(CUDA: peak allocation) by backpropagation through the stack and by odeint_adjoint with L Euler
+steps, at the first depth of the ladder and at --depth, with their growth exponents
+(``memory_exponent_backprop``: O(L), ``memory_exponent_adjoint``: O(1)).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -37,29 +45,38 @@ from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
 from ..stack import GatedResidualStack, get_gating
 from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig
+from .claim import Measurement
 from .problems import EXPANSIVE_SLOPE, propagation_depths, smooth_problem
-from .report import CheckResult, Series, depth_axes, depth_trend_words, error_trend, order_axes
-from .rules import Rule, judge, order_metrics_and_rules
+from .report import Series, depth_axes, depth_trend_words, error_trend, order_axes
+from .rules import BOUNDED_RATIO, FIRST_ORDER, Rule, order_metrics, order_rules
 
 CLAIM = "C6"
 ID = "residual-sensitivity"
 MIN_DEPTH = 32  # its experiments compare depths 16, 32, ..., --depth (propagation_depths)
 TITLE = "Residual-Sensitivity ODE: backprop through the stack converges to the adjoint at order 1"
-#: Serial seconds at --depth 256 on one idle core (measured 2026-12-01): a scheduling hint.
+THEORY = "order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)"
+#: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``);
+#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
 COST = 2.1
 
-ORDER_RANGE = (0.85, 1.15)
-RATIO_RANGE = (0.5, 2.0)
-MEMORY_BACKPROP_RANGE = (0.9, 1.1)
-MEMORY_ADJOINT_RANGE = (-0.1, 0.1)
+#: Memory growth exponents: O(L) for backpropagation, O(1) for the adjoint method.
+MEMORY_BACKPROP_EXPONENT = (0.9, 1.1)
+MEMORY_ADJOINT_EXPONENT = (-0.1, 0.1)
+#: Standard errors by which the sensitivity ratio and the plain growth rate must clear their bands.
 SE_BAND = 3.0
 #: Relative gap allowed between the stack's mean sensitivity at --depth and the adjoint ODE's:
-#: an O(1/L) Euler error (the gradient errors are below 1.5e-2 from L = 64 on).
+#: room for an O(1/L) Euler error.
 SENSITIVITY_GAP_MAX = 0.05
-PLAIN_RATE_RANGE = (0.0, None)
 #: odeint_adjoint tolerances of --quick runs: reference errors near 1e-8, far below the Euler
 #: errors (> 1e-3) of the depths a quick run uses.
 QUICK_TOLERANCES = (1e-8, 1e-10)
+
+RULES = [*order_rules("order", FIRST_ORDER),
+         Rule("sensitivity_ratio_gated", BOUNDED_RATIO, margin=SE_BAND),
+         Rule("sensitivity_adjoint_gap", (0.0, SENSITIVITY_GAP_MAX)),
+         Rule("sensitivity_rate_plain", (0.0, None), margin=SE_BAND),
+         Rule("memory_exponent_backprop", MEMORY_BACKPROP_EXPONENT),
+         Rule("memory_exponent_adjoint", MEMORY_ADJOINT_EXPONENT)]
 
 
 class Problem:
@@ -95,7 +112,7 @@ class Problem:
 
     def reference(self):
         """(dl/dz0, [dl/dtheta]) of the limit ODE by odeint_adjoint (dopri5, float64, at the
-        reference tolerances; ``--quick`` smoke runs use rtol 1e-8, atol 1e-10)."""
+        reference tolerances; ``--quick`` smoke runs at :data:`QUICK_TOLERANCES`)."""
         p = self.exact
         rtol, atol = QUICK_TOLERANCES if self.config.quick else (REFERENCE_RTOL, REFERENCE_ATOL)
         return adjoint_gradients(self.stack(1, "euler", exact=True).continuous_limit(), p["z0"],
@@ -132,85 +149,117 @@ def memory_exponent(depths, values) -> float:
     return math.log(m1 / m0) / math.log(L1 / L0) if m0 > 0 and m1 > 0 else math.nan
 
 
-def run(config: CheckConfig) -> CheckResult:
-    problem = Problem(config)
-    gating = get_gating(config.gating).name
-    depth = config.ladder[-1]
-    ref_z0, ref_theta = problem.reference()
-
-    errors, z0_errors, theta_errors = [], [], []
-    for L in config.ladder:
+def gradient_errors(problem: Problem, gating: str, ladder, ref_z0, ref_theta):
+    """Per rung: the relative errors of dl/dz0 and of dl/dtheta by backpropagation through the
+    stack against the odeint_adjoint reference, and the larger of the two."""
+    z0_errors, theta_errors, errors = [], [], []
+    for L in ladder:
         bp = problem.backprop(L, gating)
         z0_errors.append(relative_error([bp.adjoints[0]], [ref_z0]))
         theta_errors.append(relative_error(bp.param_grads, ref_theta))
         errors.append(max(z0_errors[-1], theta_errors[-1]))
-    fit = fit_order(config.ladder, errors)
+    return z0_errors, theta_errors, errors
 
-    depths = propagation_depths(depth)
-    sens = {g: sensitivities(problem, g, depths) for g in dict.fromkeys([gating, "inv-sqrt",
-                                                                           "plain"])}
-    continuous, continuous_se = mean_se(
-        (ref_z0.norm(dim=-1) / problem.exact["weights"].norm(dim=-1)).detach().cpu().numpy())
 
-    memory_depths = (config.ladder[0], depth)
+def memory_use(problem: Problem, gating: str, depths) -> tuple[dict[str, list[int]], str]:
+    """Peak bytes saved for backward by backpropagation through the stack and by the Euler
+    adjoint, at each of ``depths``, and how they were counted."""
     memory = {"backprop": [], "adjoint": []}
     method = ""
-    for L in memory_depths:
-        bytes_bp, method = peak_memory(lambda L=L: problem.backprop(L, gating), config.device)
-        bytes_adj, _ = peak_memory(lambda L=L: problem.euler_adjoint(L), config.device)
+    for L in depths:
+        bytes_bp, method = peak_memory(partial(problem.backprop, L, gating), problem.config.device)
+        bytes_adj, _ = peak_memory(partial(problem.euler_adjoint, L), problem.config.device)
         memory["backprop"].append(bytes_bp)
         memory["adjoint"].append(bytes_adj)
-    euler_adjoint_error = relative_error(list(problem.euler_adjoint(depth)[1]), ref_theta)
+    return memory, method
 
-    order_metrics, order_rule_list = order_metrics_and_rules("order", config.ladder, errors,
-                                                             ORDER_RANGE)
-    metrics = {**order_metrics, "order_fit_se": fit.stderr, "grad_error": errors[-1],
-               "grad_error_z0": z0_errors[-1], "grad_error_theta": theta_errors[-1],
-               "euler_adjoint_grad_error_theta": euler_adjoint_error,
-               "sensitivity_continuous": continuous,
-               "sensitivity_continuous_se": continuous_se}
+
+def sensitivity_metrics(sens: dict, gating: str, depths, continuous: float) -> dict[str, float]:
+    """Per gate schedule (the configured one as ``gated``, ``inv_sqrt``, ``plain``): the mean
+    sensitivity at --depth, its ratio to depth 16 and the growth rate of its log per layer (each
+    with its standard error); and ``sensitivity_adjoint_gap``, the relative gap between the
+    configured gates' mean sensitivity and the adjoint ODE's."""
+    metrics = {}
     for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
         metrics.update(depth_trend_metrics(depths, sens[g], value=f"sensitivity_{key}",
                                            ratio=f"sensitivity_ratio_{key}",
                                            rate=f"sensitivity_rate_{key}"))
     gap = abs(metrics["sensitivity_gated"] - continuous) / continuous
     metrics["sensitivity_adjoint_gap"] = gap if math.isfinite(gap) else math.inf
-    for kind, values in memory.items():
-        metrics[f"memory_{kind}_bytes_L{memory_depths[0]}"] = values[0]
-        metrics[f"memory_{kind}_bytes"] = values[1]
-        metrics[f"memory_exponent_{kind}"] = memory_exponent(memory_depths, values)
+    return metrics
 
-    verdict = judge(metrics, order_rule_list + [
-                              Rule("sensitivity_ratio_gated", RATIO_RANGE, margin=SE_BAND),
-                              Rule("sensitivity_adjoint_gap", (0.0, SENSITIVITY_GAP_MAX)),
-                              Rule("sensitivity_rate_plain", PLAIN_RATE_RANGE, margin=SE_BAND),
-                              Rule("memory_exponent_backprop", MEMORY_BACKPROP_RANGE),
-                              Rule("memory_exponent_adjoint", MEMORY_ADJOINT_RANGE)])
-    m = metrics
-    sensitivity = depth_trend_words(m["sensitivity_gated"], m["sensitivity_ratio_gated"], depths)
-    summary = (
-        f"With {gating} gates the error of backpropagation through the stack against the "
-        f"odeint_adjoint gradients {error_trend(fit.order)} (order {fit.order:.3f}) over L = "
-        f"{config.ladder[0]}..{depth} (error {errors[-1]:.2e} at L = {depth}); the sensitivity "
-        f"|p_0|/|p_L| {sensitivity} (adjoint ODE {continuous:.3g}), while "
+
+def memory_metrics(memory: dict[str, list[int]], depths) -> dict[str, float]:
+    """Bytes at the first depth and at --depth, and the growth exponent, per method."""
+    metrics = {}
+    for kind, values in memory.items():
+        metrics[f"memory_{kind}_bytes_L{depths[0]}"] = values[0]
+        metrics[f"memory_{kind}_bytes"] = values[1]
+        metrics[f"memory_exponent_{kind}"] = memory_exponent(depths, values)
+    return metrics
+
+
+def measure(config: CheckConfig) -> Measurement:
+    problem = Problem(config)
+    gating = get_gating(config.gating).name
+    ladder, depth = config.ladder, config.ladder[-1]
+    ref_z0, ref_theta = problem.reference()
+    z0_errors, theta_errors, errors = gradient_errors(problem, gating, ladder, ref_z0, ref_theta)
+    depths = propagation_depths(depth)
+    sens = {g: sensitivities(problem, g, depths)
+            for g in dict.fromkeys([gating, "inv-sqrt", "plain"])}
+    continuous, continuous_se = mean_se(
+        (ref_z0.norm(dim=-1) / problem.exact["weights"].norm(dim=-1)).detach().cpu().numpy())
+    memory_depths = (ladder[0], depth)
+    memory, method = memory_use(problem, gating, memory_depths)
+    euler_adjoint_error = relative_error(list(problem.euler_adjoint(depth)[1]), ref_theta)
+
+    metrics = {**order_metrics("order", ladder, errors),
+               "order_fit_se": fit_order(ladder, errors).stderr, "grad_error": errors[-1],
+               "grad_error_z0": z0_errors[-1], "grad_error_theta": theta_errors[-1],
+               "euler_adjoint_grad_error_theta": euler_adjoint_error,
+               "sensitivity_continuous": continuous,
+               "sensitivity_continuous_se": continuous_se,
+               **sensitivity_metrics(sens, gating, depths, continuous),
+               **memory_metrics(memory, memory_depths)}
+    return Measurement(metrics, config, curves={
+        "gating": gating, "z0_errors": z0_errors, "theta_errors": theta_errors,
+        "depths": depths, "sensitivities": sens, "memory_method": method})
+
+
+def summary(measured: Measurement, verdict) -> str:
+    m, ladder, c = measured.metrics, measured.config.ladder, measured.curves
+    depth = ladder[-1]
+    sensitivity = depth_trend_words(m["sensitivity_gated"], m["sensitivity_ratio_gated"],
+                                    c["depths"])
+    return (
+        f"With {c['gating']} gates the error of backpropagation through the stack against the "
+        f"odeint_adjoint gradients {error_trend(m['order'])} (order {m['order']:.3f}) over L = "
+        f"{ladder[0]}..{depth} (error {m['grad_error']:.2e} at L = {depth}); the sensitivity "
+        f"|p_0|/|p_L| {sensitivity} (adjoint ODE {m['sensitivity_continuous']:.3g}), while "
         f"with plain residuals log |p_0|/|p_L| grows by "
-        f"{m['sensitivity_rate_plain']:.3f} per layer; memory ({method}) "
+        f"{m['sensitivity_rate_plain']:.3f} per layer; memory ({c['memory_method']}) "
         f"{m['memory_backprop_bytes'] / 2**20:.2f} MiB for backprop vs "
         f"{m['memory_adjoint_bytes'] / 2**20:.3f} MiB for the Euler adjoint at L = {depth} "
         f"(growth exponents {m['memory_exponent_backprop']:.2f} and "
         f"{m['memory_exponent_adjoint']:.2f}).")
-    return CheckResult(
-        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
-        figure=sensitivity_figure(gating, config.ladder, z0_errors, theta_errors, fit, depths,
-                                  sens, continuous),
-        measured_text=(f"order {fit.order:.3f}, error {errors[-1]:.1e}; sensitivity ratio "
-                       f"{m['sensitivity_ratio_gated']:.3g}; memory exp "
-                       f"{m['memory_exponent_backprop']:.2f} vs "
-                       f"{m['memory_exponent_adjoint']:.2f}"),
-        theory_text="order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)")
 
 
-def sensitivity_figure(gating, ladder, z0_errors, theta_errors, fit, depths, sens, continuous):
+def headline(measured: Measurement) -> str:
+    m = measured.metrics
+    return (f"order {m['order']:.3f}, error {m['grad_error']:.1e}; sensitivity ratio "
+            f"{m['sensitivity_ratio_gated']:.3g}; memory exp "
+            f"{m['memory_exponent_backprop']:.2f} vs {m['memory_exponent_adjoint']:.2f}")
+
+
+def figure(measured: Measurement):
+    c = measured.curves
+    return sensitivity_figure(c["gating"], measured.config.ladder, c["z0_errors"],
+                              c["theta_errors"], c["depths"], c["sensitivities"],
+                              measured.metrics["sensitivity_continuous"])
+
+
+def sensitivity_figure(gating, ladder, z0_errors, theta_errors, depths, sens, continuous):
     """Left: gradient error against depth (log-log, fitted order); right: sensitivity
     |p_0| / |p_L| against depth for each gating, with the adjoint ODE's value."""
 
