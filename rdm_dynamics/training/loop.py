@@ -376,6 +376,29 @@ def _resume_point(run: Run, step: int) -> str:
     return f"interrupted at step {step}; --resume {run.out} will start from {found[-1]}"
 
 
+def _after_step(run: Run, bar, step: int, figures: tuple, began: float, on_step, last_ckpt):
+    """What follows optimizer step ``step`` (``figures`` its loss, gradient norm and learning
+    rate): the log line, ``on_step``, the checkpoint, the sample grid.  Returns whether the
+    time budget is spent (the ranks agree on the mean elapsed time, so they stop at the same
+    step) and the newest checkpoint."""
+    cfg, dist, done = run.cfg, run.dist, step + 1
+    loss, grad_norm, lr = figures
+    out_of_time = cfg.max_seconds > 0 and dist.mean(torch.tensor(
+        time.perf_counter() - began, device=dist.device)).item() >= cfg.max_seconds
+    last = done == cfg.steps or out_of_time
+    if dist.main and (done % cfg.log_every == 0 or last):
+        log_step(run, step, loss, lr, grad_norm, time.perf_counter() - began)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    if on_step is not None:
+        on_step(done, loss)
+    if done % cfg.ckpt_every == 0 or last:
+        last_ckpt = save(run, done) or last_ckpt
+    if not out_of_time and cfg.sample_every and done % cfg.sample_every == 0 \
+            and done != cfg.steps:
+        draw_samples(run, done)
+    return out_of_time, last_ckpt
+
+
 def train(cfg: TrainConfig, resume: bool | Path = False, on_step=None) -> dict:
     """Run (or continue) training; returns {step, loss, checkpoint, grid (the final sample
     grid, None if no step was done), seconds (of training), skipped (unreadable data files)}.
@@ -409,21 +432,10 @@ def train(cfg: TrainConfig, resume: bool | Path = False, on_step=None) -> dict:
         for step in bar:
             loss, grad_norm, lr = train_step(run, net, step, autocast, last_ckpt)
             done = step + 1
-            # the ranks agree on the (mean) elapsed time, so they stop at the same step
-            out_of_time = cfg.max_seconds > 0 and dist.mean(torch.tensor(
-                time.perf_counter() - began, device=dist.device)).item() >= cfg.max_seconds
-            last = done == cfg.steps or out_of_time
-            if dist.main and (done % cfg.log_every == 0 or last):
-                log_step(run, step, loss, lr, grad_norm, time.perf_counter() - began)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if on_step is not None:
-                on_step(done, loss)
-            if done % cfg.ckpt_every == 0 or last:
-                last_ckpt = save(run, done) or last_ckpt
+            out_of_time, last_ckpt = _after_step(run, bar, step, (loss, grad_norm, lr), began,
+                                                 on_step, last_ckpt)
             if out_of_time:
                 break
-            if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
-                draw_samples(run, done)
         bar.close()
         seconds = time.perf_counter() - began  # training only, not the final sample grid
         grid = draw_samples(run, done, progress=cfg.progress) if start < done else None
