@@ -12,7 +12,7 @@ from rdm_dynamics.checks import denoising_risk as C10
 from rdm_dynamics.checks import registry, run_claim
 from rdm_dynamics.checks import trained_propagation as C8
 from rdm_dynamics.checks import trained_sensitivity as C9
-from rdm_dynamics.checks.checkpoints import checkpoint_config, load_subject
+from rdm_dynamics.checks.trained_subject import checkpoint_config, load_subject
 from rdm_dynamics.checks.rules import within
 from rdm_dynamics.laws import GaussianMixture
 from rdm_dynamics.sde import VPSDE

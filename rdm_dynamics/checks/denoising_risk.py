@@ -40,7 +40,7 @@ from ..analysis.denoising_risk import (
 )
 from ..stats import mean_se
 from ..training.sampling import generate
-from .checkpoints import CheckpointConfig, Subject, draw_inputs, load_subject
+from .trained_subject import CheckpointConfig, Subject, draw_inputs, load_subject
 from .report import CheckResult
 from .rules import Rule, judge
 

@@ -43,7 +43,7 @@ from ..analysis.backbone_probes import (
     run_traced,
 )
 from ..stats import mean_se
-from .checkpoints import CheckpointConfig, draw_inputs, load_subject
+from .trained_subject import CheckpointConfig, draw_inputs, load_subject
 from .report import CheckResult
 from .rules import Rule, judge
 

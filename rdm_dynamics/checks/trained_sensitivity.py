@@ -29,7 +29,7 @@ import torch
 from ..analysis.backbone_probes import unit_adjoints
 from ..stats import mean_se
 from ..training.diffusion import DiffusionObjective
-from .checkpoints import CheckpointConfig, draw_inputs, load_subject
+from .trained_subject import CheckpointConfig, draw_inputs, load_subject
 from .report import CheckResult
 from .rules import Rule, judge
 
