@@ -53,7 +53,8 @@ class CheckpointConfig:
     dtype: torch.dtype = torch.float64  # the references' precision
 
     def generator(self, stream: int = 0) -> torch.Generator:
-        """The generator of random stream ``stream`` under this seed (``paths.stream_generator``)."""
+        """The generator of random stream ``stream`` under this seed
+        (``paths.stream_generator``)."""
         return stream_generator(self.seed, stream)
 
     @property
