@@ -54,7 +54,8 @@ CLAIM = "C8"
 ID = "trained-propagation"
 TITLE = "rounding in a trained backbone is carried forward by its linearisation"
 
-#: The linearised stack explains at least 90% of the output error, beyond 3 standard errors.
+#: The linearised stack explains the output error: the largest relative residual it leaves, and
+#: the margin in standard errors it must hold by.
 RESIDUAL_MAX = 0.1
 SE_BAND = 3.0
 THEORY = f"linear response residual <= {RESIDUAL_MAX:g}"
