@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Parser, csv, run_main  # noqa: E402
 
 from rdm_dynamics.checks import registry, run_checks  # noqa: E402
-from rdm_dynamics.checks.checkpoints import checkpoint_config  # noqa: E402
+from rdm_dynamics.checks.trained_subject import checkpoint_config  # noqa: E402
 from rdm_dynamics.files import atomic_write_json  # noqa: E402
 from rdm_dynamics.training.loop import train  # noqa: E402
 from rdm_dynamics.training.settings import TrainConfig  # noqa: E402

@@ -12,8 +12,8 @@ from rdm_dynamics.checks import denoising_risk as C10
 from rdm_dynamics.checks import registry, run_claim
 from rdm_dynamics.checks import trained_propagation as C8
 from rdm_dynamics.checks import trained_sensitivity as C9
-from rdm_dynamics.checks.checkpoints import checkpoint_config, load_subject
 from rdm_dynamics.checks.rules import within
+from rdm_dynamics.checks.trained_subject import checkpoint_config, load_subject
 from rdm_dynamics.laws import GaussianMixture
 from rdm_dynamics.sde import VPSDE
 from rdm_dynamics.training.checkpoint import load_checkpoint, save_checkpoint
@@ -124,12 +124,9 @@ def test_denoising_risk_identity_holds_and_a_wrong_noise_level_breaks_it(trained
     assert m["excess_risk_mean"] > 0 and m["bayes_risk_mean"] > 0
     assert m["risk_mean"] == pytest.approx(m["bayes_risk_mean"] + m["excess_risk_mean"],
                                            abs=5 * m["risk_mean_se"])
-    subject = load_subject(trained)
-    wrong = C10.bayes_predictor(subject, sde=VPSDE(beta_max=10.0))
-    metrics, edges = C10.measure_risk(subject, trained, eps_star=wrong)
-    verdict = C10.judge(metrics, C10.risk_rules(len(edges) - 1))
-    assert not verdict.passed
-    assert any(f.startswith("identity_residual") for f in verdict.failed)
+    planted = run_claim(C10, trained, bayes_sde=VPSDE(beta_max=10.0))  # a wrong noise level
+    assert not planted.passed
+    assert any(f.startswith("identity_residual") for f in planted.verdict.failed)
 
 
 def test_the_bayes_predictor_has_zero_excess_risk(trained):

@@ -1,38 +1,41 @@
 """C8 `trained-propagation`: low-precision error in a trained backbone is rounding carried forward.
 
-Setting: a checkpoint's model (EMA weights) on ``BATCH`` noisy inputs of its own data (fresh
-draws, diffusion times uniform on [t_min, T]); the reference is the same weights in float64.
+Setting: a checkpoint's model (EMA weights) on noisy inputs of its own data (fresh draws,
+diffusion times uniform on [t_min, T]); the reference is the same weights in float64.
 
-Measured (analysis.backbone_probes):
+Claim: run with its units in low precision, unit i returns z~_i = U_i(a~_i) + r_i, and to first
+order the output error is the sum of the local rounding errors r_i carried to the output by the
+linearised stack, delta_out = sum_i J_{i->out} r_i (the discrete variation-of-constants formula
+behind C5; proof in proofs/C8_trained-propagation.md).
+
+Measured (analysis.backbone_probes), per unit and sample:
 
 * precision profiles: the relative error |z~_i - z_i| / |z_i| of every unit's output, and of the
-  network's output, per sample, for the whole network cast to bfloat16 and to float16, and for
-  float32 weights under bfloat16 autocast (the residual stream in float32, matrix products in
-  bfloat16: what mixed-precision training runs), so one sees whether the stream's precision or
-  the branches' dominates;
+  network's output, for the whole network cast to bfloat16 and to float16, and for float32
+  weights under bfloat16 autocast (the residual stream in float32, matrix products in bfloat16:
+  what mixed-precision training runs), so one sees whether the stream's precision or the
+  branches' dominates;
 * linear response: the float64 network with its units in bfloat16 (float16) and the rest in
-  float64, so every rounding error r_i enters at a unit; its output error against the
-  first-order prediction sum_i J_{i->out} r_i (one forward-mode pass, the discrete
-  variation-of-constants formula; proof in proofs/C8_trained-propagation.md), as the relative
-  residual |delta - sum_i J r_i| / |delta| per sample (and the same at every unit's output,
-  eq. (3) of the proof: ``linear_response_residual_units_max``, the largest per-unit mean);
-* amplification: |J_{i->out} v| / |v| for a standard normal direction v at each unit's output,
-  per sample.
+  float64, so every rounding error r_i enters at a unit; its output error delta against the
+  prediction sum_i J_{i->out} r_i (one forward-mode pass), as the relative residual
+  |delta - sum_i J r_i| / |delta| (and the same at every unit's output, eq. (3) of the proof:
+  ``linear_response_residual_units_max``, the largest per-unit mean);
+* amplification: |J_{i->out} v| / |v| for a standard normal direction v at each unit's output.
 
-Pass rules (gated): ``linear_response_residual`` (bfloat16) and ``linear_response_residual_fp16``
-each <= 0.1 beyond 3 standard errors: the linearised stack explains at least 90% of the error.
-Reported: ``output_error_bf16`` (relative L2 error of the output, whole network in bfloat16),
-``output_error_fp16``, ``output_error_autocast``, the unit profiles (first, last, largest), the
-units-only output errors, ``amplification_max`` (the largest per-unit mean, with its standard
-error) and ``amplification_first``.
+Gated: the linear-response residuals in bfloat16 and float16 (the linearised stack explains the
+error).  Reported: the output errors of each precision, the unit profiles (first, last, largest),
+the units-only output errors, the largest and the first unit's amplification.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..analysis.backbone_probes import (
+    Trace,
     amplification,
     cast_model,
     linear_response,
@@ -43,17 +46,22 @@ from ..analysis.backbone_probes import (
     run_traced,
 )
 from ..stats import mean_se
-from .checkpoints import CheckpointConfig, draw_inputs, load_subject
-from .report import CheckResult
-from .rules import Rule, judge
+from .claim import Measurement
+from .rules import Rule
+from .trained_subject import CheckpointConfig, draw_inputs, load_subject
 
-KIND = "checkpoint"
 CLAIM = "C8"
 ID = "trained-propagation"
 TITLE = "rounding in a trained backbone is carried forward by its linearisation"
 
+#: The linearised stack explains the output error: the largest relative residual it leaves, and
+#: the margin in standard errors it must hold by.
 RESIDUAL_MAX = 0.1
 SE_BAND = 3.0
+THEORY = f"linear response residual <= {RESIDUAL_MAX:g}"
+RULES = [Rule("linear_response_residual", (0.0, RESIDUAL_MAX), SE_BAND),
+         Rule("linear_response_residual_fp16", (0.0, RESIDUAL_MAX), SE_BAND)]
+
 STREAM = 8
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,47 +74,84 @@ def _autocast(device: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def measure(config: CheckpointConfig, skip_units: tuple[int, ...] = ()) -> dict:
-    """Every profile of the module docstring, per unit and sample; ``skip_units``: units whose
-    rounding error is left out of the linear-response prediction (the negative control)."""
-    subject = load_subject(config)
+@dataclass
+class Probe:
+    """The inputs on the device, the float64 network and its traced pass (the reference)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    y: torch.Tensor | None
+    net64: torch.nn.Module
+    ref: Trace
+
+    def errors(self, trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative errors of ``trace`` against the reference: per unit (L, B), output (B,)."""
+        B = self.x.shape[0]
+        return (relative_errors(trace.outputs, self.ref.outputs, B),
+                relative_errors([trace.output], [self.ref.output], B)[0])
+
+
+def reference(subject, config: CheckpointConfig, generator: torch.Generator) -> Probe:
+    """Noisy inputs of the run's data drawn from ``generator`` and the float64 pass on them."""
     dev = config.device
-    g = config.generator(STREAM)
-    inp = draw_inputs(subject, sizes(config.quick)["batch"], g)
+    inp = draw_inputs(subject, sizes(config.quick)["batch"], generator)
     x, t = inp.x_t.to(dev), inp.t.to(dev)
     y = None if inp.y is None else inp.y.to(dev)
-    B = x.shape[0]
     net64 = subject.float64().to(dev)
     with reference_kernels():
         ref = run_traced(net64, x, t, y)
+    return Probe(x, t, y, net64, ref)
 
-    def errors(trace):
-        return (relative_errors(trace.outputs, ref.outputs, B),
-                relative_errors([trace.output], [ref.output], B)[0])
 
+def precision_profiles(subject, probe: Probe, tag: str, skip_units=()) -> dict:
+    """For low precision ``tag``: the whole network's unit and output errors, and the units-only
+    pass's output error, linear-response residual at the output and at every unit (leaving out
+    the rounding errors of ``skip_units``)."""
+    dtype, B = PRECISIONS[tag], probe.x.shape[0]
+    x, t, y, net64, ref = probe.x, probe.t, probe.y, probe.net64, probe.ref
     out = {}
-    for tag, dtype in PRECISIONS.items():
-        full = run_traced(cast_model(subject.net, dtype), x.to(dtype), t.float(), y)
-        out[f"units_{tag}"], out[f"output_{tag}"] = errors(full)
-        lowp = lowp_units_pass(net64, x, t, y, dtype)
-        delta = lowp.trace.output - ref.output
-        perturb = {i: r for i, r in enumerate(lowp.local_errors) if i not in skip_units}
-        response = linear_response(net64, x, t, y, perturb)
-        predicted = response.output
-        out[f"units_only_{tag}"] = per_sample_norm(delta, B) / per_sample_norm(ref.output, B)
-        out[f"residual_{tag}"] = per_sample_norm(delta - predicted, B) / per_sample_norm(delta, B)
-        out[f"residual_units_{tag}"] = torch.stack([
-            per_sample_norm(lo - r - c, B) / per_sample_norm(lo - r, B) for lo, r, c in
-            zip(lowp.trace.outputs, ref.outputs, response.outputs, strict=True)])
+    full = run_traced(cast_model(subject.net, dtype), x.to(dtype), t.float(), y)
+    out[f"units_{tag}"], out[f"output_{tag}"] = probe.errors(full)
+    lowp = lowp_units_pass(net64, x, t, y, dtype)
+    delta = lowp.trace.output - ref.output
+    perturb = {i: r for i, r in enumerate(lowp.local_errors) if i not in skip_units}
+    response = linear_response(net64, x, t, y, perturb)
+    out[f"units_only_{tag}"] = per_sample_norm(delta, B) / per_sample_norm(ref.output, B)
+    out[f"residual_{tag}"] = per_sample_norm(delta - response.output, B) / per_sample_norm(delta, B)
+    out[f"residual_units_{tag}"] = torch.stack([
+        per_sample_norm(lo - r - c, B) / per_sample_norm(lo - r, B) for lo, r, c in
+        zip(lowp.trace.outputs, ref.outputs, response.outputs, strict=True)])
+    return out
+
+
+def autocast_profiles(subject, probe: Probe, device: str) -> dict:
+    """Unit and output errors of float32 weights under bfloat16 autocast."""
     net32 = cast_model(subject.net, torch.float32)
-    auto = run_traced(net32, x.float(), t.float(), y, autocast=_autocast(dev))
-    out["units_autocast"], out["output_autocast"] = errors(auto)
-    out["amplification"] = amplification(net64, x, t, y, g, ref.outputs)
-    return {k: v.cpu() for k, v in out.items()}
+    auto = run_traced(net32, probe.x.float(), probe.t.float(), probe.y, autocast=_autocast(device))
+    units, output = probe.errors(auto)
+    return {"units_autocast": units, "output_autocast": output}
 
 
-def run(config: CheckpointConfig, skip_units: tuple[int, ...] = ()) -> CheckResult:
-    raw = measure(config, skip_units)
+def measure(config: CheckpointConfig, *, skip_units: tuple[int, ...] = ()) -> Measurement:
+    """Every profile of the module docstring, per unit and sample, and their metrics;
+    ``skip_units``: units whose rounding error is left out of the linear-response prediction
+    (the negative control)."""
+    subject = load_subject(config)
+    g = config.generator(STREAM)
+    probe = reference(subject, config, g)
+    raw = {}
+    for tag in PRECISIONS:
+        raw.update(precision_profiles(subject, probe, tag, skip_units))
+    raw.update(autocast_profiles(subject, probe, config.device))
+    raw["amplification"] = amplification(probe.net64, probe.x, probe.t, probe.y, g,
+                                         probe.ref.outputs)
+    raw = {k: v.cpu() for k, v in raw.items()}
+    return Measurement(propagation_metrics(raw), config, curves=raw)
+
+
+def propagation_metrics(raw: dict) -> dict:
+    """The report's metrics of the per-unit, per-sample profiles (sample means with their
+    standard errors)."""
     metrics = {}
     for tag in (*PRECISIONS, "autocast"):
         metrics[f"output_error_{tag}"], metrics[f"output_error_{tag}_se"] = \
@@ -131,11 +176,12 @@ def run(config: CheckpointConfig, skip_units: tuple[int, ...] = ()) -> CheckResu
     metrics["amplification_max_unit"] = worst
     metrics["amplification_first"], metrics["amplification_first_se"] = per_unit[0]
     metrics["units"] = amp.shape[0]
-    verdict = judge(metrics, [Rule("linear_response_residual", (0.0, RESIDUAL_MAX), SE_BAND),
-                              Rule("linear_response_residual_fp16", (0.0, RESIDUAL_MAX),
-                                   SE_BAND)])
-    m = metrics
-    summary = (
+    return metrics
+
+
+def summary(measured: Measurement, verdict) -> str:
+    m = measured.metrics
+    return (
         f"Across {m['units']} units the bfloat16 error of the output is "
         f"{m['output_error_bf16']:.2e} (float16 {m['output_error_fp16']:.2e}, bfloat16 autocast "
         f"with a float32 stream {m['output_error_autocast']:.2e}); with the units alone in low "
@@ -143,18 +189,18 @@ def run(config: CheckpointConfig, skip_units: tuple[int, ...] = ()) -> CheckResu
         f"of {m['linear_response_residual']:.3f} +/- {m['linear_response_residual_se']:.3f} "
         f"(bfloat16) and {m['linear_response_residual_fp16']:.3f} (float16); perturbations "
         f"at a unit reach the output amplified by at most {m['amplification_max']:.3g} "
-        f"(unit {worst}).")
-    return CheckResult(
-        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
-        figure=propagation_figure(raw),
-        measured_text=(f"bf16 output {m['output_error_bf16']:.1e}; residual "
-                       f"{m['linear_response_residual']:.3f}/"
-                       f"{m['linear_response_residual_fp16']:.3f}"),
-        theory_text=f"linear response residual <= {RESIDUAL_MAX:g}")
+        f"(unit {m['amplification_max_unit']}).")
 
 
-def propagation_figure(raw: dict):
+def headline(measured: Measurement) -> str:
+    m = measured.metrics
+    return (f"bf16 output {m['output_error_bf16']:.1e}; residual "
+            f"{m['linear_response_residual']:.3f}/{m['linear_response_residual_fp16']:.3f}")
+
+
+def figure(measured: Measurement):
     """Left: per-unit relative error of each precision; right: amplification per unit."""
+    raw = measured.curves
 
     def draw(fig):
         left, right = fig.subplots(1, 2)

@@ -2,23 +2,23 @@
 
 Setting: a checkpoint's model (EMA weights) in float64, on noisy inputs of its own data (fresh
 draws, times uniform on [t_min, T]), with the denoising loss l = sum_b |net(x_t,b) - target_b|^2
-/ 2 (target: the noise, or v for v-prediction runs), in ``BATCHES`` batches.
+/ 2 (target: the noise, or v for v-prediction runs), in batches.
 
-Measured (analysis.backbone_probes.unit_adjoints): the adjoint p at every unit, p = dl/dz, by
-autograd; its profile |p| across units (input of the first unit, then every unit's output); the
-sensitivity ratio |p_0| / |p_L| (p_0 at the first unit's input, p_L at the last unit's output)
-per sample, its mean with the standard error over samples of all batches; and for every unit the
-relative error between autograd's adjoint at its input and the unit's own vector-Jacobian
+Claim: autograd's adjoint p = dl/dz at every unit's input is the unit's own vector-Jacobian
 product applied to autograd's adjoint at its output, p_in = p_out dU/dz (= p_out (I + alpha
 dF/dz) + ... for the gated unit z + alpha F + beta; proof in proofs/C9_trained-sensitivity.md).
-Where the backbone is a chain (the flow-shaped transformer), these steps compose to
-p_0 = p_L prod_i dU_i/dz.
+Where the backbone is a chain of units (each unit's input the previous unit's output: the
+flow-shaped transformer, not the U-Net), these steps compose to p_0 = p_L prod_i dU_i/dz.
 
-Pass rules (gated): ``adjoint_agreement_error`` (the largest per-unit relative error over units
-and samples) <= 1e-8 in float64; for a chain of units (each unit's input the previous unit's
-output: the transformer, not the U-Net) also ``chain_adjoint_error``, the relative error of p_0
-propagated from autograd's p_L by the units' own VJPs alone, <= 1e-8.  Reported: the profile,
-``sensitivity_ratio`` with its standard error, the largest and smallest per-unit |p| over |p_L|.
+Measured (analysis.backbone_probes.unit_adjoints): the adjoint at every unit; its profile |p|
+across units (input of the first unit, then every unit's output) over |p_L|; the sensitivity
+ratio |p_0| / |p_L| (p_0 at the first unit's input, p_L at the last unit's output), its mean with
+the standard error over the samples of all batches.
+
+Gated: ``adjoint_agreement_error``, the largest relative error of a unit's VJP step over units
+and samples (float64), and for a chain ``chain_adjoint_error``, the relative error of p_0
+propagated from autograd's p_L by the units' own VJPs alone.  Reported: ``sensitivity_ratio``
+with its standard error, the largest and smallest mean of |p_i| / |p_L|.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ import torch
 from ..analysis.backbone_probes import unit_adjoints
 from ..stats import mean_se
 from ..training.diffusion import DiffusionObjective
-from .checkpoints import CheckpointConfig, draw_inputs, load_subject
-from .report import CheckResult
-from .rules import Rule, judge
+from .claim import Measurement
+from .rules import Rule
+from .trained_subject import CheckpointConfig, draw_inputs, load_subject
 
-KIND = "checkpoint"
 CLAIM = "C9"
 ID = "trained-sensitivity"
 TITLE = "backprop through a trained backbone is its discrete adjoint; sensitivity |p_0|/|p_L|"
 
+#: Autograd and the units' own VJP steps agree to float64 rounding.
 AGREEMENT_MAX = 1e-8
+THEORY = f"autograd = unit VJPs (<= {AGREEMENT_MAX:g})"
 STREAM = 9
 
 
@@ -46,9 +47,18 @@ def sizes(quick: bool) -> dict:
     return dict(batches=2, batch=8) if quick else dict(batches=4, batch=16)
 
 
-def measure(config: CheckpointConfig, skip_vjp: tuple[int, ...] = ()) -> dict:
-    """Per-sample adjoint norms and unit-step errors over all batches (module docstring);
-    ``skip_vjp`` plants the negative control (units whose Jacobian is left out)."""
+def rules(measured: Measurement) -> list[Rule]:
+    """The agreement of every unit's step; for a chain of units (the metric exists) also the
+    chain's."""
+    return [Rule(name, (0.0, AGREEMENT_MAX))
+            for name in ("adjoint_agreement_error", "chain_adjoint_error")
+            if name in measured.metrics]
+
+
+def adjoints(config: CheckpointConfig, skip_vjp: tuple[int, ...] = ()) -> dict:
+    """Per-sample adjoint norms and unit-step errors over all batches (module docstring):
+    ``input_norms``, ``output_norms``, ``step_errors`` (L, samples) and ``chain_errors``
+    (samples; None for a backbone that is not a chain)."""
     subject = load_subject(config)
     net64 = subject.float64().requires_grad_(True).to(config.device)
     objective = DiffusionObjective(subject.sde, subject.prediction, subject.t_min, 0.0, None)
@@ -71,8 +81,10 @@ def measure(config: CheckpointConfig, skip_vjp: tuple[int, ...] = ()) -> dict:
             "chain_errors": torch.cat(chains) if chains else None}
 
 
-def run(config: CheckpointConfig, skip_vjp: tuple[int, ...] = ()) -> CheckResult:
-    raw = measure(config, skip_vjp)
+def measure(config: CheckpointConfig, *, skip_vjp: tuple[int, ...] = ()) -> Measurement:
+    """The adjoints' metrics and the profile |p_i| / |p_L| (L + 1, samples) for the figure;
+    ``skip_vjp`` plants the negative control (units whose Jacobian is left out of their step)."""
+    raw = adjoints(config, skip_vjp)
     p_first = raw["input_norms"][0]
     p_last = raw["output_norms"][-1]
     profile = torch.cat([p_first[None], raw["output_norms"]]) / p_last  # (L + 1, B)
@@ -84,14 +96,14 @@ def run(config: CheckpointConfig, skip_vjp: tuple[int, ...] = ()) -> CheckResult
     metrics["adjoint_agreement_error"] = float(raw["step_errors"].max())
     metrics["units"] = raw["step_errors"].shape[0]
     metrics["samples"] = raw["step_errors"].shape[1]
-    rules = [Rule("adjoint_agreement_error", (0.0, AGREEMENT_MAX))]
-    chain = raw["chain_errors"]
-    if chain is not None:  # a chain of units: p_0 propagated from p_L by the unit steps alone
-        metrics["chain_adjoint_error"] = float(chain.max())
-        rules.append(Rule("chain_adjoint_error", (0.0, AGREEMENT_MAX)))
-    verdict = judge(metrics, rules)
-    m = metrics
-    summary = (
+    if raw["chain_errors"] is not None:  # p_0 propagated from p_L by the unit steps alone
+        metrics["chain_adjoint_error"] = float(raw["chain_errors"].max())
+    return Measurement(metrics, config, curves={"profile": profile.numpy()})
+
+
+def summary(measured: Measurement, verdict) -> str:
+    m = measured.metrics
+    return (
         f"Backpropagation through the {m['units']} units equals each unit's own VJP step to "
         f"{m['adjoint_agreement_error']:.1e} (relative, float64)"
         + (f", and p_0 propagated from p_L by those steps alone matches autograd to "
@@ -100,16 +112,16 @@ def run(config: CheckpointConfig, skip_vjp: tuple[int, ...] = ()) -> CheckResult
         f"is {m['sensitivity_ratio']:.3g} +/- {m['sensitivity_ratio_se']:.2g} over "
         f"{m['samples']} samples, the mean profile |p_i|/|p_L| ranges over "
         f"[{m['profile_min']:.3g}, {m['profile_max']:.3g}].")
-    return CheckResult(
-        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
-        figure=sensitivity_figure(profile.numpy(), m["sensitivity_ratio"]),
-        measured_text=(f"agreement {m['adjoint_agreement_error']:.1e}; ratio "
-                       f"{m['sensitivity_ratio']:.3g}"),
-        theory_text=f"autograd = unit VJPs (<= {AGREEMENT_MAX:g})")
 
 
-def sensitivity_figure(profile: np.ndarray, ratio: float):
+def headline(measured: Measurement) -> str:
+    m = measured.metrics
+    return f"agreement {m['adjoint_agreement_error']:.1e}; ratio {m['sensitivity_ratio']:.3g}"
+
+
+def figure(measured: Measurement):
     """|p_i| / |p_L| across units: mean with 2-SE bars."""
+    profile, ratio = measured.curves["profile"], measured.metrics["sensitivity_ratio"]
 
     def draw(fig):
         ax = fig.add_subplot()

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..cli import UsageError
 from ..models import ModelLoadError, load_model
+from ..paths import stream_generator
 from ..sde import SDE, expand_as_batch, make_sde
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.data import DataError, load_dataset
@@ -39,21 +40,22 @@ __all__ = ["CheckpointConfig", "Subject", "load_subject", "checkpoint_config", "
 class CheckpointConfig:
     """What every checkpoint check is run with (the verify command line with --ckpt).
 
-    ``depth`` (the number of residual units) and ``gating`` (the model's gate) are filled in
-    from the checkpoint, so the report's header reads as for the synthetic checks."""
+    ``depth`` (the number of residual units) and ``gate`` (the kind of the model's units: plain,
+    post-ln, rezero, adaln-zero or rdm; ``models.GATE_KINDS``) are filled in from the checkpoint, so
+    the report's header reads as for the theory checks."""
 
     ckpt: str
     seed: int = 0
     device: str = "cpu"
     quick: bool = False
     depth: int = 0
-    gating: str = ""
+    gate: str = ""
     dtype: torch.dtype = torch.float64  # the references' precision
 
     def generator(self, stream: int = 0) -> torch.Generator:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(self.seed * 1_000_003 + stream)
-        return g
+        """The generator of random stream ``stream`` under this seed
+        (``paths.stream_generator``)."""
+        return stream_generator(self.seed, stream)
 
     @property
     def ladder(self) -> tuple[int, ...]:
@@ -62,7 +64,10 @@ class CheckpointConfig:
 
     @property
     def report_fields(self) -> dict:
-        return {"gating": self.gating, "checkpoint": self.ckpt}
+        """What the report says of this configuration beyond depth, seed, dtype and device: the
+        gate, the checkpoint, and ``gating``, the gate under its former key (deprecated: kept for
+        one release)."""
+        return {"gate": self.gate, "gating": self.gate, "checkpoint": self.ckpt}
 
 
 @dataclass
@@ -109,7 +114,7 @@ def checkpoint_config(ckpt: str, *, seed: int = 0, device: str = "cpu",
     subject = load_subject(config)
     return CheckpointConfig(ckpt=str(subject.path), seed=seed, device=device, quick=quick,
                             depth=len(subject.net.residual_units()),
-                            gating=subject.net.config.get("gate", ""))
+                            gate=subject.net.config.get("gate", ""))
 
 
 @functools.lru_cache(maxsize=4)
