@@ -165,7 +165,7 @@ def check_config(args):
     from .checks import CheckConfig
 
     if args.ckpt is not None:
-        from .checks.checkpoints import checkpoint_config
+        from .checks.trained_subject import checkpoint_config
 
         return checkpoint_config(args.ckpt, seed=args.seed, device=args.device, quick=args.quick)
     return CheckConfig(depth=args.depth, gating=args.gating, seed=args.seed,
@@ -281,7 +281,8 @@ def _main(argv) -> int:
         raise UsageError(f"cannot write the report: {exc.strerror or exc}") from None
 
     ladder = ", ".join(map(str, config.ladder))
-    print(f"rdm_dynamics verify: depth {config.depth} (ladder {ladder}), gating {config.gating}, "
+    key, value = next(iter(config.report_fields.items()))  # the schedule, or the model's gate
+    print(f"rdm_dynamics verify: depth {config.depth} (ladder {ladder}), {key} {value}, "
           f"seed {config.seed}, {report['dtype']} on {config.device}")
     print(format_table(results))
     print()

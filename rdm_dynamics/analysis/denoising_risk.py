@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..sde import SDE, expand_as_batch
+from ..sde import SDE
 from ..stats import mean_se
 
 __all__ = ["RiskTerms", "risk_terms", "binned_means", "component_shares", "chi_square",
@@ -60,8 +60,7 @@ def risk_terms(eps_theta: EpsFn, eps_star: EpsFn, x0: torch.Tensor, y: torch.Ten
     and noise ``noise`` (like x0), float64; ``eps_theta`` and ``eps_star`` map (x_t, t, y) to
     noise predictions of x_t's shape."""
     x0, noise, t = x0.double(), noise.double(), t.double()
-    x_t = expand_as_batch(sde.mean_coef(t), x0) * x0 \
-        + expand_as_batch(sde.marginal_std(t), x0) * noise
+    x_t = sde.perturb(x0, t, noise)
     pred = eps_theta(x_t, t, y).double()
     best = eps_star(x_t, t, y).double()
     B = x0.shape[0]

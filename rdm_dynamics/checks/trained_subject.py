@@ -175,11 +175,8 @@ def draw_inputs(subject: Subject, n: int, generator: torch.Generator,
     if not subject.labelled:
         y = None
     if t is None:
-        T = subject.sde.T
-        t = subject.t_min + (T - subject.t_min) * torch.rand(n, generator=generator,
-                                                             dtype=torch.float64)
+        t = subject.sde.uniform_times(n, subject.t_min, generator=generator,
+                                      dtype=torch.float64)
     t = t.double().float().double()  # representable in float32: every precision sees one time
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-    a = expand_as_batch(subject.sde.mean_coef(t), x0)
-    s = expand_as_batch(subject.sde.marginal_std(t), x0)
-    return Inputs(x0, y, t, noise, a * x0 + s * noise)
+    return Inputs(x0, y, t, noise, subject.sde.perturb(x0, t, noise))
