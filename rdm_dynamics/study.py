@@ -28,7 +28,7 @@ PROG = "python -m rdm_dynamics.study"
 
 
 def build_parser() -> Parser:
-    from .checks.study import PRESETS
+    from .depth_study import PRESETS
 
     p = Parser(prog=PROG, description=__doc__.splitlines()[0])
     source = p.add_mutually_exclusive_group()
@@ -60,8 +60,8 @@ def build_parser() -> Parser:
 
 
 def _plan(args):
-    from .checks.study import load_study, plan, preset_path
-    from .checks.study.plan import MEASURE_KINDS, measure_config
+    from .depth_study import load_study, plan, preset_path
+    from .depth_study.plan import MEASURE_KINDS, measure_config
     from .training.settings import SETTINGS, coerce, coerce_as
 
     if args.file is None:
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
         if args.show_preset is not None:
-            from .checks.study import preset_path
+            from .depth_study import preset_path
 
             sys.stdout.write(preset_path(args.show_preset).read_text())
             return 0
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         return 2
 
     from .checks.report import format_table
-    from .checks.study import StudyRunner, judge_study, study_report, write_outputs
+    from .depth_study import StudyRunner, judge_study, study_report, write_outputs
 
     runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
                          nproc_per_run=nproc,

@@ -176,7 +176,7 @@ def test_show_preset_prints_a_file_study_reads(tmp_path, capsys):
     text = capsys.readouterr().out
     path = tmp_path / "mine.toml"
     path.write_text(text)
-    from rdm_dynamics.checks.study import load_study, plan
+    from rdm_dynamics.depth_study import load_study, plan
 
     assert len(plan(load_study(str(path)), tmp_path)) == len(plan(load_study("cpu"), tmp_path))
 
@@ -211,8 +211,8 @@ def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path, capsys, 
 
 
 def test_a_run_with_several_processes_is_trained_through_torchrun(tmp_path):
-    from rdm_dynamics.checks.study.plan import MeasureConfig
-    from rdm_dynamics.checks.study.runner import StudyRunner
+    from rdm_dynamics.depth_study.plan import MeasureConfig
+    from rdm_dynamics.depth_study.runs import StudyRunner
 
     runner = StudyRunner(tmp_path, MeasureConfig(), nproc_per_run=2)
     assert runner._python("rdm_dynamics.train")[1:5] == [

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rdm_dynamics.checks.rules import judge
-from rdm_dynamics.checks.study import depth_consistency, depth_scaling
+from rdm_dynamics.checks import depth_consistency, depth_scaling
 from rdm_dynamics.models import build_model, initialize
 from rdm_dynamics.models.depth_init import unit_groups
 from rdm_dynamics.training.checkpoint import save_checkpoint

@@ -34,9 +34,15 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..report import CheckResult
-from ..rules import Rule, judge
-from .aggregate import by_cell, cell_label, cell_style, log_slope_over_seeds, mean_by_depth
+from ..depth_study.aggregate import (
+    by_cell,
+    cell_label,
+    cell_style,
+    log_slope_over_seeds,
+    mean_by_depth,
+)
+from .report import CheckResult
+from .rules import Rule, judge
 
 CLAIM = "C12"
 ID = "depth-scaling"

@@ -18,11 +18,11 @@ import io
 import math
 from pathlib import Path
 
-from ...files import atomic_write_bytes, atomic_write_json
-from ..report import CheckResult, overall_status, save_figure, versions
-from . import depth_consistency, depth_scaling
+from ..checks import depth_consistency, depth_scaling
+from ..checks.report import CheckResult, overall_status, save_figure, versions
+from ..files import atomic_write_bytes, atomic_write_json
 from .plan import PRESETS, Study, load_study, plan, preset_path
-from .runner import StudyRunner
+from .runs import StudyRunner
 
 __all__ = ["PRESETS", "Study", "load_study", "plan", "preset_path", "StudyRunner",
            "judge_study", "run_table", "study_report", "write_outputs", "CLAIMS"]

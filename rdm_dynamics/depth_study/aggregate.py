@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ...stats import fit_line, mean_se
+from ..stats import fit_line, mean_se
 
 __all__ = ["cell_of", "cell_label", "by_cell", "log_slope_over_seeds", "mean_by_depth"]
 

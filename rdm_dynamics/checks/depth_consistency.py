@@ -36,9 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..report import CheckResult
-from ..rules import Rule, judge
-from .aggregate import by_cell, cell_label, cell_style, log_slope_over_seeds, mean_by_depth
+from ..depth_study.aggregate import (
+    by_cell,
+    cell_label,
+    cell_style,
+    log_slope_over_seeds,
+    mean_by_depth,
+)
+from .report import CheckResult
+from .rules import Rule, judge
 
 CLAIM = "C11"
 ID = "depth-consistency"
@@ -52,9 +58,9 @@ GATE_SUM_RANGE = (0.2, 5.0)
 def unit_weights(folder: str | Path):
     """(role -> list of flattened float64 branch weights in forward order, gate kind, gate sum)
     of the newest checkpoint in ``folder``."""
-    from ...models import load_model
-    from ...models.depth_init import unit_groups
-    from ...training.checkpoint import latest_checkpoint, load_checkpoint
+    from ..models import load_model
+    from ..models.depth_init import unit_groups
+    from ..training.checkpoint import latest_checkpoint, load_checkpoint
 
     net = load_model(load_checkpoint(latest_checkpoint(folder)), "model")
     groups = {key: [torch.cat([p.detach().double().flatten() for p in u.branch.parameters()])
