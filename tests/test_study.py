@@ -200,6 +200,8 @@ def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path, capsys, 
     spec.write_text(one_run)
     out = tmp_path / "s"
     assert study_command.main(["--file", str(spec), "--out", str(out), "--no-figures"]) == 1
+    assert not list(out.glob("*.png"))  # figures only when asked
+    assert json.loads((out / "report.json").read_text())["figures"] == []
     trained = sorted(p.name for p in (out / "runs").rglob("*") if p.is_file())
     capsys.readouterr()
     spec.write_text(one_run.replace("batch_size = 16", "batch_size = 8"))
