@@ -2,13 +2,18 @@
 initialisations, x learning rates) with one recipe, measure every trained run, and judge the
 study claims on the runs (``checks.registry("study")``).
 
+    from pathlib import Path
+
+    from rdm_dynamics.checks.report import render_figures, write_report
+    from rdm_dynamics.depth_study import *
+
     study = load_study("smoke")                        # a preset, or a study file
     runs = plan(study, "rdm-study")                    # every run of the grid
     records = StudyRunner("rdm-study", study.measure, jobs=2).run(runs)
-    results = run_claims(StudyClaimConfig(records, Path("rdm-study") / "runs"))  # C11, C12
-    report = study_report(study, results, records, device="cpu", seconds=...)
-    write_report("rdm-study", report, render_figures(results),
-                 extra={"runs.csv": run_table(records)})  # checks.report: verify's contract
+    results = run_claims(StudyClaimConfig(records, Path("rdm-study/runs")))  # C11 and C12
+    report = study_report(study, results, records, device="cpu", seconds=0.0)
+    write_report("rdm-study", report, render_figures(results),  # verify's report contract
+                 extra={"runs.csv": run_table(records)})
 
 Parts: :mod:`.plan` (study files, the presets in ``presets/`` and the grid), :mod:`.runs`
 (training, checking and scoring each run, resumable), :mod:`.aggregate` (what the study claims

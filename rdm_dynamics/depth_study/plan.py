@@ -12,7 +12,8 @@ A study file (TOML or YAML, like the ``--config`` file of ``train``) has three p
 Runs of several blocks that coincide are one run.  Each run is an ordinary training run folder,
 ``<out>/runs/<id>``, ``id`` naming the run's axis values (``data-digits-gmm_depth-4_gate-rdm``).
 The presets ``smoke``, ``cpu``, ``gpu`` and ``gpu-large`` are such files, shipped in
-``rdm_dynamics/presets/study-<name>.toml``; a user copies one and edits it.
+``rdm_dynamics/depth_study/presets/<name>.toml`` (``--show-preset NAME`` prints one); a user
+copies one and edits it.
 """
 
 from __future__ import annotations
