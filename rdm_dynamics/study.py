@@ -22,13 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import Parser, UsageError, parse_device, parse_int
+from .cli import Interrupted, Parser, UsageError, parse_device, parse_int, run_command
 
 PROG = "python -m rdm_dynamics.study"
 
 
 def build_parser() -> Parser:
-    from .checks.study import PRESETS
+    from .depth_study import PRESETS
 
     p = Parser(prog=PROG, description=__doc__.splitlines()[0])
     source = p.add_mutually_exclusive_group()
@@ -60,8 +60,8 @@ def build_parser() -> Parser:
 
 
 def _plan(args):
-    from .checks.study import load_study, plan, preset_path
-    from .checks.study.plan import MEASURE_KINDS, measure_config
+    from .depth_study import load_study, plan, preset_path
+    from .depth_study.plan import MEASURE_KINDS, measure_config
     from .training.settings import SETTINGS, coerce, coerce_as
 
     if args.file is None:
@@ -99,26 +99,28 @@ def _plan(args):
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 every claim holds, 1 a claim fails, 2 bad input or a study that cannot be
+    written (one line on stderr), 130 interrupted (finished runs are kept)."""
+    return run_command(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv) -> int:
     began = time.perf_counter()
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-        if args.show_preset is not None:
-            from .checks.study import preset_path
+    args = build_parser().parse_args(argv)
+    if args.show_preset is not None:
+        from .depth_study import preset_path
 
-            sys.stdout.write(preset_path(args.show_preset).read_text())
-            return 0
-        jobs = parse_int(args.jobs, "jobs", 1)
-        nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
-        study, runs = _plan(args)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {args.out!r} is a file, not a folder")
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        sys.stdout.write(preset_path(args.show_preset).read_text())
+        return 0
+    jobs = parse_int(args.jobs, "jobs", 1)
+    nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
+    study, runs = _plan(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file, not a folder")
 
-    from .checks.report import format_table
-    from .checks.study import StudyRunner, judge_study, study_report, write_outputs
+    from .checks.report import format_table, render_figures, write_report
+    from .depth_study import StudyClaimConfig, StudyRunner, run_claims, run_table, study_report
 
     runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
                          nproc_per_run=nproc,
@@ -127,25 +129,17 @@ def main(argv=None) -> int:
           file=sys.stderr)
     try:
         records = runner.run(runs)
-        results = judge_study(records, out)
+        results = run_claims(StudyClaimConfig(records, out / "runs"))
         report = study_report(study, results, records, device=args.device,
                               seconds=time.perf_counter() - began)
-        write_outputs(out, report, results, records, figures=not args.no_figures)
-        if args.json:
-            from .files import atomic_write_json
-
-            atomic_write_json(args.json, report)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        figures = {} if args.no_figures else render_figures(results)
+        write_report(out, report, figures, args.json, extra={"runs.csv": run_table(records)})
     except KeyboardInterrupt:
         runner.stop_children()
-        print(f"{PROG}: interrupted; finished runs are kept in {out}/measurements, run the same "
-              "command again to go on", file=sys.stderr)
-        return 130
+        raise Interrupted(f"interrupted; finished runs are kept in {out}/measurements, run the "
+                          "same command again to go on") from None
     except OSError as exc:
-        print(f"{PROG}: error: cannot write the study: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot write the study: {exc}") from None
     print(format_table(results))
     print()
     for r in results:

@@ -2,8 +2,9 @@
 
 Layers (DESIGN.md section 5), top to bottom:
 
-    3  commands         verify, train, sample, __main__
-    2  worlds           checks/ (the claims), training/ (objective, samplers, data, loop)
+    3  commands         verify, train, sample, study, __main__
+    2  worlds           checks/ (the claims), training/ (objective, samplers, data, loop),
+                        depth_study/ (the depth study's plan, runs and cells)
     1  machinery        analysis/ (the machinery of single claims), models/ (the backbones)
     0  vocabulary       sde, laws, stack, paths, stats, files, cli, the package itself
 
@@ -25,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: (module name or subpackage prefix, layer); a subpackage entry covers all its modules.
 LAYERS = {
     "verify": 3, "train": 3, "sample": 3, "study": 3, "__main__": 3,
-    "checks": 2, "training": 2,
+    "checks": 2, "training": 2, "depth_study": 2,
     "analysis": 1, "models": 1,
     "": 0, "sde": 0, "laws": 0, "stack": 0, "paths": 0, "stats": 0, "files": 0, "cli": 0,
 }
-SUBPACKAGES = {"checks", "training", "analysis", "models"}
+SUBPACKAGES = {"checks", "training", "depth_study", "analysis", "models"}
 
 
 def module_names(root: Path = ROOT) -> dict[str, Path]:

@@ -176,7 +176,7 @@ def test_show_preset_prints_a_file_study_reads(tmp_path, capsys):
     text = capsys.readouterr().out
     path = tmp_path / "mine.toml"
     path.write_text(text)
-    from rdm_dynamics.checks.study import load_study, plan
+    from rdm_dynamics.depth_study import load_study, plan
 
     assert len(plan(load_study(str(path)), tmp_path)) == len(plan(load_study("cpu"), tmp_path))
 
@@ -200,6 +200,8 @@ def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path, capsys, 
     spec.write_text(one_run)
     out = tmp_path / "s"
     assert study_command.main(["--file", str(spec), "--out", str(out), "--no-figures"]) == 1
+    assert not list(out.glob("*.png"))  # figures only when asked
+    assert json.loads((out / "report.json").read_text())["figures"] == []
     trained = sorted(p.name for p in (out / "runs").rglob("*") if p.is_file())
     capsys.readouterr()
     spec.write_text(one_run.replace("batch_size = 16", "batch_size = 8"))
@@ -211,8 +213,8 @@ def test_a_study_folder_is_not_continued_under_another_recipe(tmp_path, capsys, 
 
 
 def test_a_run_with_several_processes_is_trained_through_torchrun(tmp_path):
-    from rdm_dynamics.checks.study.plan import MeasureConfig
-    from rdm_dynamics.checks.study.runner import StudyRunner
+    from rdm_dynamics.depth_study.plan import MeasureConfig
+    from rdm_dynamics.depth_study.runs import StudyRunner
 
     runner = StudyRunner(tmp_path, MeasureConfig(), nproc_per_run=2)
     assert runner._python("rdm_dynamics.train")[1:5] == [

@@ -15,13 +15,24 @@ import numpy as np
 import pytest
 import torch
 
+from rdm_dynamics.checks import depth_consistency, depth_scaling, run_claim
 from rdm_dynamics.checks.rules import judge
-from rdm_dynamics.checks.study import depth_consistency, depth_scaling
+from rdm_dynamics.depth_study import StudyClaimConfig
 from rdm_dynamics.models import build_model, initialize
 from rdm_dynamics.models.depth_init import unit_groups
 from rdm_dynamics.training.checkpoint import save_checkpoint
 
 DEPTHS = (2, 4, 8)
+
+
+def c11(records, folder):
+    """C11 on run records whose run folders are under ``folder/runs``."""
+    return run_claim(depth_consistency, StudyClaimConfig(records, folder / "runs"))
+
+
+def c12(records):
+    """C12 on run records (it reads no run folder)."""
+    return run_claim(depth_scaling, StudyClaimConfig(records))
 
 
 def _save(folder, net):
@@ -66,7 +77,7 @@ def _study(tmp_path, *, order=1.0, mismatch=False, iid_control=True):
 
 
 def test_c11_recovers_order_one_and_passes(tmp_path):
-    result = depth_consistency.evaluate(_study(tmp_path, order=1.0), tmp_path / "runs")
+    result = c11(_study(tmp_path, order=1.0), tmp_path)
     m = result.metrics
     assert m["distance_order[rdm,smooth]"] == pytest.approx(1.0, abs=0.1)
     assert m["distance_order[rdm,smooth]_se"] < 0.1
@@ -84,19 +95,19 @@ def depth_consistency_rules(result):
 
 
 def test_c11_fails_when_n_and_2n_start_from_different_functions(tmp_path):
-    result = depth_consistency.evaluate(_study(tmp_path, mismatch=True), tmp_path / "runs")
+    result = c11(_study(tmp_path, mismatch=True), tmp_path)
     assert not result.passed
     assert "distance_order[rdm,smooth]" in result.verdict.failed
     assert abs(result.metrics["distance_order[rdm,smooth]"]) < 0.3
 
 
 def test_c11_fails_when_the_distance_does_not_fall(tmp_path):
-    result = depth_consistency.evaluate(_study(tmp_path, order=0.0), tmp_path / "runs")
+    result = c11(_study(tmp_path, order=0.0), tmp_path)
     assert "distance_order[rdm,smooth]" in result.verdict.failed
 
 
 def test_c11_without_a_control_cannot_pass(tmp_path):
-    result = depth_consistency.evaluate(_study(tmp_path, iid_control=False), tmp_path / "runs")
+    result = c11(_study(tmp_path, iid_control=False), tmp_path)
     assert not result.passed and "control_cells" in result.verdict.failed
     assert "iid control cell" in result.summary
 
@@ -125,7 +136,7 @@ def _scaling(rdm_slope=0.0, plain_slope=1.0, rdm_status="done"):
 
 
 def test_c12_passes_when_rdm_holds_and_plain_degrades():
-    result = depth_scaling.evaluate(_scaling())
+    result = c12(_scaling())
     assert result.passed, result.summary
     assert result.metrics["slope_excess_risk[digits-gmm,plain]"] == pytest.approx(1.0, abs=0.1)
     assert abs(result.metrics["slope_excess_risk[digits-gmm,rdm]"]) < 0.05
@@ -137,12 +148,12 @@ def test_c12_passes_when_rdm_holds_and_plain_degrades():
     (dict(rdm_status="diverged"), "diverged_runs[digits-gmm,rdm]"),
 ])
 def test_c12_fails_on_each_broken_statement(case, failed):
-    result = depth_scaling.evaluate(_scaling(**case))
+    result = c12(_scaling(**case))
     assert not result.passed and failed in result.verdict.failed
 
 
 def test_c12_needs_both_gates():
-    result = depth_scaling.evaluate([r for r in _scaling() if r["axes"]["gate"] == "rdm"])
+    result = c12([r for r in _scaling() if r["axes"]["gate"] == "rdm"])
     assert not result.passed and "plain_cells" in result.verdict.failed
     assert "cannot be stated" in result.summary
 
@@ -151,7 +162,7 @@ def test_c12_not_applicable_checks_give_no_figure():
     records = _scaling()
     for r in records:
         r["checks"]["denoising-risk"]["applicable"] = False
-    result = depth_scaling.evaluate(records)
+    result = c12(records)
     assert "slope_excess_risk[digits-gmm,rdm]" not in result.metrics
     assert math.isfinite(result.metrics["slope_fd_ratio[digits-gmm,plain]"])  # plain judged on FD
 
@@ -170,7 +181,7 @@ def test_c12_reports_and_draws_the_best_learning_rate_when_it_is_swept():
                     r["axes"]["lr"] = lr
                     r["id"] += f"-{lr}"
                     records.append(r)
-    result = depth_scaling.evaluate(records)
+    result = c12(records)
     m = result.metrics
     assert [m[f"best_lr[digits-gmm,rdm,depth={d}]"] for d in (2, 4, 8)] == \
         pytest.approx([1e-3 / 2, 1e-3 / 4, 1e-3 / 8])
@@ -194,5 +205,13 @@ def test_c12_draws_no_learning_rate_panel_without_a_sweep():
     from matplotlib.figure import Figure
 
     fig = Figure()
-    depth_scaling.evaluate(_scaling()).figure(fig)
+    c12(_scaling()).figure(fig)
     assert len(fig.axes) == len(depth_scaling.FIGURES)
+
+
+def test_the_study_claims_are_the_registry_of_kind_study():
+    from rdm_dynamics.checks import registry
+
+    claims = registry("study")
+    assert list(claims) == ["depth-consistency", "depth-scaling"]
+    assert [m.CLAIM for m in claims.values()] == ["C11", "C12"]

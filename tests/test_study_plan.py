@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rdm_dynamics.checks.study import PRESETS, load_study, plan
-from rdm_dynamics.checks.study.plan import run_id
 from rdm_dynamics.cli import UsageError
+from rdm_dynamics.depth_study import PRESETS, load_study, plan
+from rdm_dynamics.depth_study.plan import run_id
 from rdm_dynamics.models import depth_option
 
 

@@ -93,12 +93,13 @@ def _claim_number(module: ModuleType) -> tuple[int, str]:
 #: The claim modules of this package by kind: ``theory`` checks run on exact residual functions
 #: (:class:`CheckConfig`, ``verify``), ``checkpoint`` checks on one trained model
 #: (``trained_subject.CheckpointConfig``, ``verify --ckpt``), ``study`` claims on the runs of a
-#: depth study (``rdm_dynamics.depth_study``).  Only the modules of the kind asked for are
-#: imported.
+#: depth study (``depth_study.aggregate.StudyClaimConfig``, ``python -m rdm_dynamics.study``).
+#: Only the modules of the kind asked for are imported.
 CLAIM_MODULES = {
     "theory": ("depth_limit", "pf_ode", "reverse_sde", "gate_moments", "error_propagation",
                "residual_sensitivity", "iid_depth_limit"),
     "checkpoint": ("trained_propagation", "trained_sensitivity", "denoising_risk"),
+    "study": ("depth_consistency", "depth_scaling"),
 }
 KINDS = tuple(CLAIM_MODULES)
 

@@ -1,4 +1,5 @@
-"""Grouping a study's runs into cells and fitting figures against depth, seeds as replicates.
+"""What the study claims (C11, C12) are measured on: a study's run records, grouped into cells,
+and figures fitted against depth with the seeds as replicates.
 
 A *cell* is every axis of a run except ``depth`` and ``seed`` (gate, init, data, learning rate,
 ...): the runs of one cell and one seed form a depth ladder, and the seeds are independent
@@ -14,14 +15,29 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ...stats import fit_line, mean_se
+from ..stats import fit_line, mean_se
 
-__all__ = ["cell_of", "cell_label", "by_cell", "log_slope_over_seeds", "mean_by_depth"]
+__all__ = ["StudyClaimConfig", "cell_of", "cell_label", "cell_style", "by_cell",
+           "log_slope_over_seeds", "mean_by_depth"]
 
+#: A run's record (``runs.StudyRunner.run_one``): its id, axes, depth, training status, the
+#: trained-model checks' metrics and the sample-quality scores.
 Record = dict
+
+
+@dataclass(frozen=True)
+class StudyClaimConfig:
+    """What a study claim (``checks.registry("study")``) is measured on: the records of a
+    study's runs, and the folder holding the run folders (``<out>/runs``: C11 reads the trained
+    weights there; None where only the records are needed)."""
+
+    records: list[Record]
+    runs_folder: Path | None = None
 
 
 def cell_of(record: Record) -> tuple:

@@ -12,7 +12,8 @@ A study file (TOML or YAML, like the ``--config`` file of ``train``) has three p
 Runs of several blocks that coincide are one run.  Each run is an ordinary training run folder,
 ``<out>/runs/<id>``, ``id`` naming the run's axis values (``data-digits-gmm_depth-4_gate-rdm``).
 The presets ``smoke``, ``cpu``, ``gpu`` and ``gpu-large`` are such files, shipped in
-``rdm_dynamics/presets/study-<name>.toml``; a user copies one and edits it.
+``rdm_dynamics/depth_study/presets/<name>.toml`` (``--show-preset NAME`` prints one); a user
+copies one and edits it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...cli import UsageError
-from ...models import depth_option
-from ...training.settings import (
+from ..cli import UsageError
+from ..models import depth_option
+from ..training.settings import (
     SETTINGS,
     TrainConfig,
     check,
@@ -40,7 +41,7 @@ from ...training.settings import (
 __all__ = ["PRESETS", "PRESET_DIR", "MeasureConfig", "Study", "RunSpec", "load_study",
            "preset_path", "plan", "measure_config", "MEASURE_KINDS"]
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "presets"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 PRESETS = ("smoke", "cpu", "gpu", "gpu-large")
 
 #: Training settings a study sets itself for every run (the run folder, quiet progress).
@@ -116,7 +117,7 @@ class Study:
 def preset_path(name: str) -> Path:
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return PRESET_DIR / f"study-{name}.toml"
+    return PRESET_DIR / f"{name}.toml"
 
 
 def _axis_values(block: int, axis: str, values) -> list:

@@ -6,26 +6,26 @@ of tau_i = i / L, the same function at every depth) stay smooth in depth, and th
 weights of depth 2N at tau match those of depth N; with i.i.d. initialisation they do not (the
 control).  The sum of the rdm gates stays of order one.
 
-Measured on the trained weights (``model``, not the EMA) of every finished run.  theta_i is the
-flattened branch of unit i (gates excluded: they are the step sizes, which scale with 1/L);
-units are compared within their role (``depth_init.unit_groups``: same position in the
-architecture, tau_j = j / n within a group of n units), only in groups whose size doubles from
-N to 2N.
+Measured on the trained weights (``model``, not the EMA) of every finished run of a depth study
+(``depth_study.aggregate.StudyClaimConfig``: the run records and the folder of their runs).
+theta_i is the flattened branch of unit i (gates excluded: they are the step sizes, which scale
+with 1/L); units are compared within their role (``depth_init.unit_groups``: same position in
+the architecture, tau_j = j / n within a group of n units), only in groups whose size doubles
+from N to 2N.
 
 * distance d(N) = max_j |theta^(2N)_(2j) - theta^(N)_j| / |theta^(N)_j|  (the 2N model at
   tau = j / N against the N model there, relative to the unit's own norm);
 * its order: minus the slope of log d against log N on each seed's ladder, mean over seeds with
-  its standard error (``aggregate``);
+  its standard error (``depth_study.aggregate``);
 * smoothness s(L) = max_j |theta_(j+1) - theta_j| / |theta_j| of each run;
 * the sum of the rdm gates, sum_i mean_c |alpha_i|, of each rdm run (1 at initialisation, where
   alpha_i = 1/L).
 
-Pass rules.  For every cell with rdm gates and smooth initialisation: the distance order > 0
-beyond 2 standard errors (it falls as N grows).  For every cell with i.i.d. initialisation (the
-control): the distance order consistent with <= 1/2 within 2 standard errors (it does not fall
-at the rate of a converging discretisation).  Every rdm run: the gate sum in [1/5, 5].  A study
-with no rdm-smooth cell, no i.i.d. cell or no depth pair N, 2N cannot state the claim: the rule
-on the number of such cells fails, and the summary says what is missing.
+Gated (``rules``): in every cell with rdm gates and smooth initialisation the distance falls
+(its order positive beyond its standard errors); in every cell with i.i.d. initialisation (the
+control) it does not fall at the rate of a converging discretisation; every rdm run's gate sum
+stays of order one.  A study with no rdm-smooth cell or no i.i.d. cell cannot state the claim:
+the rule on the number of such cells fails, and the summary says what is missing.
 """
 
 from __future__ import annotations
@@ -36,13 +36,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..report import CheckResult
-from ..rules import Rule, judge
-from .aggregate import by_cell, cell_label, cell_style, log_slope_over_seeds, mean_by_depth
+from ..depth_study.aggregate import (
+    StudyClaimConfig,
+    by_cell,
+    cell_label,
+    cell_style,
+    log_slope_over_seeds,
+    mean_by_depth,
+)
+from .claim import Measurement
+from .rules import Rule
 
+KIND = "study"
 CLAIM = "C11"
 ID = "depth-consistency"
 TITLE = "trained N and 2N models agree at equal tau when initialised smoothly in depth"
+THEORY = "smooth: d(N) falls; iid: does not"
 
 SE_BAND = 2.0
 CONTROL_ORDER_MAX = 0.5
@@ -52,9 +61,9 @@ GATE_SUM_RANGE = (0.2, 5.0)
 def unit_weights(folder: str | Path):
     """(role -> list of flattened float64 branch weights in forward order, gate kind, gate sum)
     of the newest checkpoint in ``folder``."""
-    from ...models import load_model
-    from ...models.depth_init import unit_groups
-    from ...training.checkpoint import latest_checkpoint, load_checkpoint
+    from ..models import load_model
+    from ..models.depth_init import unit_groups
+    from ..training.checkpoint import latest_checkpoint, load_checkpoint
 
     net = load_model(load_checkpoint(latest_checkpoint(folder)), "model")
     groups = {key: [torch.cat([p.detach().double().flatten() for p in u.branch.parameters()])
@@ -86,23 +95,43 @@ def smoothness(groups: dict) -> float:
     return max(values) if values else math.nan
 
 
-def measure(records: list[dict], runs_folder: Path) -> dict:
-    """Per cell: the distances d(N) per seed, smoothness and gate sums per run."""
-    finished = [r for r in records if r.get("train_status") == "done"]
-    weights = {r["id"]: unit_weights(runs_folder / r["id"]) for r in finished}
+def is_hypothesis(cell: tuple) -> bool:
+    """A cell the claim is about: rdm gates and smooth initialisation."""
+    axes = dict(cell)
+    return axes.get("gate", "rdm") == "rdm" and axes.get("init", "iid") == "smooth"
+
+
+def is_control(cell: tuple) -> bool:
+    """A control cell: i.i.d. initialisation."""
+    return dict(cell).get("init", "iid") == "iid"
+
+
+def ladder_distances(seeds: dict, weights: dict) -> tuple[list[list], dict[int, list[float]]]:
+    """The (N, d(N)) pairs of each seed's ladder, and depth N -> d(N) over seeds."""
+    ladders, distances = [], {}
+    for ladder in seeds.values():
+        pairs = []
+        for n in sorted(ladder):
+            if 2 * n in ladder:
+                d = pair_distance(weights[ladder[n]["id"]][0], weights[ladder[2 * n]["id"]][0])
+                if math.isfinite(d):
+                    pairs.append((n, d))
+                    distances.setdefault(n, []).append(d)
+        ladders.append(pairs)
+    return ladders, distances
+
+
+def measure_cells(config: StudyClaimConfig) -> dict[tuple, dict]:
+    """Per cell: the distance order over seeds, the distances d(N) per seed, smoothness and gate
+    sums per run."""
+    if config.runs_folder is None:
+        raise ValueError("C11 reads the trained weights: StudyClaimConfig needs runs_folder")
+    finished = [r for r in config.records if r.get("train_status") == "done"]
+    weights = {r["id"]: unit_weights(Path(config.runs_folder) / r["id"]) for r in finished}
     smooth = {rid: smoothness(w[0]) for rid, w in weights.items()}
     cells = {}
     for cell, seeds in by_cell(finished).items():
-        ladders, distances = [], {}
-        for ladder in seeds.values():
-            pairs = []
-            for n in sorted(ladder):
-                if 2 * n in ladder:
-                    d = pair_distance(weights[ladder[n]["id"]][0], weights[ladder[2 * n]["id"]][0])
-                    if math.isfinite(d):
-                        pairs.append((n, d))
-                        distances.setdefault(n, []).append(d)
-            ladders.append(pairs)
+        ladders, distances = ladder_distances(seeds, weights)
         order_slope, order_se, per_seed = log_slope_over_seeds(ladders)
         cells[cell] = {"order": -order_slope, "order_se": order_se, "per_seed": per_seed,
                        "pairs": sum(len(p) for p in ladders), "distances": distances,
@@ -113,60 +142,76 @@ def measure(records: list[dict], runs_folder: Path) -> dict:
     return cells
 
 
-def evaluate(records: list[dict], runs_folder: Path) -> CheckResult:
-    """C11's metrics, rules and summary from a study's run records."""
-    cells = measure(records, runs_folder)
+def cell_metrics(cell: tuple, c: dict) -> dict[str, float]:
+    """One cell's metrics: distance order, depth pairs, mean distance per N, smoothness at the
+    deepest depth and, for rdm gates, the extreme gate sums."""
+    label = cell_label(cell)
+    key = f"distance_order[{label}]"
+    metrics = {key: c["order"], f"{key}_se": c["order_se"], f"depth_pairs[{label}]": c["pairs"]}
+    for n, ds in sorted(c["distances"].items()):
+        metrics[f"distance[{label},N={n}]"] = float(np.mean(ds))
+        metrics[f"distance[{label},N={n}]_se"] = (float(np.std(ds, ddof=1) / math.sqrt(len(ds)))
+                                                  if len(ds) > 1 else math.nan)
+    if c["smoothness"]:
+        deepest = max(c["smoothness"])
+        metrics[f"smoothness_at_depth_{deepest}[{label}]"] = c["smoothness"][deepest][0]
+    sums = [s for s in c["gate_sums"] if math.isfinite(s)]
+    if dict(cell).get("gate") == "rdm" and sums:
+        metrics[f"gate_sum_min[{label}]"] = min(sums)
+        metrics[f"gate_sum_max[{label}]"] = max(sums)
+    return metrics
+
+
+def measure(config: StudyClaimConfig) -> Measurement:
+    """C11's metrics on a study's runs; ``curves``: the cells, and the labels of the hypothesis
+    and control cells."""
+    cells = measure_cells(config)
     metrics: dict[str, float] = {}
-    rules: list[Rule] = []
-    hypothesis, control = [], []
     for cell, c in cells.items():
-        axes = dict(cell)
+        metrics.update(cell_metrics(cell, c))
+    hypothesis = [cell_label(cell) for cell in cells if is_hypothesis(cell)]
+    control = [cell_label(cell) for cell in cells if is_control(cell)]
+    metrics["hypothesis_cells"], metrics["control_cells"] = len(hypothesis), len(control)
+    return Measurement(metrics, config, curves={"cells": cells, "hypothesis": hypothesis,
+                                                 "control": control})
+
+
+def rules(measured: Measurement) -> list[Rule]:
+    """At least one hypothesis and one control cell; per cell, in the cells' order: the distance
+    falls (hypothesis), does not fall (control), the gate sums of order one (rdm runs)."""
+    out = [Rule("hypothesis_cells", (1, None)), Rule("control_cells", (1, None))]
+    for cell in measured.curves["cells"]:
         label = cell_label(cell)
         key = f"distance_order[{label}]"
-        metrics[key], metrics[f"{key}_se"] = c["order"], c["order_se"]
-        metrics[f"depth_pairs[{label}]"] = c["pairs"]
-        for n, ds in sorted(c["distances"].items()):
-            metrics[f"distance[{label},N={n}]"] = float(np.mean(ds))
-            metrics[f"distance[{label},N={n}]_se"] = (float(np.std(ds, ddof=1) / math.sqrt(len(ds)))
-                                                      if len(ds) > 1 else math.nan)
-        smooth = c["smoothness"]
-        if smooth:
-            deepest = max(smooth)
-            metrics[f"smoothness_at_depth_{deepest}[{label}]"] = smooth[deepest][0]
-        if axes.get("gate", "rdm") == "rdm" and axes.get("init", "iid") == "smooth":
-            hypothesis.append(label)
-            rules.append(Rule(key, (0.0, None), margin=SE_BAND))
-        if axes.get("init", "iid") == "iid":
-            control.append(label)
-            rules.append(Rule(key, (None, CONTROL_ORDER_MAX), margin=-SE_BAND))
-        sums = [s for s in c["gate_sums"] if math.isfinite(s)]
-        if axes.get("gate") == "rdm" and sums:
-            metrics[f"gate_sum_min[{label}]"] = min(sums)
-            metrics[f"gate_sum_max[{label}]"] = max(sums)
-            rules.append(Rule(f"gate_sum_min[{label}]", (GATE_SUM_RANGE[0], None)))
-            rules.append(Rule(f"gate_sum_max[{label}]", (None, GATE_SUM_RANGE[1])))
-    metrics["hypothesis_cells"], metrics["control_cells"] = len(hypothesis), len(control)
-    rules = [Rule("hypothesis_cells", (1, None)), Rule("control_cells", (1, None)), *rules]
-    verdict = judge(metrics, rules)
-    summary = _summary(cells, hypothesis, control, verdict)
-    return CheckResult(id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
-                       figure=_figure(cells),
-                       measured_text=_measured(cells, hypothesis, control),
-                       theory_text="smooth: d(N) falls; iid: does not")
+        if is_hypothesis(cell):
+            out.append(Rule(key, (0.0, None), margin=SE_BAND))
+        if is_control(cell):
+            out.append(Rule(key, (None, CONTROL_ORDER_MAX), margin=-SE_BAND))
+        if f"gate_sum_min[{label}]" in measured.metrics:
+            out.append(Rule(f"gate_sum_min[{label}]", (GATE_SUM_RANGE[0], None)))
+            out.append(Rule(f"gate_sum_max[{label}]", (None, GATE_SUM_RANGE[1])))
+    return out
 
 
 def _order_text(c: dict) -> str:
     return f"{c['order']:.2f} +/- {c['order_se']:.2f}" if math.isfinite(c["order"]) else "n/a"
 
 
-def _measured(cells, hypothesis, control) -> str:
-    by_label = {cell_label(k): v for k, v in cells.items()}
-    parts = [f"{lab}: order {_order_text(by_label[lab])}" for lab in hypothesis + control]
+def _by_label(measured: Measurement) -> dict[str, dict]:
+    return {cell_label(k): v for k, v in measured.curves["cells"].items()}
+
+
+def headline(measured: Measurement) -> str:
+    """The distance order of every hypothesis and control cell."""
+    by_label = _by_label(measured)
+    parts = [f"{lab}: order {_order_text(by_label[lab])}"
+             for lab in measured.curves["hypothesis"] + measured.curves["control"]]
     return "; ".join(parts) or "no rdm-smooth or iid cell"
 
 
-def _summary(cells, hypothesis, control, verdict) -> str:
-    by_label = {cell_label(k): v for k, v in cells.items()}
+def summary(measured: Measurement, verdict) -> str:
+    by_label = _by_label(measured)
+    hypothesis, control = measured.curves["hypothesis"], measured.curves["control"]
     if not hypothesis or not control:
         missing = " and ".join(w for w, cs in (("an rdm cell with smooth initialisation",
                                                 hypothesis), ("an iid control cell", control))
@@ -184,7 +229,10 @@ def _summary(cells, hypothesis, control, verdict) -> str:
     return "; ".join(words) + f": {outcome}."
 
 
-def _figure(cells):
+def figure(measured: Measurement):
+    """Per cell: d(N) against N, smoothness and the rdm gate sum against depth."""
+    cells = measured.curves["cells"]
+
     def draw(fig):
         ax1, ax2, ax3 = fig.subplots(1, 3)
         for cell, c in cells.items():

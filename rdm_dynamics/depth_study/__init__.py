@@ -1,14 +1,25 @@
 """The depth study behind claims C11 and C12: train a grid of gates x depths x seeds (x
-initialisations, x learning rates) with one recipe, measure every trained run, and judge.
+initialisations, x learning rates) with one recipe, measure every trained run, and judge the
+study claims on the runs (``checks.registry("study")``).
 
-    study = load_study("smoke")                       # a preset, or a study file
-    runs = plan(study, "rdm-study")                   # every run of the grid
+    from pathlib import Path
+
+    from rdm_dynamics.checks.report import render_figures, write_report
+    from rdm_dynamics.depth_study import *
+
+    study = load_study("smoke")                        # a preset, or a study file
+    runs = plan(study, "rdm-study")                    # every run of the grid
     records = StudyRunner("rdm-study", study.measure, jobs=2).run(runs)
-    report = judge_study(study, records, "rdm-study")  # C11 and C12, the report contract
+    results = run_claims(StudyClaimConfig(records, Path("rdm-study/runs")))  # C11 and C12
+    report = study_report(study, results, records, device="cpu", seconds=0.0)
+    write_report("rdm-study", report, render_figures(results),  # verify's report contract
+                 extra={"runs.csv": run_table(records)})
 
-Parts: :mod:`.plan` (study files and the grid), :mod:`.runner` (training, checking and scoring
-each run, resumable), :mod:`.aggregate` (cells and slopes over seeds), :mod:`.depth_consistency`
-(C11) and :mod:`.depth_scaling` (C12).
+Parts: :mod:`.plan` (study files, the presets in ``presets/`` and the grid), :mod:`.runs`
+(training, checking and scoring each run, resumable), :mod:`.aggregate` (what the study claims
+are measured on: the records, their cells and slopes over seeds); here, the claims run on the
+records and the report assembled.  The claims themselves are ``checks.depth_consistency`` (C11)
+and ``checks.depth_scaling`` (C12).
 """
 
 from __future__ import annotations
@@ -16,30 +27,24 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import Path
+import time
 
-from ...files import atomic_write_bytes, atomic_write_json
-from ..report import CheckResult, overall_status, save_figure, versions
-from . import depth_consistency, depth_scaling
+from ..checks import registry, run_claim
+from ..checks.report import CheckResult, overall_status, versions
+from .aggregate import StudyClaimConfig
 from .plan import PRESETS, Study, load_study, plan, preset_path
-from .runner import StudyRunner
+from .runs import StudyRunner
 
 __all__ = ["PRESETS", "Study", "load_study", "plan", "preset_path", "StudyRunner",
-           "judge_study", "run_table", "study_report", "write_outputs", "CLAIMS"]
-
-#: The study's claims, in report order.
-CLAIMS = (depth_consistency, depth_scaling)
+           "StudyClaimConfig", "run_claims", "run_table", "study_report"]
 
 
-def judge_study(records: list[dict], out: str | Path) -> list[CheckResult]:
-    """C11 and C12 on a study's run records (run folders under ``out/runs``)."""
-    import time
-
+def run_claims(config: StudyClaimConfig) -> list[CheckResult]:
+    """Every study claim (C11, C12) on a study's runs, each timed, in claim order."""
     results = []
-    for module in CLAIMS:
+    for module in registry("study").values():
         began = time.perf_counter()
-        result = (module.evaluate(records, Path(out) / "runs") if module is depth_consistency
-                  else module.evaluate(records))
+        result = run_claim(module, config)
         result.seconds = time.perf_counter() - began
         results.append(result)
     return results
@@ -87,15 +92,3 @@ def study_report(study: Study, results: list[CheckResult], records: list[dict], 
             "passed": all(r.passed for r in results), "status": overall_status(results),
             "seconds": round(seconds, 3),
             "versions": versions(), "checks": [r.to_json() for r in results]}
-
-
-def write_outputs(out: Path, report: dict, results: list[CheckResult], records: list[dict],
-                  figures: bool = True) -> None:
-    """report.json, runs.csv and one figure per claim, each written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    if figures:
-        for r in results:
-            if r.figure is not None:
-                save_figure(r.figure, out / f"{r.id}.png")
-    atomic_write_bytes(out / "runs.csv", run_table(records))
-    atomic_write_json(out / "report.json", report)

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
-from ...cli import UsageError
-from ...files import atomic_write_bytes, atomic_write_json
-from ...training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from ...training.settings import FLAG_ONLY, SETTINGS
+from ..cli import UsageError
+from ..files import atomic_write_bytes, atomic_write_json
+from ..training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from ..training.settings import FLAG_ONLY, SETTINGS
 from .plan import MeasureConfig, RunSpec
 
 __all__ = ["StudyRunner", "measurement_path", "TRAIN_FAILED"]
@@ -190,7 +190,7 @@ class StudyRunner:
                 for c in checks}
 
     def _judge(self, kind: str, size: int, frames: int | None):
-        from ...training.metrics import DigitJudge
+        from ..training.metrics import DigitJudge
 
         key = (kind, size, frames)
         with self._lock:
@@ -212,10 +212,10 @@ class StudyRunner:
             return self._quality(ckpt, n)
 
     def _quality(self, ckpt, n: int) -> dict:
-        from ...models import load_model
-        from ...sde import make_sde
-        from ...training.sampling import cycle_labels, generate
-        from ...training.settings import TrainConfig
+        from ..models import load_model
+        from ..sde import make_sde
+        from ..training.sampling import cycle_labels, generate
+        from ..training.settings import TrainConfig
 
         net = load_model(ckpt, "ema")
         trained = TrainConfig.from_json(ckpt.meta["train_config"])

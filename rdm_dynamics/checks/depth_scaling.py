@@ -1,7 +1,8 @@
 """C12 `depth-scaling`: does quality hold with depth under rdm gates, and degrade under plain?
 
 Statement (DESIGN.md section 3b; a hypothesis, measured).  At fixed width, recipe and step
-budget, across a ladder of depths and the gates, with seeds, four figures of each trained run:
+budget, across a ladder of depths and the gates, with seeds, four figures of each trained run of
+a depth study (``depth_study.aggregate.StudyClaimConfig``: the run records):
 
     excess_risk      the exact excess denoising risk, mean over t-bins (C10 ``denoising-risk``,
                      metric ``excess_risk_mean``; data of known law only)
@@ -10,17 +11,16 @@ budget, across a ladder of depths and the gates, with seeds, four figures of eac
                      ``trained-propagation``, metric ``output_error_bf16``)
     sensitivity      |p_0| / |p_L| (C9 ``trained-sensitivity``, metric ``sensitivity_ratio``)
 
-For each cell (``aggregate``) and figure: the slope of log(figure) against log(depth), mean over
-seeds with its standard error.  Runs whose training diverged are counted; they have no figures.
+For each cell (``depth_study.aggregate``) and figure: the slope of log(figure) against
+log(depth), mean over seeds with its standard error.  Runs whose training diverged are counted;
+they have no figures.
 
-Pass rules (the paper's hypothesis as DESIGN.md states it), with s0 = HOLD_SLOPE = 0.1 (a rise
-of 7% per doubling of depth) as the line between holding and degrading.  rdm cells: quality holds
-or improves (slopes of excess_risk and fd_ratio <= s0, consistent within 2 standard errors), the
-bf16 error and the sensitivity stay bounded in depth (slopes <= s0 within 2 standard errors), no
-run diverged.  plain cells: quality degrades (slope of excess_risk > s0 beyond 2 standard errors;
+Gated (``rules``; the paper's hypothesis as DESIGN.md states it), with ``HOLD_SLOPE`` as the line
+between holding and degrading.  rdm cells: quality holds or improves (the slopes of excess_risk
+and fd_ratio consistent with holding), the bf16 error and the sensitivity stay bounded in depth,
+no run diverged.  plain cells: quality degrades (the slope of excess_risk beyond holding; of
 fd_ratio where the data have no known law).  Other gates are measured and reported, not gated.
-A study without
-an rdm and a plain cell cannot state the hypothesis: its cell-count rules fail.
+A study without an rdm and a plain cell cannot state the hypothesis: its cell-count rules fail.
 
 When the learning rate is an axis, the best learning rate at each depth (lowest mean excess risk,
 or FD ratio, over seeds) is reported, and whether it is the same at every depth (reported, not
@@ -34,10 +34,18 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..report import CheckResult
-from ..rules import Rule, judge
-from .aggregate import by_cell, cell_label, cell_style, log_slope_over_seeds, mean_by_depth
+from ..depth_study.aggregate import (
+    StudyClaimConfig,
+    by_cell,
+    cell_label,
+    cell_style,
+    log_slope_over_seeds,
+    mean_by_depth,
+)
+from .claim import Measurement
+from .rules import Rule
 
+KIND = "study"
 CLAIM = "C12"
 ID = "depth-scaling"
 TITLE = "quality holds with depth under rdm gates and degrades under plain residuals"
@@ -46,6 +54,7 @@ SE_BAND = 2.0
 #: The slope of log(figure) against log(depth) below which a figure "holds" in depth: 0.1 is a
 #: rise of 7% per doubling of depth.  Above it (beyond 2 standard errors) a figure "degrades".
 HOLD_SLOPE = 0.1
+THEORY = f"rdm: slopes <= {HOLD_SLOPE}; plain: > {HOLD_SLOPE}"
 
 #: figure name -> (where in a run record, what it is)
 FIGURES = {
@@ -85,50 +94,59 @@ def _slope(seeds: dict, name: str) -> tuple[float, float, int]:
     return slope, se, len(per_seed)
 
 
-def evaluate(records: list[dict]) -> CheckResult:
-    """C12's metrics, rules and summary from a study's run records."""
-    cells = by_cell(records)
-    metrics: dict[str, float] = {}
-    rules: list[Rule] = []
-    table = {}
-    counts = {"rdm": 0, "plain": 0}
-    for cell, seeds in cells.items():
-        axes, label = dict(cell), cell_label(cell)
-        gate = axes.get("gate", "rdm")
-        row = {}
-        for name in FIGURES:
-            slope, se, n = _slope(seeds, name)
-            if n == 0:
-                continue
+def cell_metrics(cell: tuple, seeds: dict) -> dict[str, float]:
+    """One cell's metrics: the slope of each figure measured (with its standard error) and the
+    number of runs that diverged."""
+    label = cell_label(cell)
+    metrics = {}
+    for name in FIGURES:
+        slope, se, n = _slope(seeds, name)
+        if n:
             key = f"slope_{name}[{label}]"
             metrics[key], metrics[f"{key}_se"] = slope, se
-            row[name] = (slope, se)
-        diverged = sum(r.get("train_status") == "diverged" for ladder in seeds.values()
-                       for r in ladder.values())
-        metrics[f"diverged_runs[{label}]"] = diverged
-        if gate == "rdm":
-            counts["rdm"] += 1
-            rules.append(Rule(f"diverged_runs[{label}]", (0, 0)))
-            for name in (*QUALITY, *BOUNDED):
-                if name in row:
-                    rules.append(Rule(f"slope_{name}[{label}]", (None, HOLD_SLOPE),
-                                      margin=-SE_BAND))
-        elif gate == "plain":
-            counts["plain"] += 1
-            name = "excess_risk" if "excess_risk" in row else "fd_ratio"
-            rules.append(Rule(f"slope_{name}[{label}]", (HOLD_SLOPE, None), margin=SE_BAND))
+    metrics[f"diverged_runs[{label}]"] = sum(r.get("train_status") == "diverged"
+                                             for ladder in seeds.values() for r in ladder.values())
+    return metrics
+
+
+def _gate(cell: tuple) -> str:
+    return dict(cell).get("gate", "rdm")
+
+
+def measure(config: StudyClaimConfig) -> Measurement:
+    """C12's metrics on a study's run records; ``curves``: the cells, each figure's mean and
+    standard error per depth and cell (``table``) and the best learning rates (``best_lr``)."""
+    cells = by_cell(config.records)
+    metrics: dict[str, float] = {}
+    table = {}
+    for cell, seeds in cells.items():
+        metrics.update(cell_metrics(cell, seeds))
         table[cell] = {name: mean_by_depth(seeds, lambda r, n=name: figure_of(r, n))
                        for name in FIGURES}
-    metrics["rdm_cells"], metrics["plain_cells"] = counts["rdm"], counts["plain"]
-    rules = [Rule("rdm_cells", (1, None)), Rule("plain_cells", (1, None)), *rules]
-    best, best_series = _best_learning_rates(records)
+    metrics["rdm_cells"] = sum(_gate(cell) == "rdm" for cell in cells)
+    metrics["plain_cells"] = sum(_gate(cell) == "plain" for cell in cells)
+    best, best_series = _best_learning_rates(config.records)
     metrics.update(best)
-    verdict = judge(metrics, rules)
-    return CheckResult(id=ID, claim=CLAIM, metrics=metrics, verdict=verdict,
-                       summary=_summary(cells, metrics, verdict),
-                       figure=_figure(table, best_series),
-                       measured_text=_measured(cells, metrics),
-                       theory_text=f"rdm: slopes <= {HOLD_SLOPE}; plain: > {HOLD_SLOPE}")
+    return Measurement(metrics, config, curves={"cells": cells, "table": table,
+                                                 "best_lr": best_series})
+
+
+def rules(measured: Measurement) -> list[Rule]:
+    """At least one rdm and one plain cell; per cell, in the cells' order: rdm runs never
+    diverge and every figure measured holds in depth; plain quality degrades (its excess risk,
+    else its FD ratio)."""
+    out = [Rule("rdm_cells", (1, None)), Rule("plain_cells", (1, None))]
+    m = measured.metrics
+    for cell in measured.curves["cells"]:
+        label, gate = cell_label(cell), _gate(cell)
+        if gate == "rdm":
+            out.append(Rule(f"diverged_runs[{label}]", (0, 0)))
+            out += [Rule(f"slope_{name}[{label}]", (None, HOLD_SLOPE), margin=-SE_BAND)
+                    for name in (*QUALITY, *BOUNDED) if f"slope_{name}[{label}]" in m]
+        elif gate == "plain":
+            name = "excess_risk" if f"slope_excess_risk[{label}]" in m else "fd_ratio"
+            out.append(Rule(f"slope_{name}[{label}]", (HOLD_SLOPE, None), margin=SE_BAND))
+    return out
 
 
 def _best_learning_rates(records: list[dict]) -> tuple[dict[str, float], dict]:
@@ -161,7 +179,9 @@ def _slope_text(metrics, name, label) -> str:
     return f"{name} {metrics[key]:+.2f} +/- {metrics.get(key + '_se', math.nan):.2f}"
 
 
-def _measured(cells, metrics) -> str:
+def headline(measured: Measurement) -> str:
+    """The quality slope (excess risk, else FD ratio) of every rdm and plain cell."""
+    cells, metrics = measured.curves["cells"], measured.metrics
     parts = []
     for cell in cells:
         axes, label = dict(cell), cell_label(cell)
@@ -171,7 +191,8 @@ def _measured(cells, metrics) -> str:
     return "; ".join(parts) or "no rdm or plain cell"
 
 
-def _summary(cells, metrics, verdict) -> str:
+def summary(measured: Measurement, verdict) -> str:
+    cells, metrics = measured.curves["cells"], measured.metrics
     if not metrics["rdm_cells"] or not metrics["plain_cells"]:
         return ("C12 cannot be stated on this study: it needs an rdm and a plain cell, each on "
                 "a ladder of depths.")
@@ -189,10 +210,10 @@ def _summary(cells, metrics, verdict) -> str:
     return "; ".join(words) + f". {outcome}."
 
 
-def _figure(table, best_lr=None):
+def figure(measured: Measurement):
     """Each figure against depth per cell, with standard-error bars; and, when the learning
-    rate was swept, the best learning rate against depth per cell (``best_lr``)."""
-    best_lr = best_lr or {}
+    rate was swept, the best learning rate against depth per cell."""
+    table, best_lr = measured.curves["table"], measured.curves["best_lr"]
 
     def draw(fig):
         axes = fig.subplots(1, len(FIGURES) + bool(best_lr))
