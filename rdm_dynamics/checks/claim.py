@@ -3,8 +3,8 @@
 A claim module (one per claim: ``depth_limit``, ``pf_ode``, ...) declares
 
 * ``CLAIM`` ("C1", ...), ``ID`` (the name ``--only`` takes), ``TITLE``, ``THEORY`` (what theory
-  says, for the table's theory column) and optionally ``KIND`` (``checks.KINDS``) and ``COST``
-  (a scheduling hint for the workers);
+  says, for the table's theory column) and optionally ``COST`` (a scheduling hint for the
+  workers); its kind is where ``checks.CLAIM_MODULES`` lists it;
 * ``measure(config, **controls) -> Measurement``: the metrics (numbers only, each sample estimate
   ``x`` with its standard error ``x_se``) and the curves its figure draws.  No judging: a measure
   function never looks at a pass band.  Keyword arguments plant the check's negative controls;

@@ -47,7 +47,6 @@ from ..depth_study.aggregate import (
 from .claim import Measurement
 from .rules import Rule
 
-KIND = "study"
 CLAIM = "C11"
 ID = "depth-consistency"
 TITLE = "trained N and 2N models agree at equal tau when initialised smoothly in depth"

@@ -45,7 +45,6 @@ from ..depth_study.aggregate import (
 from .claim import Measurement
 from .rules import Rule
 
-KIND = "study"
 CLAIM = "C12"
 ID = "depth-scaling"
 TITLE = "quality holds with depth under rdm gates and degrades under plain residuals"
