@@ -70,6 +70,7 @@ from .problems import (
     SDE_NAMES,
     data_laws,
     denoising_stack,
+    output_law_bounds,
     output_law_metrics,
     output_law_rules,
     reference_config,
@@ -346,8 +347,8 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     order_metrics, order_rule_list = rules(sdes, list(laws), z_bound, ladder, strong,
                                            weak_by_sde, layer_by_sde)
     metrics.update(order_metrics)
-    output_rules, critical = output_law_rules(sdes, len(laws["mixture"].weights), n_out)
-    metrics.update(critical)
+    metrics.update(output_law_bounds(sdes, len(laws["mixture"].weights)))
+    output_rules = output_law_rules(metrics, sdes)
     families = {"strong_order": [metrics[f"strong_order_{s}_{law}"] for s in sdes for law in laws],
                 "weak_order": [metrics[f"weak_order_{s}"] for s in sdes],
                 "layer_w2_order": [metrics[f"layer_w2_order_{s}"] for s in sdes]}
