@@ -157,13 +157,13 @@ def test_only_learnable_gates_take_the_closed_form(gating, learnable):
 
 
 def test_layer_laws_of_an_overflowing_stack_are_flagged():
-    """Plain gates blow the law up: the layer laws say so (not finite, W2 NaN), no exception."""
+    """Plain gates blow the law up: the layer laws say so (not proper, W2 NaN), no exception."""
     law, sde = random_gaussian(2, 2), VESDE()
     stack = eigen_stack(law, sde, 256, gating="plain", stochastic=True, span=(1.0, 1e-3))
     p_eps = eigen_law(law, law.marginal(sde, 1e-3))
     laws = layer_laws(stack, eigen_law(law, law.marginal(sde, 1.0)), p_eps.mean, p_eps.cov,
                       layers=-1)
-    assert not laws.finite
+    assert not laws.proper
     assert not math.isfinite(float(laws.w2))
 
 

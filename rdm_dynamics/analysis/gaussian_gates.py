@@ -171,9 +171,9 @@ def install_gates(stack: GatedResidualStack, gates: dict[str, torch.Tensor]) -> 
 class LayerLaws:
     """The exact laws of a stack's layers beside the laws they should equal.
 
-    ``means`` (L + 1, d) and ``covs`` (L + 1, d, d): Law(z_i), i = 0..L (inf or NaN where the
-    stack diverges); ``exact_means`` and ``exact_covs``: the laws the ``layers`` (an index or a
-    slice of 0..L) are compared with.  The errors are those of the compared layers.
+    ``means`` (L + 1, d) and ``covs`` (L + 1, d, d): Law(z_i), i = 0..L, as propagated (inf or
+    NaN where the stack diverges); ``exact_means`` and ``exact_covs``: the laws the ``layers``
+    (an index or a slice of 0..L) are compared with.  The errors are those of the compared layers.
     """
 
     means: torch.Tensor
@@ -183,10 +183,14 @@ class LayerLaws:
     layers: int | slice
 
     @property
-    def finite(self) -> bool:
-        """Whether every layer's law is finite (gates that are not ODE-consistent, such as
-        ``plain``, blow it up)."""
-        return bool(torch.isfinite(self.means).all() and torch.isfinite(self.covs).all())
+    def proper(self) -> bool:
+        """Whether every layer's law is a proper Gaussian: finite moments and a positive definite
+        covariance (gates that are not ODE-consistent, such as ``plain``, blow the law up or
+        lose its positivity to rounding)."""
+        if not (torch.isfinite(self.means).all() and torch.isfinite(self.covs).all()):
+            return False
+        symmetric = 0.5 * (self.covs + self.covs.mT)
+        return bool((torch.linalg.eigh(symmetric).eigenvalues.amin(-1) > 0).all())
 
     @property
     def mean_error(self) -> torch.Tensor:

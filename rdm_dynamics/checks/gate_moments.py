@@ -194,8 +194,8 @@ class GaussianProblem:
             pf_err = _worst(pf_err, float((from_eigen(law, states[i]) - exact).norm(dim=-1).max())
                             / scale)
             sde_err = _worst(sde_err, mean_errors[i] / scale, cov_errors[i] / scale**2)
-        # a law that overflowed anywhere has an infinite error
-        return {"pf": pf_err, "sde": sde_err if laws.finite else math.inf}
+        # a law that overflowed (or lost its positivity) anywhere has an infinite error
+        return {"pf": pf_err, "sde": sde_err if laws.proper else math.inf}
 
     def depth_errors(self, depth: int, gating: str, x_T: torch.Tensor, *, closed_form: bool,
                      time_shift: float = 0.0) -> dict[str, float]:
@@ -241,7 +241,7 @@ class GaussianProblem:
             install_gates(stack, fit.gates())
             groups.append(studentised_terms(stack.gates(), fit.standard_errors(), closed))
             out = layer_laws(stack, p_T, p_eps.mean, p_eps.cov, layers=-1)
-            if not out.finite:  # the law overflowed
+            if not out.proper:  # the law overflowed
                 mean_errs.append(math.inf)
                 cov_errs.append(math.inf)
                 continue
