@@ -309,13 +309,13 @@ def test_fixed_gates_fail(gating, must_fail):
 
 def test_gates_on_the_wrong_times_fail():
     """Gates computed and fitted on a grid shifted by 0.02 (about five steps at L = 256)."""
-    result = c4.measure(CheckConfig(depth=32, quick=True), time_shift=0.02)
+    result = run_claim(c4, CheckConfig(depth=32, quick=True), time_shift=0.02)
     assert not result.passed
     assert {"closed_form_error", "learned_gate_error"} <= failed_metrics(result), result.summary
 
 
 def test_a_half_step_shift_breaks_exactness():
-    result = c4.measure(CheckConfig(depth=32, quick=True), time_shift=0.5 * (1 - 1e-3) / 32)
+    result = run_claim(c4, CheckConfig(depth=32, quick=True), time_shift=0.5 * (1 - 1e-3) / 32)
     assert result.metrics["closed_form_error"] > 1e-6
     assert not result.passed
 
