@@ -161,7 +161,7 @@ def reference_config(config: CheckConfig) -> CheckConfig:
 # Independent references for the denoising checks (C2, C3): no score, no laws.py marginal code
 # ------------------------------------------------------------------------------------------------
 
-#: Tolerances of the law references in float64 (all exact up to rounding, measured <= 1e-11):
+#: Tolerances of the law references in float64 (all exact up to rounding):
 #: the relative Fokker-Planck residual (derivatives by autograd), and the log-density and score
 #: errors against torch.distributions with quadrature coefficients.
 FOKKER_PLANCK_TOL = 1e-9

@@ -130,8 +130,8 @@ def path_statistics(path: BrownianPath, steps: list[int], generator) -> dict[str
     halves| over the levels (the path is one path).  Returns the smallest p-value times the
     number of tests (``path_bonferroni_p``, at most 1), the number of tests (``path_tests``) and
     the consistency error (``path_refinement_error``)."""
-    from scipy.stats import kstest, norm  # here: scipy.stats costs 0.7 s to import, which every
-    # process that lists the checks (verify --ckpt, its workers) would pay for nothing
+    from scipy.stats import kstest, norm  # here: scipy.stats is slow to import, and every
+    # process that lists the checks (verify --ckpt, its workers) would pay for it for nothing
 
     p_values, consistency = [], 0.0
     previous = None
@@ -351,6 +351,7 @@ def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float 
     curves: dict[str, dict] = {"strong": {}, "weak": {}, "layer": {}}
     z_max, z_count = 0.0, 0
     with torch.no_grad():
+        # the stream's first draws: the first SDE's strong draws, the path tests between them
         first, references = shared_references(make_sde(sdes[0]), laws, g, config)
         for sde_name in sdes:
             sde = make_sde(sde_name)
