@@ -5,13 +5,13 @@ sub-VP) with a small ladder (L = 16..128, quick samples), where the true PF-ODE 
 asymptotic regime, so that each negative control is seen to fail where the true one passes.
 """
 
-import inspect
 import json
 import math
 
 import pytest
 import torch
 
+from rdm_dynamics.analysis.gaussian_gates import layer_laws
 from rdm_dynamics.checks import CheckConfig, pf_ode, registry, run_claim
 from rdm_dynamics.checks.problems import EPS, data_laws, denoising_stack, sample_prior
 from rdm_dynamics.laws import GaussianMixture
@@ -23,7 +23,7 @@ SDES = ("vp", "subvp")
 
 @pytest.fixture(scope="module")
 def true_result():
-    return pf_ode.measure(SMALL, sdes=SDES)
+    return run_claim(pf_ode, SMALL, sdes=SDES)
 
 
 def test_registered_as_c2():
@@ -58,22 +58,12 @@ def test_report_contract(true_result):
     assert r.summary and r.measured_text and r.theory_text and r.figure is not None
 
 
-def test_run_is_measure_with_the_true_pf_ode(monkeypatch):
-    defaults = {k: p.default for k, p in inspect.signature(pf_ode.measure).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    assert defaults == {"score_sign": 1.0, "pf_weight": 0.5, "sdes": ("vp", "subvp", "ve")}
-    calls = []
-    monkeypatch.setattr(pf_ode, "measure", lambda config, **kw: calls.append((config, kw)))
-    run_claim(pf_ode, SMALL)
-    assert calls == [(SMALL, {})]
-
-
 @pytest.mark.parametrize("control", [{"score_sign": -1.0}, {"pf_weight": 1.0}],
                          ids=["wrong-score-sign", "no-one-half"])
 def test_negative_controls_fail(control):
     """A score of the wrong sign and the PF-ODE drift without its 1/2 (the reverse-SDE drift
     without noise) converge to another flow: the error against the PF-ODE does not vanish."""
-    r = pf_ode.measure(SMALL, sdes=("vp",), **control)
+    r = run_claim(pf_ode, SMALL, sdes=("vp",), **control)
     assert not r.passed
     orders = [f"order_vp_{law}" for law in ("gaussian", "mixture")]
     assert all(not 0.85 <= r.metrics[k] <= 1.15 for k in orders), r.metrics
@@ -84,7 +74,7 @@ def test_negative_controls_fail(control):
 @pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
 def test_gates_that_are_not_ode_consistent_fail(gating):
     config = CheckConfig(depth=128, ladder=SMALL.ladder, quick=True, gating=gating)
-    r = pf_ode.measure(config, sdes=("vp",))
+    r = run_claim(pf_ode, config, sdes=("vp",))
     assert not r.passed
     assert all(not 0.85 <= r.metrics[k] <= 1.15 for k in r.expected)
 
@@ -113,12 +103,15 @@ def test_dopri5_reference_reproduces_the_closed_form_flow():
         assert float((closed - numeric).abs().max()) < 1e-8 * scale, name
 
 
-def test_transport_errors_vanish_for_the_exact_flow_map_and_not_for_the_stack():
+def test_output_law_w2_falls_with_h():
+    """The stack's exact output law (z_0 ~ p_T, Gaussian data) against p_eps, as C2 measures it:
+    its W2 distance is positive and halves when h does."""
     config = CheckConfig(quick=True, gating="euler")
     law = data_laws(config, config.generator(2))["gaussian"]
     sde = make_sde("vp")
-    errors = [pf_ode.transport_errors(denoising_stack(sde, law, L, config,
-                                                      probability_flow=True), law, sde)[2]
+    p_T, p_eps = law.marginal(sde, sde.T), law.marginal(sde, EPS)
+    errors = [float(layer_laws(denoising_stack(sde, law, L, config, probability_flow=True), p_T,
+                               p_eps.mean, p_eps.cov, layers=-1).w2)
               for L in (32, 64)]
     assert 1.8 < errors[0] / errors[1] < 2.2  # W2(p_eps) halves with h
     assert all(math.isfinite(e) and e > 0 for e in errors)

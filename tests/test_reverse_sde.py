@@ -5,7 +5,6 @@ As for C2, the check's own code runs on VP with a small ladder (L = 16..128, qui
 the true stack is in its asymptotic regime; the full check runs in ``verify``.
 """
 
-import inspect
 import math
 
 import pytest
@@ -24,7 +23,7 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def true_result():
-    return reverse_sde.measure(SMALL, sdes=("vp",))
+    return run_claim(reverse_sde, SMALL, sdes=("vp",))
 
 
 def test_registered_as_c3():
@@ -57,32 +56,21 @@ def test_sampled_figures_carry_standard_errors(true_result):
     assert true_result.expected["moment_z_max"] == [0.0, m["moment_z_bound"]]
 
 
-def test_run_is_measure_with_the_true_reverse_sde(monkeypatch):
-    defaults = {k: p.default for k, p in
-                inspect.signature(reverse_sde.measure).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    assert defaults == {"score_sign": 1.0, "noise_power": 0.5, "sdes": ("vp", "subvp", "ve")}
-    calls = []
-    monkeypatch.setattr(reverse_sde, "measure", lambda config, **kw: calls.append((config, kw)))
-    run_claim(reverse_sde, SMALL)
-    assert calls == [(SMALL, {})]
-
-
 @pytest.mark.parametrize("control", [{"score_sign": -1.0}, {"noise_power": 1.0}],
                          ids=["wrong-score-sign", "noise-scaled-by-h"])
 def test_negative_controls_fail(control):
     """Wrong score sign: the stack follows another SDE.  Noise g h instead of g sqrt(h): the
     stack's noise vanishes in the limit (the PF-ODE's drift without its 1/2, with no noise), so
     neither its paths nor its laws converge to the reverse SDE's.  Every order fails."""
-    r = reverse_sde.measure(SMALL, sdes=("vp",), **control)
+    r = run_claim(reverse_sde, SMALL, sdes=("vp",), **control)
     assert not r.passed
     assert_every_claim_fails(r)
 
 
 @pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
 def test_gates_that_are_not_ode_consistent_fail(gating):
-    r = reverse_sde.measure(CheckConfig(depth=128, ladder=SMALL.ladder, quick=True,
-                                        gating=gating), sdes=("vp",))
+    r = run_claim(reverse_sde, CheckConfig(depth=128, ladder=SMALL.ladder, quick=True,
+                                           gating=gating), sdes=("vp",))
     assert not r.passed
     assert_every_claim_fails(r)
 

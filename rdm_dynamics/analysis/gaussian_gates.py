@@ -22,20 +22,27 @@ Euler gates are h times the coefficients of the denoising field, which is affine
 data: v(y, t) = a(t) y + b(t) in eigen-coordinates (``DenoisingCoefficients`` reads a and b off
 ``sde.reverse(score).denoising_field``), with noise coefficient g(t) for the reverse SDE.  The
 rdm schedule initialises its learnable gates there; ``install_gates`` then replaces them.
+
+Layer laws.  Where every unit is affine (the stacks above; a denoising stack of Gaussian data
+with the exact score, C2 and C3), the law of every layer started from a Gaussian is Gaussian and
+is propagated exactly: ``layer_laws`` carries it from the input law through the stack and holds
+it against the exact laws (mean and covariance errors, W2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..laws import Gaussian
 from ..sde import SDE
 from ..stack import GatedResidualStack
+from ..stats import gaussian_w2_moments
 
 __all__ = ["identity", "to_eigen", "from_eigen", "eigen_law", "closed_form_gates",
-           "DenoisingCoefficients", "eigen_stack", "install_gates", "affine_stack_laws"]
+           "DenoisingCoefficients", "eigen_stack", "install_gates", "LayerLaws", "layer_laws"]
 
 
 def identity(z: torch.Tensor, t=None) -> torch.Tensor:
@@ -160,20 +167,58 @@ def install_gates(stack: GatedResidualStack, gates: dict[str, torch.Tensor]) -> 
     return True
 
 
-def affine_stack_laws(stack: GatedResidualStack, law_in: Gaussian) -> list[Gaussian]:
-    """Law(z_i), i = 0..L, of a stack with F(z) = z started from z_0 ~ ``law_in`` (exact).
+@dataclass(frozen=True)
+class LayerLaws:
+    """The exact laws of a stack's layers beside the laws they should equal.
 
-    Unit i is y -> (1 + alpha_i) y + beta_i + gamma_i xi, so Law(z_{i+1}) is the Gaussian
-    pushforward of Law(z_i) (``GatedResidualStack.propagate_moments``).  Raises ValueError when
-    the law overflows (gates that are not ODE-consistent, such as ``plain``, blow it up).
+    ``means`` (L + 1, d) and ``covs`` (L + 1, d, d): Law(z_i), i = 0..L, as propagated (inf or
+    NaN where the stack diverges); ``exact_means`` and ``exact_covs``: the laws the ``layers``
+    (an index or a slice of 0..L) are compared with.  The errors are those of the compared layers.
     """
-    if stack.residuals[0] is not identity or not stack.shared_residual:
-        raise ValueError("affine_stack_laws needs a stack with F(z) = z")
+
+    means: torch.Tensor
+    covs: torch.Tensor
+    exact_means: torch.Tensor
+    exact_covs: torch.Tensor
+    layers: int | slice
+
+    @property
+    def proper(self) -> bool:
+        """Whether every layer's law is a proper Gaussian: finite moments and a positive definite
+        covariance (gates that are not ODE-consistent, such as ``plain``, blow the law up or
+        lose its positivity to rounding)."""
+        if not (torch.isfinite(self.means).all() and torch.isfinite(self.covs).all()):
+            return False
+        symmetric = 0.5 * (self.covs + self.covs.mT)
+        return bool((torch.linalg.eigh(symmetric).eigenvalues.amin(-1) > 0).all())
+
+    @property
+    def mean_error(self) -> torch.Tensor:
+        """|m_i - m*_i| of the compared layers."""
+        return (self.means[self.layers] - self.exact_means).norm(dim=-1)
+
+    @property
+    def cov_error(self) -> torch.Tensor:
+        """|S_i - S*_i|_F of the compared layers."""
+        return torch.linalg.matrix_norm(self.covs[self.layers] - self.exact_covs)
+
+    @property
+    def w2(self) -> torch.Tensor:
+        """W2(N(m_i, S_i), N(m*_i, S*_i)) of the compared layers (NaN where not finite)."""
+        return gaussian_w2_moments(self.means[self.layers], self.covs[self.layers],
+                                   self.exact_means, self.exact_covs)
+
+
+def layer_laws(stack: GatedResidualStack, law_in: Gaussian, exact_means: torch.Tensor,
+               exact_covs: torch.Tensor, *, layers: int | slice = slice(None)) -> LayerLaws:
+    """Law(z_i), i = 0..L, of a stack whose units are affine, started from z_0 ~ ``law_in``,
+    against the exact laws ``exact_means``, ``exact_covs`` of its ``layers``.
+
+    Unit i is z -> A_i z + c_i + gamma_i xi, so Law(z_{i+1}) is the Gaussian pushforward of
+    Law(z_i) (``GatedResidualStack.propagate_moments``): propagated exactly, in the stack's dtype
+    and device, and compared in ``law_in``'s.
+    """
     with torch.no_grad():
         means, covs = stack.propagate_moments(law_in.mean.to(stack.times),
                                               law_in.cov.to(stack.times))
-    finite = torch.isfinite(means).all(-1) & torch.isfinite(covs).flatten(1).all(-1)
-    if not finite.all():
-        raise ValueError(f"the stack's law overflows at unit {int((~finite).nonzero()[0]) - 1}")
-    return [Gaussian(m.to(law_in.mean), S.to(law_in.mean))
-            for m, S in zip(means, covs, strict=True)]
+    return LayerLaws(means.to(law_in.mean), covs.to(law_in.mean), exact_means, exact_covs, layers)

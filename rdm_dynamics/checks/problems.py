@@ -85,6 +85,14 @@ EPS = 1e-3
 #: The SDE families of both checks, and how the summaries name them.
 SDE_NAMES = ("vp", "subvp", "ve")
 NAMES = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
+#: The data laws of both checks (``data_laws``), in the order they are drawn.
+LAW_NAMES = ("gaussian", "mixture")
+
+
+def measured_sdes(metrics) -> list[str]:
+    """The SDEs a denoising check measured, in the order it measured them: those with an
+    output-law metric (``output_law_metrics``)."""
+    return [name for key in metrics for name in SDE_NAMES if key == f"output_energy_{name}"]
 
 
 def data_laws(config: CheckConfig, generator) -> dict[str, Gaussian | GaussianMixture]:
@@ -99,9 +107,10 @@ def data_laws(config: CheckConfig, generator) -> dict[str, Gaussian | GaussianMi
     flow's Lipschitz constant, which is large near separatrices.)
     """
     dim = 3 if config.quick else 4
-    return {"gaussian": Gaussian.random(dim, eigen_range=(0.25, 2.0), generator=generator),
-            "mixture": GaussianMixture.random(4, 2, radius=2.0, eigen_range=(0.3, 0.8),
-                                              generator=generator)}
+    gaussian = Gaussian.random(dim, eigen_range=(0.25, 2.0), generator=generator)
+    mixture = GaussianMixture.random(4, 2, radius=2.0, eigen_range=(0.3, 0.8),
+                                     generator=generator)
+    return dict(zip(LAW_NAMES, (gaussian, mixture), strict=True))
 
 
 def score_fn(law, sde: SDE, scale: float = 1.0) -> DiffusedScore:
@@ -152,7 +161,7 @@ def reference_config(config: CheckConfig) -> CheckConfig:
 # Independent references for the denoising checks (C2, C3): no score, no laws.py marginal code
 # ------------------------------------------------------------------------------------------------
 
-#: Tolerances of the law references in float64 (all exact up to rounding, measured <= 1e-11):
+#: Tolerances of the law references in float64 (all exact up to rounding):
 #: the relative Fokker-Planck residual (derivatives by autograd), and the log-density and score
 #: errors against torch.distributions with quadrature coefficients.
 FOKKER_PLANCK_TOL = 1e-9
@@ -252,22 +261,28 @@ def output_law_metrics(run_stack, law: GaussianMixture, sde: SDE, generator, n: 
             f"output_share_z_{name}": _nan_as_inf(share)}
 
 
-def output_law_rules(sdes, components: int, n: int) -> tuple[list, dict[str, float]]:
-    """The rules of :func:`output_law_metrics` at family-wise false-alarm rate
-    ``OUTPUT_FALSE_ALARM`` over the SDEs (Bonferroni): the energy distance at most its one-sided
-    Student-t quantile of standard errors above 0 (n / 100 blocks), every component share within
-    the two-sided normal quantile.  Returns the rules and the two critical values.  (``n`` is
-    kept for the callers; the energy distance always has ``OUTPUT_BLOCKS`` blocks.)"""
+def output_law_bounds(sdes, components: int) -> dict[str, float]:
+    """The critical values of the tests of :func:`output_law_metrics` for mixture data with
+    ``components`` components, at family-wise false-alarm rate ``OUTPUT_FALSE_ALARM`` over the
+    SDEs (Bonferroni): ``output_energy_k``, the one-sided Student-t quantile of the energy
+    distance in standard errors (``OUTPUT_BLOCKS`` blocks), and ``output_share_z_bound``, the
+    two-sided normal quantile of every component share."""
     from scipy.stats import norm
     from scipy.stats import t as student
 
+    alpha = OUTPUT_FALSE_ALARM / (2 * len(sdes))
+    return {"output_energy_k": float(student.isf(alpha, OUTPUT_BLOCKS - 1)),
+            "output_share_z_bound": float(norm.isf(alpha / (2 * components)))}
+
+
+def output_law_rules(metrics, sdes) -> list:
+    """The rules of :func:`output_law_metrics`, with the critical values of
+    :func:`output_law_bounds` (in ``metrics``): the energy distance at most ``output_energy_k``
+    standard errors above 0, every component share within ``output_share_z_bound``."""
     from .rules import Rule
 
-    alpha = OUTPUT_FALSE_ALARM / (2 * len(sdes))
-    k_energy = float(student.isf(alpha, OUTPUT_BLOCKS - 1))
-    z_share = float(norm.isf(alpha / (2 * components)))
     out = []
     for s in sdes:
-        out += [Rule(f"output_energy_{s}", (0.0, 0.0), margin=-k_energy),
-                Rule(f"output_share_z_{s}", (0.0, z_share))]
-    return out, {"output_energy_k": k_energy, "output_share_z_bound": z_share}
+        out += [Rule(f"output_energy_{s}", (0.0, 0.0), margin=-metrics["output_energy_k"]),
+                Rule(f"output_share_z_{s}", (0.0, metrics["output_share_z_bound"]))]
+    return out

@@ -6,117 +6,118 @@ eps = 1e-3, residual F(z, t) = -(f(t) z - g(t)^2 s(z, t)) with the exact score, 
 Brownian path per sample, refined dyadically so that every rung of the ladder sees the same path.
 Inputs are exact samples of p_T.
 
+Claim: strong order 1 (the noise is additive), weak order 1, and every layer's law within O(h)
+of p_{t_i}.  Every order is gated fitted on the ladder, end to end (``_span``: the deepest error
+below the coarsest by the factor the order implies) and between the two deepest rungs
+(``_deep``; ``rules.order_rules``).
+
 * Strong error (Gaussian and mixture data): RMS over samples of |z_L - x_ref(eps)|, the
-  reference being Euler-Maruyama on the same path with 16 x --depth steps.  Expected order 1
-  (additive noise): pass 1 +/- 0.15.  Every order below is gated three ways
-  (``rules.order_rules``): fitted on the ladder, end to end (``_span``: the deepest error below
-  the coarsest by the factor the order implies) and between the two deepest rungs (``_deep``),
-  the last two within 3 standard errors.
+  reference being Euler-Maruyama on the same path with ``REFERENCE_REFINEMENT`` x --depth steps.
 * Weak error (Gaussian data): |E z_L - m_eps| + |Cov z_L - Sigma_eps|_F.  Every unit is affine,
-  so the law of every layer is Gaussian and is propagated exactly (``propagate_moments``): no
-  Monte-Carlo noise in the fit.  Expected order 1 for VP and sub-VP (pass 1 +/- 0.15).  For VE
-  the coefficient of h in the weak error is log(sigma_max / sigma_min) (sigma(eps)^2 -
-  lambda^2 / sigma(T)^2 + ...) per eigenvalue lambda of the data covariance, about 1e-3
-  (proof C3, section 4), so the ladder sees the h^2 term: the claim "weak error O(h)" is
-  checked as order >= 0.85, and the measured order (about 2) is reported.
-* Layer consistency (Gaussian data): max over layers of W2(Law(z_i), p_{t_i}), exact propagation.
-  The claim is uniform O(h): pass order >= 0.85.  (A two-sided rule would fail VE on the coarse
-  rungs, where h * 2 log(sigma_max / sigma_min) ~ 1 is far from the asymptotic regime; the
-  fitted order then exceeds 1 and approaches it as the ladder is refined.)
+  so the law of every layer is Gaussian and is propagated exactly (``gaussian_gates.layer_laws``):
+  no Monte-Carlo noise in the fit.  For VE the coefficient of h in the weak error is
+  log(sigma_max / sigma_min) (sigma(eps)^2 - lambda^2 / sigma(T)^2 + ...) per eigenvalue lambda
+  of the data covariance, about 1e-3 (proof C3, section 4), so the ladder sees the h^2 term:
+  for VE "weak error O(h)" is an order of at least one.
+* Layer consistency (Gaussian data): max over layers of W2(Law(z_i), p_{t_i}), exact
+  propagation.  The claim is uniform O(h), an order of at least one.  (A two-sided band would
+  fail VE on the coarse rungs, where h * 2 log(sigma_max / sigma_min) ~ 1 is far from the
+  asymptotic regime; the fitted order then exceeds 1 and approaches it as the ladder is refined.)
 * Sampling cross-check at --depth: R x n samples through the simulated stack, driven by the same
   refined path family as the strong test (coarsest rung first, refined dyadically to --depth).
-  Their moments at every layer match the propagated ones (max |z| under a Bonferroni bound with
-  family-wise false alarm rate 1e-3: part of the pass rule); the sampled max-over-layers W2 and
-  its Monte-Carlo floor (the same statistic for exact samples of p_{t_i} of the same size, drawn
-  by the exact reverse kernels from the same x_T and noise) are reported with standard errors
-  over R replicates, with their paired difference (the excess).
+  Their moments at every layer match the propagated ones (max |z| under a Bonferroni bound at
+  family-wise false-alarm rate ``FAMILY_FALSE_ALARM``); the sampled max-over-layers W2 and its
+  Monte-Carlo floor (the same statistic for exact samples of p_{t_i} of the same size, drawn by
+  the exact reverse kernels from the same x_T and noise) are reported with standard errors over
+  R replicates, with their paired difference (the excess).
 
 Independent of the code under test, all gated:
 
 * The Brownian path's own law (``path_statistics``), on one path of the family at every level
   from the coarsest rung to the reference: mean, variance, lag-1 independence and a
-  Kolmogorov-Smirnov test of the normalised increments, Bonferroni-combined at false-alarm rate
-  1e-3 (``path_bonferroni_p`` >= 1e-3), and coarse increments = sums of their fine halves.
+  Kolmogorov-Smirnov test of the normalised increments, Bonferroni-combined, and coarse
+  increments = sums of their fine halves.
 * The fine reference against ``torchsde.sdeint(method="euler")`` on the same increments
-  (``paths.GridBrownian``) at 16 x the coarsest rung's steps, mixture data, first SDE
-  (``torchsde_reference_error`` <= 1e-10).
-* The output law for mixture data (``problems.output_law_metrics``): 1200 outputs (600 quick)
-  at --depth from x_T pushed through the SDE's exact transition, against exact samples of p_eps
-  made the same way (no score): energy distance and component shares against the weights, at
-  family-wise false-alarm rate 1e-3.  (The law code itself is held against torch.distributions
-  and the Fokker-Planck equation in C2.)
+  (``paths.GridBrownian``) at ``REFERENCE_REFINEMENT`` x the coarsest rung's steps, mixture data.
+* The output law for mixture data (``problems.output_law_metrics``): outputs at --depth from x_T
+  pushed through the SDE's exact transition, against exact samples of p_eps made the same way (no
+  score): energy distance and component shares against the weights.  (The law code itself is
+  held against torch.distributions and the Fokker-Planck equation in C2.)
 
-``measure`` takes the negative controls as arguments (score of the wrong sign; noise
-gamma_i = g(t_i) h instead of g(t_i) sqrt(h), ``noise_power=1``); ``run`` calls it with the true
-values.  The references always use the true reverse SDE.
+The first two run once, on the first SDE's strong-error draws.  Negative controls (``measure``'s
+keyword arguments): a score of the wrong sign; noise gamma_i = g(t_i) h instead of
+g(t_i) sqrt(h) (``noise_power=1``).  The references always use the true reverse SDE.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from ..analysis.gaussian_gates import LayerLaws, layer_laws
 from ..laws import Gaussian
 from ..paths import BrownianPath, GridBrownian, TorchsdeReverse
-from ..sde import make_sde
-from ..stack import get_gating
+from ..sde import SDE, make_sde
+from ..stack import GatedResidualStack, get_gating
 from ..stats import empirical_moments, fit_order, gaussian_w2_moments, mean_se, moment_z_scores
 from . import CheckConfig
+from .claim import Measurement
 from .problems import (
     EPS,
+    LAW_NAMES,
     NAMES,
     OUTPUT_SAMPLES,
     SDE_NAMES,
     data_laws,
     denoising_stack,
+    measured_sdes,
+    output_law_bounds,
     output_law_metrics,
     output_law_rules,
     reference_config,
     sample_prior,
     score_fn,
 )
-from .report import CheckResult, Series, extremes, legend_outside, order_axes, trend
-from .rules import Rule, judge, order_metrics_and_rules
+from .report import Series, extremes, legend_outside, order_axes, trend
+from .rules import AT_LEAST_FIRST_ORDER, FIRST_ORDER, Rule, order_metrics, order_rules
 
 CLAIM = "C3"
 ID = "reverse-sde"
 TITLE = "Denoising-Dynamics SDE: stochastic units are Euler-Maruyama (strong and weak order 1)"
-#: Serial seconds at --depth 256 on one idle core (measured 2026-12-01): a scheduling hint.
+THEORY = (f"strong, weak 1 +/- {FIRST_ORDER[1] - 1:.2f} (weak VE, layer W2: "
+          f">= {AT_LEAST_FIRST_ORDER[0]:.2f})")
+#: Serial seconds at --depth 256 on one idle core, a scheduling hint (``workers.cost``);
+#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
 COST = 5.6
 
-ORDER_RANGE = (0.85, 1.15)
-AT_LEAST_FIRST_ORDER = (0.85, None)
 #: Expected weak orders: 1 where the first-order error term is generic, at least 1 for VE.
-WEAK_ORDER_RANGE = {"vp": ORDER_RANGE, "subvp": ORDER_RANGE, "ve": AT_LEAST_FIRST_ORDER}
+WEAK_ORDER = {"vp": FIRST_ORDER, "subvp": FIRST_ORDER, "ve": AT_LEAST_FIRST_ORDER}
 REFERENCE_REFINEMENT = 16  # reference steps per step of the deepest stack
 FAMILY_FALSE_ALARM = 1e-3  # of the moment cross-check, over all layers, entries and SDEs
 PATH_FALSE_ALARM = 1e-3  # of the Brownian path's own statistics, over all paths and levels
 PATH_KS_SAMPLES = 20_000  # normalised increments per level in the Kolmogorov-Smirnov test
+PATH_REFINEMENT_TOL = 1e-12  # |W coarse - sum of its fine halves|
 TORCHSDE_TOL = 1e-10  # relative agreement of the reference with torchsde's Euler-Maruyama
+#: Samples of the strong test, and (n, replicates R) of the sampling cross-check, by --quick.
+STRONG_SAMPLES = {False: 256, True: 64}
+CROSS_CHECK_SAMPLES = {False: (500, 8), True: (250, 4)}
 
 
-def rules(sdes, law_names, z_bound: float, ladder, strong, weak, layer) -> tuple[dict, list]:
-    """The pass rules and their order metrics, per SDE: strong order 1 for every law; weak order
-    (1, or at least 1 for VE) and uniform layer-W2 order at least 1, each fitted, end to end and
-    between the two deepest rungs (``rules.order_rules``); and the sampled moments within the
-    Bonferroni bound ``z_bound`` of the propagated ones.  ``strong`` maps (sde, law) to (errors,
-    standard errors), ``weak`` and ``layer`` map an SDE to its errors."""
-    metrics, out = {}, []
-    for s in sdes:
-        for law in law_names:
-            errors, ses = strong[s, law]
-            m, r = order_metrics_and_rules(f"strong_order_{s}_{law}", ladder, errors, ORDER_RANGE,
-                               error_ses=ses)
-            metrics.update(m)
-            out += r
-        for family, errors, band in (("weak_order", weak[s], WEAK_ORDER_RANGE[s]),
-                                     ("layer_w2_order", layer[s], AT_LEAST_FIRST_ORDER)):
-            m, r = order_metrics_and_rules(f"{family}_{s}", ladder, errors, band,
-                               deep=f"{family}_deep_{s}", span=f"{family}_span_{s}")
-            metrics.update(m)
-            out += r
-    return metrics, out + [Rule("moment_z_max", (0.0, z_bound))]
+@dataclass
+class StrongDraws:
+    """The draws of one strong-error comparison: exact samples x_T of p_T (float64) and one
+    Brownian path per sample, refined dyadically from the ladder's first rung."""
+
+    x_T: torch.Tensor
+    path: BrownianPath
+
+    @classmethod
+    def draw(cls, law, sde: SDE, generator, config: CheckConfig) -> StrongDraws:
+        x_T = sample_prior(law, sde, STRONG_SAMPLES[config.quick], generator, config)
+        return cls(x_T, BrownianPath(sde.T - EPS, x_T.shape, base_steps=config.ladder[0],
+                                     generator=generator))
 
 
 def path_statistics(path: BrownianPath, steps: list[int], generator) -> dict[str, float]:
@@ -126,10 +127,11 @@ def path_statistics(path: BrownianPath, steps: list[int], generator) -> dict[str
     the lag-1 products xi_i xi_(i+1) along the steps (mean 0 and variance 1 under independence;
     siblings of the Levy construction included), and a Kolmogorov-Smirnov test of
     ``PATH_KS_SAMPLES`` xi drawn at random.  Also the largest |W coarse - sum of its two fine
-    halves| over the levels (the path is one path).  Returns the smallest p-value, the number of
-    tests, and the consistency error."""
-    from scipy.stats import kstest, norm  # here: scipy.stats costs 0.7 s to import, which every
-    # process that lists the checks (verify --ckpt, its workers) would pay for nothing
+    halves| over the levels (the path is one path).  Returns the smallest p-value times the
+    number of tests (``path_bonferroni_p``, at most 1), the number of tests (``path_tests``) and
+    the consistency error (``path_refinement_error``)."""
+    from scipy.stats import kstest, norm  # here: scipy.stats is slow to import, and every
+    # process that lists the checks (verify --ckpt, its workers) would pay for it for nothing
 
     p_values, consistency = [], 0.0
     previous = None
@@ -148,7 +150,8 @@ def path_statistics(path: BrownianPath, steps: list[int], generator) -> dict[str
             pair_sums = increments[0::2] + increments[1::2]
             consistency = max(consistency, float((pair_sums - previous).abs().max()))
         previous = increments
-    return {"p_min": min(p_values), "tests": len(p_values), "consistency": consistency}
+    return {"path_bonferroni_p": min(1.0, min(p_values) * len(p_values)),
+            "path_tests": len(p_values), "path_refinement_error": consistency}
 
 
 def torchsde_reference_error(sde, law64, x_T: torch.Tensor, path: BrownianPath,
@@ -169,6 +172,24 @@ def torchsde_reference_error(sde, law64, x_T: torch.Tensor, path: BrownianPath,
     return float((ours - theirs).abs().max() / (1.0 + ours.abs().max()))
 
 
+def shared_references(sde: SDE, laws: dict, generator,
+                      config: CheckConfig) -> tuple[dict[str, StrongDraws], dict[str, float]]:
+    """The checks of the machinery every SDE shares, once: the Brownian path's own law on the
+    Gaussian's path, and the fine reference against torchsde on the mixture's, both on the strong
+    draws of ``sde`` (the first SDE), which are drawn here in the stream's order and returned for
+    that SDE's strong test."""
+    ladder = config.ladder
+    levels = [ladder[0] << k for k in range(
+        (REFERENCE_REFINEMENT * ladder[-1] // ladder[0]).bit_length())]
+    gaussian = StrongDraws.draw(laws["gaussian"], sde, generator, config)
+    metrics = path_statistics(gaussian.path, levels, generator)
+    mixture = StrongDraws.draw(laws["mixture"], sde, generator, config)
+    metrics["torchsde_reference_error"] = torchsde_reference_error(
+        sde, laws["mixture"].to(**config.reference_placement), mixture.x_T, mixture.path,
+        REFERENCE_REFINEMENT * ladder[0], config)
+    return {"gaussian": gaussian, "mixture": mixture}, metrics
+
+
 def strong_error(z: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """RMS over samples of |z - reference| and its standard error (delta method on the mean of
     the squared errors)."""
@@ -178,12 +199,13 @@ def strong_error(z: torch.Tensor, reference: torch.Tensor) -> tuple[float, float
     return rms, se_sq / (2 * rms) if rms > 0 else math.nan
 
 
-def strong_errors(sde, law, law64, x_T: torch.Tensor, path: BrownianPath, config: CheckConfig,
-                  *, score_scale: float, noise_power: float) -> tuple[list[float], list[float]]:
-    """Strong errors at t = eps on every rung, against Euler-Maruyama with
-    ``REFERENCE_REFINEMENT`` x --depth steps on the same Brownian path (the true reverse SDE, in
-    float64 with ``law64``; the rungs run in config.dtype with ``law``)."""
-    ladder = config.ladder
+def strong_errors(sde: SDE, law, draws: StrongDraws, config: CheckConfig, *,
+                  score_scale: float, noise_power: float) -> tuple[list[float], list[float]]:
+    """Strong errors at t = eps on every rung (with their standard errors), against
+    Euler-Maruyama with ``REFERENCE_REFINEMENT`` x --depth steps on the same Brownian path (the
+    true reverse SDE, in float64; the rungs run in config.dtype)."""
+    ladder, x_T, path = config.ladder, draws.x_T, draws.path
+    law64, law_dev = law.to(**config.reference_placement), law.to(**config.placement)
     steps = REFERENCE_REFINEMENT * ladder[-1]
     reference_stack = denoising_stack(sde, law64, steps, reference_config(config),
                                       probability_flow=False)
@@ -191,7 +213,7 @@ def strong_errors(sde, law, law64, x_T: torch.Tensor, path: BrownianPath, config
     x_in = x_T.to(config.dtype)
     errors, ses = [], []
     for L in ladder:
-        stack = denoising_stack(sde, law, L, config, probability_flow=False,
+        stack = denoising_stack(sde, law_dev, L, config, probability_flow=False,
                                 score_scale=score_scale, noise_power=noise_power)
         z = stack(x_in, xi=path.normalised_increments(L).to(x_in))
         rms, se = strong_error(z.to(reference), reference)
@@ -200,27 +222,30 @@ def strong_errors(sde, law, law64, x_T: torch.Tensor, path: BrownianPath, config
     return errors, ses
 
 
-def propagated_errors(stack, law: Gaussian, sde):
-    """Exact moments of every layer (z_0 ~ p_T) against p_{t_i}: the weak error at eps,
-    |dm| + |dSigma|_F, the W2 distance at every layer, and the moments themselves.  Moments are
-    propagated in the stack's dtype and compared in ``law``'s (float64 in the check)."""
-    p_T = law.marginal(sde, sde.T)
-    dtype = stack.times.dtype
-    means, covs = stack.propagate_moments(p_T.mean.to(dtype), p_T.cov.to(dtype))
-    means, covs = means.to(p_T.mean), covs.to(p_T.mean)
-    exact_means, exact_covs = law.marginal_moments(sde, stack.times)
-    weak = ((means[-1] - exact_means[-1]).norm()
-            + torch.linalg.matrix_norm(covs[-1] - exact_covs[-1]))
-    w2 = gaussian_w2_moments(means, covs, exact_means, exact_covs)
-    return float(weak), w2, (means, covs, exact_means, exact_covs)
+def propagated_errors(sde: SDE, law: Gaussian, config: CheckConfig, *, score_scale: float,
+                      noise_power: float):
+    """Per rung, the weak error at eps, |dm| + |dSigma|_F, and the max over layers of
+    W2(Law(z_i), p_{t_i}), of the exact layer laws (z_0 ~ p_T; propagated in the stack's dtype,
+    compared in float64); and the deepest rung's stack with its layer laws."""
+    law64, law_dev = law.to(**config.reference_placement), law.to(**config.placement)
+    p_T = law64.marginal(sde, sde.T)
+    weak, layer = [], []
+    for L in config.ladder:  # ends at --depth: stack and laws are the deepest rung's
+        stack = denoising_stack(sde, law_dev, L, config, probability_flow=False,
+                                score_scale=score_scale, noise_power=noise_power)
+        laws = layer_laws(stack, p_T, *law64.marginal_moments(sde, stack.times))
+        weak.append(float(laws.mean_error[-1] + laws.cov_error[-1]))
+        layer.append(float(laws.w2.amax()))
+    return weak, layer, stack, laws
 
 
-def sampled_statistics(stack, law64: Gaussian, law_cpu: Gaussian, sde, moments, generator,
-                       config: CheckConfig, *, n: int, replicates: int):
-    """Simulate the stack with ``replicates`` x n samples and compare with the exact moments.
+def sampled_statistics(stack: GatedResidualStack, laws: LayerLaws, law: Gaussian, sde: SDE,
+                       generator, config: CheckConfig) -> tuple[float, int, dict]:
+    """Simulate the stack with R x n samples (``CROSS_CHECK_SAMPLES``) and compare with the
+    exact moments.
 
     Returns the max |z| of every layer's sample moments (all samples pooled) against the
-    propagated ``moments`` of that stack, the number of z-scores, and a dict name ->
+    propagated ``laws`` of that stack, the number of z-scores, and a dict name ->
     (mean, standard error over the replicates) of: the weak error at eps
     (``weak_error_sampled``), the max-over-layers W2 of the empirical Gaussians to p_{t_i}
     (``layer_w2_max_sampled``), its Monte-Carlo floor (``layer_w2_floor``: the same statistic
@@ -228,22 +253,24 @@ def sampled_statistics(stack, law64: Gaussian, law_cpu: Gaussian, sde, moments, 
     and the same noise, so the two are coupled like the layers of the stack), and the paired
     difference of the two (``layer_w2_excess``).
     """
-    means, covs, exact_means, exact_covs = moments
-    depth, d = stack.depth, law_cpu.dim
+    n, replicates = CROSS_CHECK_SAMPLES[config.quick]
+    exact_means, exact_covs = laws.exact_means, laws.exact_covs
+    depth, d = stack.depth, law.dim
     total = n * replicates
-    x_T = sample_prior(law_cpu, sde, total, generator, config)  # float64
+    x_T = sample_prior(law, sde, total, generator, config)  # float64
     # the refined path family of the strong test: coarsest rung first, refined to --depth
     path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=config.ladder[0], generator=generator)
     xi = path.normalised_increments(depth).to(x_T)
     states = stack(x_T.to(config.dtype), xi=xi.to(config.dtype), return_all=True).to(x_T)
     pooled_mean, pooled_cov = empirical_moments(states)
-    z = moment_z_scores(pooled_mean, pooled_cov, total, means, covs)
+    z = moment_z_scores(pooled_mean, pooled_cov, total, laws.means, laws.covs)
 
     groups = states.reshape(depth + 1, replicates, n, d)
     rep_mean, rep_cov = empirical_moments(groups)
     w2 = gaussian_w2_moments(rep_mean, rep_cov, exact_means[:, None], exact_covs[:, None])
     weak = ((rep_mean[-1] - exact_means[-1]).norm(dim=-1)
             + torch.linalg.matrix_norm(rep_cov[-1] - exact_covs[-1]))
+    law64 = law.to(**config.reference_placement)
     exact = law64.reverse_chain(sde, stack.times.to(x_T), x_T, xi)
     exact = exact.reshape(depth + 1, replicates, n, d)
     floor = gaussian_w2_moments(*empirical_moments(exact), exact_means[:, None],
@@ -257,131 +284,145 @@ def sampled_statistics(stack, law64: Gaussian, law_cpu: Gaussian, sde, moments, 
     return z_max, z.numel(), estimates
 
 
+def mixture_output_metrics(sde: SDE, mixture, generator, config: CheckConfig, *,
+                           score_scale: float, noise_power: float) -> dict[str, float]:
+    """The law of the --depth stack's outputs for mixture data against p_eps
+    (``problems.output_law_metrics``), each output driven by a path of the refined family."""
+    mixture_dev, depth = mixture.to(**config.placement), config.ladder[-1]
+
+    def run_stack(x_T):
+        stack = denoising_stack(sde, mixture_dev, depth, config, probability_flow=False,
+                                score_scale=score_scale, noise_power=noise_power)
+        path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=config.ladder[0],
+                            generator=generator)
+        xi = path.normalised_increments(depth).to(x_T)
+        return stack(x_T.to(config.dtype), xi=xi.to(config.dtype)).to(torch.float64)
+
+    return output_law_metrics(run_stack, mixture, sde, generator, OUTPUT_SAMPLES[config.quick],
+                              config)
+
+
+def order_families(metrics, sdes) -> dict[str, list[float]]:
+    """The fitted orders of each claim (strong, weak, layer W2) over the SDEs measured."""
+    return {"strong_order": [metrics[f"strong_order_{s}_{law}"] for s in sdes
+                             for law in LAW_NAMES],
+            "weak_order": [metrics[f"weak_order_{s}"] for s in sdes],
+            "layer_w2_order": [metrics[f"layer_w2_order_{s}"] for s in sdes]}
+
+
+def sde_metrics(sde: SDE, laws: dict, draws: dict[str, StrongDraws], generator,
+                config: CheckConfig, controls: dict, curves: dict) -> tuple[dict, float, int]:
+    """The metrics of one SDE: strong errors and orders (both laws, on ``draws``), weak and
+    layer-W2 errors and orders (Gaussian data), the sampling cross-check and the mixture's
+    output law.  Fills ``curves`` (per-rung errors) and returns the metrics with the largest
+    moment |z| and the number of z-scores."""
+    name, ladder, metrics = sde.name, config.ladder, {}
+    for law_name, law_draws in draws.items():
+        key = f"{name}_{law_name}"
+        errors, ses = strong_errors(sde, laws[law_name], law_draws, config, **controls)
+        curves["strong"][f"{name}, {law_name}"] = errors
+        metrics.update({f"strong_error_{key}": errors[-1], f"strong_error_{key}_se": ses[-1],
+                        **order_metrics(f"strong_order_{key}", ladder, errors, error_ses=ses)})
+    weak, layer, stack, deepest = propagated_errors(sde, laws["gaussian"], config, **controls)
+    curves["weak"][name], curves["layer"][name] = weak, layer
+    metrics.update({f"weak_error_{name}": weak[-1], f"layer_w2_max_{name}": layer[-1]})
+    for family, errors in (("weak_order", weak), ("layer_w2_order", layer)):
+        metrics.update(order_metrics(f"{family}_{name}", ladder, errors,
+                                     deep=f"{family}_deep_{name}", span=f"{family}_span_{name}"))
+    z_max, z_count, estimates = sampled_statistics(stack, deepest, laws["gaussian"], sde,
+                                                   generator, config)
+    for key, (value, se) in estimates.items():
+        metrics[f"{key}_{name}"], metrics[f"{key}_{name}_se"] = value, se
+    metrics.update(mixture_output_metrics(sde, laws["mixture"], generator, config, **controls))
+    return metrics, z_max, z_count
+
+
 def measure(config: CheckConfig, *, score_sign: float = 1.0, noise_power: float = 0.5,
-            sdes: tuple[str, ...] = SDE_NAMES) -> CheckResult:
-    """Run C3 with residual F = -(f z - g^2 (score_sign s)), noise gamma_i = g(t_i) h^noise_power.
-
-    The true reverse SDE is score_sign = 1, noise_power = 1/2; anything else is a negative
-    control and must fail.  ``sdes`` restricts the SDEs (for fast tests).
-    """
-    g = config.generator(stream=3)
-    laws = data_laws(config, g)
-    strong_batch = 64 if config.quick else 256
-    n, replicates = (250, 4) if config.quick else (500, 8)
-    n_out = OUTPUT_SAMPLES[config.quick]
-    ladder, depth = config.ladder, config.ladder[-1]
-    path_levels = [ladder[0] << k for k in range(
-        (REFERENCE_REFINEMENT * depth // ladder[0]).bit_length())]
-    metrics: dict[str, float] = {"eps": EPS, "reference_steps": REFERENCE_REFINEMENT * depth}
-    strong_series, weak_series, layer_series = [], [], []
-    strong, weak_by_sde, layer_by_sde = {}, {}, {}
-    z_max, z_count = 0.0, 0
-    path_p, path_tests, path_consistency, torchsde_error = 1.0, 0, 0.0, 0.0
-    with torch.no_grad():
-        for sde_name in sdes:
-            sde = make_sde(sde_name)
-            for law_name, law in laws.items():
-                law_dev = law.to(**config.placement)
-                law64 = law.to(**config.reference_placement)
-                x_T = sample_prior(law, sde, strong_batch, g, config)  # float64
-                path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0], generator=g)
-                errors, ses = strong_errors(sde, law_dev, law64, x_T, path, config,
-                                            score_scale=score_sign, noise_power=noise_power)
-                if path_tests == 0:  # one path of the family, every level (one implementation)
-                    stats = path_statistics(path, path_levels, g)
-                    path_p, path_tests = stats["p_min"], stats["tests"]
-                    path_consistency = stats["consistency"]
-                if law_name == "mixture" and sde_name == sdes[0]:  # an independent solver
-                    torchsde_error = torchsde_reference_error(  # on the same increments
-                        sde, law64, x_T, path, REFERENCE_REFINEMENT * ladder[0], config)
-                key = f"{sde_name}_{law_name}"
-                strong[sde_name, law_name] = (errors, ses)
-                metrics[f"strong_error_{key}"], metrics[f"strong_error_{key}_se"] = (
-                    errors[-1], ses[-1])
-                strong_series.append(Series(f"{sde_name}, {law_name}", ladder, errors,
-                                            fit_order(ladder, errors)))
-
-            law = laws["gaussian"]
-            law_dev = law.to(**config.placement)
-            law64 = law.to(**config.reference_placement)
-            weak, layer = [], []
-            for L in ladder:  # ends at --depth: stack and moments are the deepest rung's
-                stack = denoising_stack(sde, law_dev, L, config, probability_flow=False,
-                                        score_scale=score_sign, noise_power=noise_power)
-                weak_L, w2_L, moments = propagated_errors(stack, law64, sde)
-                weak.append(weak_L)
-                layer.append(float(w2_L.amax()))
-            weak_by_sde[sde_name], layer_by_sde[sde_name] = weak, layer
-            metrics[f"weak_error_{sde_name}"] = weak[-1]
-            metrics[f"layer_w2_max_{sde_name}"] = layer[-1]
-            weak_series.append(Series(sde_name, ladder, weak, fit_order(ladder, weak)))
-            layer_series.append(Series(sde_name, ladder, layer, fit_order(ladder, layer)))
-
-            sde_z_max, count, estimates = sampled_statistics(
-                stack, law64, law, sde, moments, g, config, n=n, replicates=replicates)
-            z_max, z_count = max(z_max, sde_z_max), z_count + count
-            for name, (value, se) in estimates.items():
-                metrics[f"{name}_{sde_name}"], metrics[f"{name}_{sde_name}_se"] = value, se
-
-            mixture_dev = laws["mixture"].to(**config.placement)
-
-            def run_stack(x_T, sde=sde, law=mixture_dev):
-                stack = denoising_stack(sde, law, depth, config, probability_flow=False,
-                                        score_scale=score_sign, noise_power=noise_power)
-                out_path = BrownianPath(sde.T - EPS, x_T.shape, base_steps=ladder[0],
-                                        generator=g)
-                xi = out_path.normalised_increments(depth).to(x_T)
-                return stack(x_T.to(config.dtype), xi=xi.to(config.dtype)).to(torch.float64)
-
-            metrics.update(output_law_metrics(run_stack, laws["mixture"], sde, g, n_out, config))
-
+            sdes: tuple[str, ...] = SDE_NAMES) -> Measurement:
+    """C3 with residual F = -(f z - g^2 (score_sign s)), noise gamma_i = g(t_i) h^noise_power:
+    the true reverse SDE is score_sign = 1, noise_power = 1/2, anything else a negative control.
+    ``sdes`` restricts the SDEs (for fast tests and controls)."""
     from scipy.stats import norm
 
-    z_bound = float(norm.isf(FAMILY_FALSE_ALARM / (2 * z_count)))
-    metrics["moment_z_max"], metrics["moment_z_bound"] = z_max, z_bound
-    metrics["path_bonferroni_p"] = min(1.0, path_p * path_tests)
-    metrics["path_tests"] = path_tests
-    metrics["path_refinement_error"] = path_consistency
-    metrics["torchsde_reference_error"] = torchsde_error
-    order_metrics, order_rule_list = rules(sdes, list(laws), z_bound, ladder, strong,
-                                           weak_by_sde, layer_by_sde)
-    metrics.update(order_metrics)
-    output_rules, critical = output_law_rules(sdes, len(laws["mixture"].weights), n_out)
-    metrics.update(critical)
-    families = {"strong_order": [metrics[f"strong_order_{s}_{law}"] for s in sdes for law in laws],
-                "weak_order": [metrics[f"weak_order_{s}"] for s in sdes],
-                "layer_w2_order": [metrics[f"layer_w2_order_{s}"] for s in sdes]}
-    for family, values in families.items():
+    controls = {"score_scale": score_sign, "noise_power": noise_power}
+    g = config.generator(stream=3)
+    laws = data_laws(config, g)
+    metrics = {"eps": EPS, "reference_steps": REFERENCE_REFINEMENT * config.ladder[-1]}
+    curves: dict[str, dict] = {"strong": {}, "weak": {}, "layer": {}}
+    z_max, z_count = 0.0, 0
+    with torch.no_grad():
+        # the stream's first draws: the first SDE's strong draws, the path tests between them
+        first, references = shared_references(make_sde(sdes[0]), laws, g, config)
+        for sde_name in sdes:
+            sde = make_sde(sde_name)
+            draws = first if sde_name == sdes[0] else {  # the first SDE's were drawn above
+                law_name: StrongDraws.draw(law, sde, g, config) for law_name, law in laws.items()}
+            sde_part, sde_z_max, count = sde_metrics(sde, laws, draws, g, config, controls, curves)
+            metrics.update(sde_part)
+            z_max, z_count = max(z_max, sde_z_max), z_count + count
+    metrics["moment_z_max"] = z_max
+    metrics["moment_z_bound"] = float(norm.isf(FAMILY_FALSE_ALARM / (2 * z_count)))
+    metrics.update(references)
+    metrics.update(output_law_bounds(sdes, len(laws["mixture"].weights)))
+    for family, values in order_families(metrics, sdes).items():
         metrics[f"{family}_min"], metrics[f"{family}_max"] = extremes(values)
-    verdict = judge(metrics, order_rule_list + output_rules + [
-        Rule("path_bonferroni_p", (PATH_FALSE_ALARM, None)),
-        Rule("path_refinement_error", (0.0, 1e-12)),
-        Rule("torchsde_reference_error", (0.0, TORCHSDE_TOL))])
+    return Measurement(metrics, config, curves=curves)
 
-    gating = get_gating(config.gating).name
-    weak_text = ", ".join(f"{metrics[f'weak_order_{s}']:.3f} ({NAMES[s]})" for s in sdes)
+
+def rules(measured: Measurement) -> list[Rule]:
+    """Per SDE measured: strong order 1 for every law, weak order (1, or at least 1 for VE) and
+    uniform layer-W2 order at least 1, each fitted, end to end and between the two deepest rungs
+    (``rules.order_rules``); the sampled moments within the Bonferroni bound of the propagated
+    ones; the output law; the Brownian path's own law and the reference against torchsde."""
+    m = measured.metrics
+    sdes, out = measured_sdes(m), []
+    for s in sdes:
+        for law in LAW_NAMES:
+            out += order_rules(f"strong_order_{s}_{law}", FIRST_ORDER)
+        for family, band in (("weak_order", WEAK_ORDER[s]),
+                             ("layer_w2_order", AT_LEAST_FIRST_ORDER)):
+            out += order_rules(f"{family}_{s}", band, deep=f"{family}_deep_{s}",
+                               span=f"{family}_span_{s}")
+    return out + [Rule("moment_z_max", (0.0, m["moment_z_bound"])),
+                  *output_law_rules(m, sdes),
+                  Rule("path_bonferroni_p", (PATH_FALSE_ALARM, None)),
+                  Rule("path_refinement_error", (0.0, PATH_REFINEMENT_TOL)),
+                  Rule("torchsde_reference_error", (0.0, TORCHSDE_TOL))]
+
+
+def summary(measured: Measurement, verdict) -> str:
+    m, sdes = measured.metrics, measured_sdes(measured.metrics)
+    families = order_families(m, sdes)
+    weak_text = ", ".join(f"{m[f'weak_order_{s}']:.3f} ({NAMES[s]})" for s in sdes)
     moments_match = "moment_z_max" not in verdict.failed
-    summary = (
-        f"With {gating} gates the stochastic stack (eps = {EPS:g}): the strong error at eps "
-        f"{trend(families['strong_order'])} (orders {metrics['strong_order_min']:.3f}.."
-        f"{metrics['strong_order_max']:.3f}; {', '.join(NAMES[s] for s in sdes)}; Gaussian and "
+    return (
+        f"With {get_gating(measured.config.gating).name} gates the stochastic stack "
+        f"(eps = {EPS:g}): the strong error at eps "
+        f"{trend(families['strong_order'])} (orders {m['strong_order_min']:.3f}.."
+        f"{m['strong_order_max']:.3f}; {', '.join(NAMES[s] for s in sdes)}; Gaussian and "
         f"mixture data); the weak error {trend(families['weak_order'])} (orders {weak_text}); "
         f"the max-over-layers W2 to p_t {trend(families['layer_w2_order'])} (orders "
-        f"{metrics['layer_w2_order_min']:.3f}..{metrics['layer_w2_order_max']:.3f}); sampled "
+        f"{m['layer_w2_order_min']:.3f}..{m['layer_w2_order_max']:.3f}); sampled "
         f"moments {'match' if moments_match else 'do not match'} the propagated ones (max |z| "
-        f"{z_max:.2f}, bound {z_bound:.2f})"
+        f"{m['moment_z_max']:.2f}, bound {m['moment_z_bound']:.2f})"
         + (f"; out of range: {', '.join(verdict.failed)}." if verdict.failed else "."))
-    return CheckResult(
-        id=ID, claim=CLAIM, metrics=metrics, verdict=verdict, summary=summary,
-        figure=_figure(gating, ladder, strong_series, weak_series, layer_series),
-        measured_text=f"strong {metrics['strong_order_min']:.2f}..{metrics['strong_order_max']:.2f}"
-                      f", weak {metrics['weak_order_min']:.2f}..{metrics['weak_order_max']:.2f}"
-                      f", layer W2 {metrics['layer_w2_order_min']:.2f}.."
-                      f"{metrics['layer_w2_order_max']:.2f}",
-        theory_text="strong, weak 1 +/- 0.15 (weak VE, layer W2: >= 0.85)")
 
 
-def _figure(gating, ladder, strong, weak, layer):
+def headline(measured: Measurement) -> str:
+    m = measured.metrics
+    return (f"strong {m['strong_order_min']:.2f}..{m['strong_order_max']:.2f}"
+            f", weak {m['weak_order_min']:.2f}..{m['weak_order_max']:.2f}"
+            f", layer W2 {m['layer_w2_order_min']:.2f}..{m['layer_w2_order_max']:.2f}")
+
+
+def figure(measured: Measurement):
+    """Three panels against depth: the strong error at eps, the weak error and the largest layer
+    W2 (exact moments), each with its fitted order."""
+    gating, ladder = get_gating(measured.config.gating).name, measured.config.ladder
+    strong, weak, layer = ([Series(label, ladder, errors, fit_order(ladder, errors))
+                            for label, errors in measured.curves[kind].items()]
+                           for kind in ("strong", "weak", "layer"))
+
     def draw(fig):
         import numpy as np
         from matplotlib.ticker import NullFormatter
@@ -408,7 +449,3 @@ def _figure(gating, ladder, strong, weak, layer):
             ax.title.set_fontsize(9)
 
     return draw
-
-
-def run(config: CheckConfig) -> CheckResult:
-    return measure(config)
