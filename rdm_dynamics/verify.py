@@ -235,6 +235,23 @@ def main(argv=None) -> int:
     return run_command(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
 
 
+def print_report(config, results, report: dict, out: Path) -> None:
+    """The run's header, the verdict table, one sentence per check and where the report is."""
+    from .checks.report import format_table, wrap_summary
+
+    ladder = ", ".join(map(str, config.ladder))
+    key, value = next(iter(config.report_fields.items()))  # the schedule, or the model's gate
+    print(f"rdm_dynamics verify: depth {config.depth} (ladder {ladder}), {key} {value}, "
+          f"seed {config.seed}, {report['dtype']} on {config.device}")
+    print(format_table(results))
+    print()
+    for r in results:
+        print(wrap_summary(r))
+    n_pass = sum(r.passed for r in results)
+    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; report:\n"
+          f"{out / 'report.json'}")
+
+
 def _main(argv) -> int:
     import torch
 
@@ -252,13 +269,7 @@ def _main(argv) -> int:
         return run_self_test(config)
 
     from .checks import run_checks
-    from .checks.report import (
-        build_report,
-        format_table,
-        render_figures,
-        wrap_summary,
-        write_report,
-    )
+    from .checks.report import build_report, render_figures, write_report
 
     estimate = estimated_seconds(config.depth, config.quick, checks, req.n_all, args.jobs)
     if estimate > ANNOUNCE_SECONDS:
@@ -280,17 +291,7 @@ def _main(argv) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write the report: {exc.strerror or exc}") from None
 
-    ladder = ", ".join(map(str, config.ladder))
-    key, value = next(iter(config.report_fields.items()))  # the schedule, or the model's gate
-    print(f"rdm_dynamics verify: depth {config.depth} (ladder {ladder}), {key} {value}, "
-          f"seed {config.seed}, {report['dtype']} on {config.device}")
-    print(format_table(results))
-    print()
-    for r in results:
-        print(wrap_summary(r))
-    n_pass = sum(r.passed for r in results)
-    print(f"\n{n_pass}/{len(results)} checks passed in {report['seconds']:.1f} s; report:\n"
-          f"{out / 'report.json'}")
+    print_report(config, results, report, out)
     crashed = [r for r in results if r.error is not None]
     for r in crashed:
         print(f"{PROG}: error: check {r.id} crashed (an error of the toolkit, not a failed "

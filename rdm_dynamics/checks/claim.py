@@ -3,7 +3,8 @@
 A claim module (one per claim: ``depth_limit``, ``pf_ode``, ...) declares
 
 * ``CLAIM`` ("C1", ...), ``ID`` (the name ``--only`` takes), ``TITLE``, ``THEORY`` (what theory
-  says, for the table's theory column) and optionally ``COST`` (a scheduling hint for the
+  says, for the table's theory column; or ``theory(measurement)`` where it depends on the run,
+  such as a tolerance of the run's dtype) and optionally ``COST`` (a scheduling hint for the
   workers); its kind is where ``checks.CLAIM_MODULES`` lists it;
 * ``measure(config, **controls) -> Measurement``: the metrics (numbers only, each sample estimate
   ``x`` with its standard error ``x_se``) and the curves its figure draws.  No judging: a measure
@@ -28,7 +29,7 @@ from typing import Any
 from .report import CheckResult
 from .rules import Rule, Verdict, judge
 
-__all__ = ["Measurement", "run_claim", "claim_rules"]
+__all__ = ["Measurement", "run_claim", "claim_rules", "claim_theory"]
 
 
 @dataclass
@@ -55,15 +56,16 @@ def claim_rules(module: ModuleType, measurement: Measurement) -> list[Rule]:
     return list(build(measurement)) if callable(build) else list(module.RULES)
 
 
+def claim_theory(module: ModuleType, measured: Measurement) -> str:
+    """The table's theory cell: ``theory(measurement)`` where the module words it from the run,
+    else its ``THEORY``."""
+    word = getattr(module, "theory", None)
+    return word(measured) if callable(word) else module.THEORY
+
+
 def run_claim(module: ModuleType, config, **controls) -> CheckResult:
     """Measure one claim, judge it and word it: the :class:`CheckResult` of ``module`` run with
     ``config`` (``controls`` go to its ``measure``: the negative controls)."""
-    if not hasattr(module, "headline"):  # TRANSITION: a module not yet in the claim shape
-        import inspect
-
-        if set(controls) <= set(inspect.signature(module.run).parameters) - {"config"}:
-            return module.run(config, **controls)
-        return module.measure(config, **controls)
     measured = module.measure(config, **controls)
     if measured.not_applicable:
         return CheckResult.inapplicable(module.ID, module.CLAIM, measured.not_applicable)
@@ -71,4 +73,4 @@ def run_claim(module: ModuleType, config, **controls) -> CheckResult:
     return CheckResult(id=module.ID, claim=module.CLAIM, metrics=measured.metrics,
                        verdict=verdict, summary=module.summary(measured, verdict),
                        figure=module.figure(measured), measured_text=module.headline(measured),
-                       theory_text=module.THEORY)
+                       theory_text=claim_theory(module, measured))

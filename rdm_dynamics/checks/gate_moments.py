@@ -100,8 +100,6 @@ EULER_ERROR_MIN = 1e-6
 #: Learned gates are unbiased: their squared bias within this many standard errors of 0 (a
 #: false-alarm rate of about 6e-5, normal approximation).
 Z_MAX = 4.0
-THEORY = (f"<= {CLOSED_FORM_TOL[torch.float64]:.0e}; order 1; 0 +/- {Z_MAX:g} se; "
-          f"rate {sum(RATE_RANGE) / 2:g}")
 GD_DEPTH = 16  # gradient descent runs at min(GD_DEPTH, --depth)
 KINDS = ("pf", "sde")  # deterministic units (PF-ODE) and stochastic units (reverse SDE)
 
@@ -402,6 +400,12 @@ def closed_form_depths(config: CheckConfig) -> list[int]:
 def closed_form_tol(config: CheckConfig) -> float:
     """The closed-form gates' tolerance in the config's dtype (their error is rounding)."""
     return CLOSED_FORM_TOL.get(config.dtype, 1e-4)
+
+
+def theory(measured: Measurement) -> str:
+    """The table's theory cell: the closed-form tolerance of the run's dtype, then the rest."""
+    return (f"<= {closed_form_tol(measured.config):.0e}; order 1; 0 +/- {Z_MAX:g} se; "
+            f"rate {sum(RATE_RANGE) / 2:g}")
 
 
 def euler_orders(exact: Exactness, key: str, name: str, ladder) -> dict[str, float]:

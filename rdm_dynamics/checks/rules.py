@@ -147,10 +147,3 @@ def order_rules(name: str, band=FIRST_ORDER, *, deep: str | None = None,
         Rule(key, tuple(band), margin=-margin)
         for key in (span or f"{name}_span", deep or f"{name}_deep")]
 
-
-def order_metrics_and_rules(name, ladder, errors, band, *, error_ses=None, deep=None, span=None,
-                            fit=True):
-    """TRANSITION: :func:`order_metrics` and :func:`order_rules` in one call, for the modules not
-    yet in the claim shape."""
-    return (order_metrics(name, ladder, errors, error_ses=error_ses, deep=deep, span=span),
-            order_rules(name, band, deep=deep, span=span, fit=fit))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 
 from ..checks import registry
 from ..checks.report import CheckResult, overall_status, versions
