@@ -58,7 +58,7 @@ from .problems import (
     reference_config,
     sample_prior,
 )
-from .report import Series, extremes, order_figure, trend
+from .report import Series, extremes, order_figure, out_of_range, trend
 from .rules import AT_LEAST_FIRST_ORDER, FIRST_ORDER, Rule, order_metrics, order_rules
 
 CLAIM = "C2"
@@ -195,7 +195,7 @@ def summary(measured: Measurement, verdict) -> str:
             f"distance of its output law to p_eps (Gaussian data) "
             f"{trend(m[f'transport_order_{s}'] for s in sdes)}: orders "
             f"{m['transport_order_min']:.3f}..{m['transport_order_max']:.3f}"
-            + (f"; out of range: {', '.join(verdict.failed)}." if verdict.failed else "."))
+            + out_of_range(verdict))
 
 
 def headline(measured: Measurement) -> str:

@@ -32,8 +32,8 @@ from .rules import Verdict
 __all__ = ["CheckResult", "build_report", "is_report", "render_figures", "write_report",
            "versions", "overall_status", "wrap_summary", "WIDTH", "Series", "order_figure",
            "format_table", "save_figure", "render_figure", "RenderedFigure", "figure_bytes",
-           "order_axes", "depth_axes", "error_trend", "depth_trend_words", "legend_outside",
-           "MARKERS"]
+           "order_axes", "depth_axes", "error_trend", "depth_trend_words", "out_of_range",
+           "legend_outside", "MARKERS"]
 
 
 def depth_trend_words(value: float, ratio: float, depths: Sequence[float]) -> str:
@@ -59,6 +59,11 @@ def extremes(values) -> tuple[float, float]:
     if not all(math.isfinite(v) for v in values):
         return math.nan, math.nan
     return min(values), max(values)
+
+
+def out_of_range(verdict: Verdict) -> str:
+    """The end of a summary: "." when every rule held, else the metrics out of their bands."""
+    return f"; out of range: {', '.join(verdict.failed)}." if verdict.failed else "."
 
 
 def trend(orders) -> str:

@@ -80,7 +80,7 @@ from .problems import (
     sample_prior,
     score_fn,
 )
-from .report import Series, extremes, legend_outside, order_axes, trend
+from .report import Series, extremes, legend_outside, order_axes, out_of_range, trend
 from .rules import AT_LEAST_FIRST_ORDER, FIRST_ORDER, Rule, order_metrics, order_rules
 
 CLAIM = "C3"
@@ -405,7 +405,7 @@ def summary(measured: Measurement, verdict) -> str:
         f"{m['layer_w2_order_min']:.3f}..{m['layer_w2_order_max']:.3f}); sampled "
         f"moments {'match' if moments_match else 'do not match'} the propagated ones (max |z| "
         f"{m['moment_z_max']:.2f}, bound {m['moment_z_bound']:.2f})"
-        + (f"; out of range: {', '.join(verdict.failed)}." if verdict.failed else "."))
+        + out_of_range(verdict))
 
 
 def headline(measured: Measurement) -> str:
