@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
 def measure(args) -> dict:
     g = torch.Generator().manual_seed(0)
-    config = CheckConfig(gating="euler")
+    config = CheckConfig(schedule="euler")
     sde, law = make_sde("vp"), Gaussian.random(4, generator=g)
     x_T = sample_prior(law, sde, args.batch, g, config)
     span, L = sde.T - EPS, args.steps

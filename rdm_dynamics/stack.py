@@ -33,7 +33,7 @@ from .paths import standard_normal
 Coefficient = Callable[[torch.Tensor], torch.Tensor]
 Residual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["GateSchedule", "GATINGS", "GatedResidualStack", "ContinuousLimit", "get_gating"]
+__all__ = ["GateSchedule", "SCHEDULES", "GatedResidualStack", "ContinuousLimit", "get_schedule"]
 
 
 class GateSchedule:
@@ -47,7 +47,7 @@ class GateSchedule:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"<gating {self.name}>"
+        return f"<schedule {self.name}>"
 
 
 class EulerGates(GateSchedule):
@@ -86,20 +86,20 @@ class InvSqrtGates(GateSchedule):
         return 1.0 / math.sqrt(depth)
 
 
-GATINGS: dict[str, GateSchedule] = {g.name: g for g in
+SCHEDULES: dict[str, GateSchedule] = {g.name: g for g in
                                     (RDMGates(), EulerGates(), PlainGates(), InvSqrtGates())}
 
 
-def get_gating(gating: str | GateSchedule) -> GateSchedule:
+def get_schedule(schedule: str | GateSchedule) -> GateSchedule:
     """The schedule of that name (the one place schedule names are validated): ValueError for
     an unknown name."""
-    if isinstance(gating, GateSchedule):
-        return gating
+    if isinstance(schedule, GateSchedule):
+        return schedule
     try:
-        return GATINGS[gating]
+        return SCHEDULES[schedule]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown gating {gating!r}; choose one of "
-                         f"{', '.join(GATINGS)}") from None
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of "
+                         f"{', '.join(SCHEDULES)}") from None
 
 
 def _evaluate(coef: Coefficient | None, times: torch.Tensor, default: float) -> torch.Tensor:
@@ -117,7 +117,7 @@ class GatedResidualStack(nn.Module):
         residual: F(z, t), one callable (or nn.Module) shared by every unit, or a sequence of
             ``depth`` callables F_i(z, t), one per unit (weights that are not functions of t).
         depth: number of units L >= 1.
-        gating: ``rdm``, ``euler``, ``plain``, ``inv-sqrt`` or a :class:`GateSchedule`.
+        schedule: ``rdm``, ``euler``, ``plain``, ``inv-sqrt`` or a :class:`GateSchedule`.
         span: (t_start, t_end) of the grid; default (0, 1), the depth time tau = i / L.
         gain, bias, noise: a(t), b(t), c(t) as callables of a 0-d time tensor, returning tensors
             that broadcast against one sample z[0] (scalars or per-channel vectors).  Defaults:
@@ -126,7 +126,7 @@ class GatedResidualStack(nn.Module):
     """
 
     def __init__(self, residual: Residual | Sequence[Residual], depth: int, *,
-                 gating: str | GateSchedule = "euler", span: tuple[float, float] = (0.0, 1.0),
+                 schedule: str | GateSchedule = "euler", span: tuple[float, float] = (0.0, 1.0),
                  gain: Coefficient | None = None, bias: Coefficient | None = None,
                  noise: Coefficient | None = None, dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None):
@@ -134,7 +134,7 @@ class GatedResidualStack(nn.Module):
         if int(depth) != depth or depth < 1:
             raise ValueError(f"depth must be a positive integer, got {depth!r}")
         self.depth = int(depth)
-        self.schedule = get_gating(gating)
+        self.schedule = get_schedule(schedule)
         self.span = (float(span[0]), float(span[1]))
         self.h = abs(self.span[1] - self.span[0]) / self.depth
         self.sign = 1.0 if self.span[1] >= self.span[0] else -1.0

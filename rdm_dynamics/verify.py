@@ -27,7 +27,7 @@ from .cli import (
     parse_seed,
     run_command,
 )
-from .stack import GATINGS, get_gating
+from .stack import SCHEDULES, get_schedule
 
 PROG = "python -m rdm_dynamics.verify"
 DTYPES = ("float64", "float32")
@@ -40,9 +40,12 @@ def build_parser() -> Parser:
                         f"32 to {MAX_DEPTH}, divisible by 4)")
     p.add_argument("--only", default=None, metavar="ID[,ID]",
                    help="run only these checks (ids such as depth-limit, or claims such as C1)")
-    p.add_argument("--gating", default="rdm",
-                   help=f"gate schedule: {', '.join(GATINGS)} (default rdm; plain is a negative "
-                        "control and must fail)")
+    p.add_argument("--schedule", default=None,
+                   help=f"the stack's gate schedule: {', '.join(SCHEDULES)} (default rdm; plain "
+                        "is a negative control and must fail)")
+    p.add_argument("--gating", default=None, metavar="SCHEDULE",
+                   help="the former spelling of --schedule (deprecated: it still works in this "
+                        "release, with a warning)")
     p.add_argument("--seed", default="0", help=f"random seed, 0 to {MAX_SEED} (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
@@ -62,8 +65,8 @@ def build_parser() -> Parser:
     p.add_argument("--list", action="store_true", help="list the checks and exit")
     p.add_argument("--ckpt", default=None, metavar="RUN",
                    help="run the checks on a trained model instead (C8 and up): a run folder "
-                        "(its latest checkpoint) or a checkpoint file; --depth, --gating and "
-                        "--dtype then come from the model")
+                        "(its latest checkpoint) or a checkpoint file; its depth, its units' gate "
+                        "and its precision come from the model")
     p.add_argument("--self-test", action="store_true",
                    help="run every check's negative controls and the library of seeded faults "
                         "(checks/faults.py); print which check caught each fault and the kill "
@@ -147,14 +150,28 @@ def parse_args(argv) -> argparse.Namespace:
     args.seed = parse_seed(args.seed)
     args.threads = parse_int(args.threads, "threads", 1, 1024)
     args.jobs = None if args.jobs is None else parse_int(args.jobs, "jobs", 1, 1024)
-    try:
-        get_gating(args.gating)
-    except ValueError as exc:
-        raise UsageError(f"--gating: {exc}") from None
+    args.schedule = schedule_option(args)
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     args.device = str(parse_device(args.device))
     return args
+
+
+def schedule_option(args) -> str:
+    """The gate schedule asked for: ``--schedule``, or its deprecated spelling ``--gating`` (a
+    warning line on stderr once the value is known good; both given and different is an
+    error); validated."""
+    if args.gating is not None and args.schedule is not None and args.schedule != args.gating:
+        raise UsageError(f"--schedule {args.schedule} and --gating {args.gating} disagree "
+                         "(--gating is the former spelling of --schedule)")
+    try:
+        schedule = get_schedule(args.schedule or args.gating or "rdm").name
+    except ValueError as exc:
+        raise UsageError(f"--schedule: {exc}") from None
+    if args.gating is not None:
+        print(f"{PROG}: warning: --gating is deprecated, use --schedule (the same values)",
+              file=sys.stderr)
+    return schedule
 
 
 def check_config(args):
@@ -168,7 +185,7 @@ def check_config(args):
         from .checks.trained_subject import checkpoint_config
 
         return checkpoint_config(args.ckpt, seed=args.seed, device=args.device, quick=args.quick)
-    return CheckConfig(depth=args.depth, gating=args.gating, seed=args.seed,
+    return CheckConfig(depth=args.depth, schedule=args.schedule, seed=args.seed,
                        dtype=getattr(torch, args.dtype), device=args.device, quick=args.quick)
 
 

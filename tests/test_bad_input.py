@@ -165,7 +165,7 @@ VERIFY = [
     Case("verify", ["--only", ","], 2, "names no check"),
     Case("verify", ["--only", "C99"], 2, "unknown check"),
     Case("verify", ["--dtype", "bfloat16"], 2, "unknown --dtype"),
-    Case("verify", ["--gating", "wild"], 2, "unknown gating"),
+    Case("verify", ["--schedule", "wild"], 2, "unknown schedule"),
     Case("verify", ["--device", "cuda:7"], 2, "--device"),
     Case("verify", ["--out", "a_file"], 2, "is a file", a_file("a_file")),
     Case("verify", ["--out", "a_file/sub"], 2, "cannot be written", a_file("a_file")),

@@ -5,18 +5,18 @@ import pytest
 from rdm_dynamics.checks import CheckConfig, depth_limit, run_claim
 
 
-@pytest.mark.parametrize("gating", ["rdm", "euler"])
-def test_consistent_gates_converge_at_order_one(gating):
-    r = run_claim(depth_limit, CheckConfig(depth=128, gating=gating))
+@pytest.mark.parametrize("schedule", ["rdm", "euler"])
+def test_consistent_gates_converge_at_order_one(schedule):
+    r = run_claim(depth_limit, CheckConfig(depth=128, schedule=schedule))
     assert r.passed, r.summary
     assert abs(r.metrics["order"] - 1) < 0.1
     assert r.metrics["iid_order"] < 0.5  # the i.i.d. control does not converge
     assert r.metrics["iid_error"] > 10 * r.metrics["error"]
 
 
-@pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
-def test_negative_controls_fail(gating):
-    r = run_claim(depth_limit, CheckConfig(depth=64, gating=gating, quick=True))
+@pytest.mark.parametrize("schedule", ["plain", "inv-sqrt"])
+def test_negative_controls_fail(schedule):
+    r = run_claim(depth_limit, CheckConfig(depth=64, schedule=schedule, quick=True))
     assert not r.passed
     assert r.metrics["order"] < 0  # the error grows with depth
 

@@ -19,7 +19,7 @@ from rdm_dynamics.checks import CheckConfig, error_propagation, run_claim
 from rdm_dynamics.checks.problems import propagation_depths
 from rdm_dynamics.stack import GatedResidualStack
 
-GATINGS = ["rdm", "euler", "plain", "inv-sqrt"]
+SCHEDULES = ["rdm", "euler", "plain", "inv-sqrt"]
 
 
 @given(n=st.integers(0, 12), seed=st.integers(0, 10_000))
@@ -40,13 +40,13 @@ def test_gronwall_bound_refuses_negative_gains():
         gronwall_bound(torch.tensor([-0.1]), torch.ones(1))
 
 
-def _stack(dim, depth, gating, seed, scale, slope, dtype=torch.float64):
+def _stack(dim, depth, schedule, seed, scale, slope, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     field = SmoothTanhField(dim, scale=scale, slope=slope, generator=g)
     gain = SmoothCoefficient(dim, mean=1.0, amplitude=0.5, generator=g)
     bias = SmoothCoefficient(dim, mean=0.0, amplitude=0.5, generator=g)
     times = torch.arange(depth, dtype=torch.float64) / depth
-    stack = GatedResidualStack(frozen_layers(field, times), depth, gating=gating, gain=gain,
+    stack = GatedResidualStack(frozen_layers(field, times), depth, schedule=schedule, gain=gain,
                                bias=bias)
     z0 = 2 * torch.randn(8, dim, generator=g, dtype=torch.float64)
     direction = torch.randn(8, dim, generator=g, dtype=torch.float64)
@@ -54,13 +54,13 @@ def _stack(dim, depth, gating, seed, scale, slope, dtype=torch.float64):
     return stack, z0, direction / direction.norm(dim=1, keepdim=True), noise
 
 
-@given(dim=st.integers(1, 8), depth=st.integers(1, 24), gating=st.sampled_from(GATINGS),
+@given(dim=st.integers(1, 8), depth=st.integers(1, 24), schedule=st.sampled_from(SCHEDULES),
        seed=st.integers(0, 10_000), scale=st.floats(0.1, 3.0), slope=st.floats(-1.0, 1.0),
        delta=st.floats(1e-8, 1.0), noise=st.sampled_from([0.0, 1e-6, 1e-2]))
-def test_measured_deviation_never_exceeds_the_bound(dim, depth, gating, seed, scale, slope,
+def test_measured_deviation_never_exceeds_the_bound(dim, depth, schedule, seed, scale, slope,
                                                      delta, noise):
     """For random widths, depths, gates and weights: |delta_i| <= B_i at every layer."""
-    stack, z0, direction, e = _stack(dim, depth, gating, seed, scale, slope)
+    stack, z0, direction, e = _stack(dim, depth, schedule, seed, scale, slope)
     run = propagation_run(stack, z0, delta0=delta * direction,
                           errors=noise * e if noise else None)
     assert run.finite.all()
@@ -69,10 +69,10 @@ def test_measured_deviation_never_exceeds_the_bound(dim, depth, gating, seed, sc
     assert (run.bound[-1] <= run.exp_bound).all()
 
 
-@given(depth=st.integers(1, 48), gating=st.sampled_from(GATINGS), seed=st.integers(0, 10_000),
+@given(depth=st.integers(1, 48), schedule=st.sampled_from(SCHEDULES), seed=st.integers(0, 10_000),
        dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]))
-def test_low_precision_forward_stays_within_its_bound(depth, gating, seed, dtype):
-    stack, z0, _, _ = _stack(4, depth, gating, seed, 1.0, 0.5)
+def test_low_precision_forward_stays_within_its_bound(depth, schedule, seed, dtype):
+    stack, z0, _, _ = _stack(4, depth, schedule, seed, 1.0, 0.5)
     run = propagation_run(stack, z0, dtype=dtype, reference_dtype=torch.float64)
     finite = run.finite
     assert (run.measured[:, finite] <= run.bound[:, finite]).all()
@@ -91,7 +91,7 @@ def test_an_understated_lipschitz_constant_produces_violations():
     stack, z0, direction, _ = _stack(6, 32, "plain", 0, 1.0, 0.5)
     forged = [UnderstatedLayer(layer.W.detach(), layer.c.detach(), layer.slope)
               for layer in stack.residuals]
-    forged_stack = GatedResidualStack(forged, 32, gating="plain",
+    forged_stack = GatedResidualStack(forged, 32, schedule="plain",
                                       gain=stack.gain, bias=stack.bias)
     assert propagation_run(stack, z0, delta0=1e-6 * direction).violations == 0
     assert propagation_run(forged_stack, z0, delta0=1e-6 * direction).violations > 0
@@ -127,9 +127,9 @@ def test_gated_check_passes():
     assert m["lowp_error_bf16"] > m["lowp_error_fp16"] > 0  # bfloat16 is the coarser type
 
 
-@pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
-def test_negative_controls_fail(gating):
-    r = run_claim(error_propagation, CheckConfig(depth=64, gating=gating, quick=True))
+@pytest.mark.parametrize("schedule", ["plain", "inv-sqrt"])
+def test_negative_controls_fail(schedule):
+    r = run_claim(error_propagation, CheckConfig(depth=64, schedule=schedule, quick=True))
     assert not r.passed
     assert r.metrics["amplification_ratio_gated"] > 2 or math.isnan(
         r.metrics["amplification_ratio_gated"])

@@ -58,14 +58,14 @@ def unit_by_unit(stack, z0, xi, perturbations=None):
     return torch.stack(states)
 
 
-@pytest.mark.parametrize("gating", ["euler", "rdm", "plain", "inv-sqrt"])
+@pytest.mark.parametrize("schedule", ["euler", "rdm", "plain", "inv-sqrt"])
 @pytest.mark.parametrize("sample_shape,noise", [
     ((3,), lambda t: 0.3 + t),                                    # scalar gamma_i
     ((3,), lambda t: torch.tensor([0.1, 0.5, 1.0], dtype=F64) * (1 + t)),  # per channel
     ((2, 4, 4), lambda t: torch.tensor([0.2, 0.7], dtype=F64)[:, None, None] * (1 + t)),
     ((3,), None),                                                 # deterministic units
 ])
-def test_forward_is_the_units_applied_one_by_one(gating, sample_shape, noise):
+def test_forward_is_the_units_applied_one_by_one(schedule, sample_shape, noise):
     g = torch.Generator().manual_seed(3)
     L, B = 12, 5
     weight = torch.randn(sample_shape, generator=g, dtype=F64)
@@ -73,7 +73,7 @@ def test_forward_is_the_units_applied_one_by_one(gating, sample_shape, noise):
     def residual(z, t):
         return torch.tanh(weight * z) * (1 + t) - 0.5 * z
 
-    stack = GatedResidualStack(residual, L, gating=gating, span=(1.0, 0.1), noise=noise,
+    stack = GatedResidualStack(residual, L, schedule=schedule, span=(1.0, 0.1), noise=noise,
                                bias=lambda t: 0.1 * t)
     z0 = torch.randn(B, *sample_shape, generator=g, dtype=F64)
     xi = torch.randn(L, B, *sample_shape, generator=g, dtype=F64)
@@ -83,7 +83,7 @@ def test_forward_is_the_units_applied_one_by_one(gating, sample_shape, noise):
         assert torch.equal(stack(z0, xi=xi, perturbations=e, return_all=True), expected)
         assert torch.equal(stack(z0, xi=xi, perturbations=e), expected[-1])
         assert torch.equal(stack(z0, xi=xi, return_all=True), unit_by_unit(stack, z0, xi))
-    if gating == "rdm" and noise is not None:  # the noise gates still learn
+    if schedule == "rdm" and noise is not None:  # the noise gates still learn
         stack(z0, xi=xi).sum().backward()
         assert stack.gamma.grad is not None and stack.gamma.grad.abs().sum() > 0
 
@@ -133,7 +133,7 @@ def test_a_denoising_stack_tabulates_its_field_once_and_keeps_it_out_of_copies(s
     from rdm_dynamics.checks.problems import data_laws, denoising_stack
     from rdm_dynamics.sde import make_sde
 
-    config = CheckConfig(depth=32, gating="euler")
+    config = CheckConfig(depth=32, schedule="euler")
     laws = data_laws(config, config.generator(1))
     for law in laws.values():
         for name in ("vp", "ve"):
@@ -163,7 +163,7 @@ def test_a_denoising_stack_tabulates_its_field_once_and_keeps_it_out_of_copies(s
 def test_a_bias_installed_into_fixed_gates_is_added():
     """A stack without a bias coefficient skips + beta only while its beta_i are 0: a bias
     written into the gate buffers later is applied, by forward and unit alike."""
-    stack = GatedResidualStack(lambda z, t: torch.tanh(z), 4, gating="euler")
+    stack = GatedResidualStack(lambda z, t: torch.tanh(z), 4, schedule="euler")
     z = torch.ones(2, 3, dtype=torch.float64)
     before = stack(z)
     stack.beta.fill_(0.5)

@@ -144,11 +144,11 @@ def test_closed_form_gates_reject_bad_grids():
         closed_form_gates(law, sde, [0.1, 0.5], stochastic=True)
 
 
-@pytest.mark.parametrize("gating, learnable", [("rdm", True), ("euler", False),
+@pytest.mark.parametrize("schedule, learnable", [("rdm", True), ("euler", False),
                                                ("plain", False), ("inv-sqrt", False)])
-def test_only_learnable_gates_take_the_closed_form(gating, learnable):
+def test_only_learnable_gates_take_the_closed_form(schedule, learnable):
     law, sde = random_gaussian(1, 2), VPSDE()
-    stack = eigen_stack(law, sde, 4, gating=gating, stochastic=True, span=(1.0, 1e-3))
+    stack = eigen_stack(law, sde, 4, schedule=schedule, stochastic=True, span=(1.0, 1e-3))
     before = {k: v.detach().clone() for k, v in stack.gates().items()}
     gates = closed_form_gates(law, sde, stack.times, stochastic=True)
     assert install_gates(stack, gates) is learnable
@@ -159,7 +159,7 @@ def test_only_learnable_gates_take_the_closed_form(gating, learnable):
 def test_layer_laws_of_an_overflowing_stack_are_flagged():
     """Plain gates blow the law up: the layer laws say so (not proper, W2 NaN), no exception."""
     law, sde = random_gaussian(2, 2), VESDE()
-    stack = eigen_stack(law, sde, 256, gating="plain", stochastic=True, span=(1.0, 1e-3))
+    stack = eigen_stack(law, sde, 256, schedule="plain", stochastic=True, span=(1.0, 1e-3))
     p_eps = eigen_law(law, law.marginal(sde, 1e-3))
     laws = layer_laws(stack, eigen_law(law, law.marginal(sde, 1.0)), p_eps.mean, p_eps.cov,
                       layers=-1)
@@ -238,7 +238,7 @@ def test_gradient_descent_reaches_the_maximum_likelihood_gates():
 
 def test_gradient_descent_leaves_fixed_gates_alone():
     law, sde = random_gaussian(0, 2), VPSDE()
-    stack = eigen_stack(law, sde, 4, gating="euler", stochastic=True, span=(1.0, 1e-3))
+    stack = eigen_stack(law, sde, 4, schedule="euler", stochastic=True, span=(1.0, 1e-3))
     before = stack.alpha.clone()
     states = torch.randn(5, 10, 2, dtype=torch.float64)
     assert train_gates_by_denoising(stack, states) == []
@@ -295,14 +295,14 @@ def failed_metrics(result) -> set[str]:
     return {k for k, iv in result.expected.items() if not within(result.metrics[k], iv)}
 
 
-@pytest.mark.parametrize("gating, must_fail", [
+@pytest.mark.parametrize("schedule, must_fail", [
     ("plain", {"closed_form_error", "learned_gate_error", "learned_gate_error_gd"}),
     ("euler", {"closed_form_error", "learned_gate_error"}),
     ("inv-sqrt", {"closed_form_error", "learned_gate_error"}),
 ])
-def test_fixed_gates_fail(gating, must_fail):
+def test_fixed_gates_fail(schedule, must_fail):
     """Schedules whose gates cannot take the closed form or a fit fail the check."""
-    result = run_claim(c4, CheckConfig(depth=32, quick=True, gating=gating))
+    result = run_claim(c4, CheckConfig(depth=32, quick=True, schedule=schedule))
     assert not result.passed
     assert must_fail <= failed_metrics(result), result.summary
 
@@ -326,7 +326,7 @@ def test_a_shift_below_zero_is_refused():
 
 
 def test_verify_plain_exits_1(tmp_path, capsys):
-    code = verify.main(["--only", "C4", "--quick", "--depth", "32", "--gating", "plain",
+    code = verify.main(["--only", "C4", "--quick", "--depth", "32", "--schedule", "plain",
                         "--out", str(tmp_path), "--no-figures"])
     assert code == 1
     assert "FAIL" in capsys.readouterr().out

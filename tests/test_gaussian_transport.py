@@ -23,7 +23,7 @@ from rdm_dynamics.stack import GatedResidualStack
 from rdm_dynamics.stats import empirical_moments, gaussian_w2_moments, moment_z_scores
 
 F64 = torch.float64
-EULER = CheckConfig(gating="euler")
+EULER = CheckConfig(schedule="euler")
 
 
 def fixed_law(seed: int, dim: int) -> Gaussian:
@@ -71,7 +71,7 @@ def test_one_unit_matches_the_exact_kernels_to_first_order(law, sde, t):
 
     def unit_errors(h, probability_flow):
         reverse = sde.reverse(lambda x, u: law.score(x, u, sde), probability_flow)
-        unit = GatedResidualStack(reverse.denoising_field, 1, gating="euler", span=(t, t - h),
+        unit = GatedResidualStack(reverse.denoising_field, 1, schedule="euler", span=(t, t - h),
                                   noise=None if probability_flow else sde.diffusion_coef)
         A, c, noise = (x[0] for x in unit.affine_units(law.dim))
         exact = (law.pf_ode_map(sde, t, t - h) if probability_flow
@@ -122,7 +122,7 @@ def test_w2_of_huge_finite_moments_does_not_raise():
     law = fixed_law(0, 4)
     for name in ("subvp", "ve"):
         sde = make_sde(name)
-        stack = denoising_stack(sde, law, 256, CheckConfig(gating="plain"),
+        stack = denoising_stack(sde, law, 256, CheckConfig(schedule="plain"),
                                 probability_flow=False)
         w2 = layer_laws(stack, law.marginal(sde, sde.T),
                         *law.marginal_moments(sde, stack.times)).w2

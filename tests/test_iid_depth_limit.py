@@ -210,10 +210,10 @@ def true_result():
 
 def test_registered_as_c7_and_independent_of_the_gating():
     assert registry()["iid-depth-limit"] is iid_depth_limit and iid_depth_limit.CLAIM == "C7"
-    assert iid_depth_limit.USES_GATING is False
-    a = run_claim(iid_depth_limit, CheckConfig(depth=32, quick=True, gating="plain"))
-    b = run_claim(iid_depth_limit, CheckConfig(depth=32, quick=True, gating="rdm"))
-    assert a.metrics == b.metrics and "--gating does not change it" in a.summary
+    assert iid_depth_limit.USES_SCHEDULE is False
+    a = run_claim(iid_depth_limit, CheckConfig(depth=32, quick=True, schedule="plain"))
+    b = run_claim(iid_depth_limit, CheckConfig(depth=32, quick=True, schedule="rdm"))
+    assert a.metrics == b.metrics and "--schedule does not change it" in a.summary
 
 
 def test_true_limit_passes_at_weak_order_one(true_result):

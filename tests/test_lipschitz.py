@@ -76,7 +76,7 @@ def test_an_uncertified_part_makes_a_sum_uncertified():
 def test_a_stack_with_uncertified_constants_gets_no_bound(cls, message):
     """Negative control: the bound refuses to run, rather than silently using an estimate."""
     layers = _layers(cls)
-    stack = GatedResidualStack(layers, len(layers), gating="euler")
+    stack = GatedResidualStack(layers, len(layers), schedule="euler")
     z0 = torch.zeros(2, 3, dtype=torch.float64)
     with pytest.raises(UncertifiedLipschitzError, match=message):
         stack_gains(stack)
@@ -85,7 +85,7 @@ def test_a_stack_with_uncertified_constants_gets_no_bound(cls, message):
 
 
 def test_a_residual_without_a_bound_is_refused():
-    stack = GatedResidualStack(lambda z, t: torch.tanh(z), 4, gating="euler")
+    stack = GatedResidualStack(lambda z, t: torch.tanh(z), 4, schedule="euler")
     with pytest.raises(UncertifiedLipschitzError, match="provides no lipschitz_bound"):
         stack_gains(stack)
 
@@ -106,7 +106,7 @@ def test_field_bounds_match_the_frozen_layers_and_include_the_slope():
 def test_stack_gains_are_max_gate_times_lipschitz():
     g = torch.Generator().manual_seed(2)
     field = SmoothTanhField(4, generator=g)
-    stack = GatedResidualStack(field, 8, gating="euler", gain=lambda t: torch.tensor([1.0, 2.0,
+    stack = GatedResidualStack(field, 8, schedule="euler", gain=lambda t: torch.tensor([1.0, 2.0,
                                                                                       -3.0, 0.5]))
     gains = stack_gains(stack)
     lips = torch.tensor([field.lipschitz(t).item() for t in stack.times[:-1]], dtype=torch.float64)

@@ -272,7 +272,7 @@ def test_forward_compiles_as_one_graph():
     ({"name": "RDM-DiT-T/2", "input_size": 7}, "not divisible"),
     ({"name": "RDM-UNet-T", "input_size": 6, "channel_mult": [1, 2, 2]}, "not divisible"),
     ({"name": "RDM-UNet-T", "attention_levels": [5]}, "attention_levels"),
-    ({"name": "RDM-DiT-T/2", "rdm_alpha_init": "fast"}, "unknown gating"),
+    ({"name": "RDM-DiT-T/2", "rdm_alpha_init": "fast"}, "unknown schedule"),
     ({"name": "RDM-DiT-T/2", "class_dropout_prob": 1.5}, "class_dropout_prob"),
     ({"name": "RDM-DiT-T/2", "heads": 5}, "divisible"),
 ])

@@ -71,9 +71,9 @@ def test_negative_controls_fail(control):
     assert {"output_energy_vp", "output_share_z_vp"} & set(r.verdict.failed), r.verdict.failed
 
 
-@pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
-def test_gates_that_are_not_ode_consistent_fail(gating):
-    config = CheckConfig(depth=128, ladder=SMALL.ladder, quick=True, gating=gating)
+@pytest.mark.parametrize("schedule", ["plain", "inv-sqrt"])
+def test_gates_that_are_not_ode_consistent_fail(schedule):
+    config = CheckConfig(depth=128, ladder=SMALL.ladder, quick=True, schedule=schedule)
     r = run_claim(pf_ode, config, sdes=("vp",))
     assert not r.passed
     assert all(not 0.85 <= r.metrics[k] <= 1.15 for k in r.expected)
@@ -81,7 +81,7 @@ def test_gates_that_are_not_ode_consistent_fail(gating):
 
 def test_rdm_gates_start_as_euler_gates():
     law = data_laws(SMALL, SMALL.generator(2))["gaussian"]
-    rdm, euler = (denoising_stack(make_sde("vp"), law, 16, CheckConfig(gating=g),
+    rdm, euler = (denoising_stack(make_sde("vp"), law, 16, CheckConfig(schedule=g),
                                   probability_flow=True) for g in ("rdm", "euler"))
     assert torch.equal(rdm.alpha.detach(), euler.alpha) and rdm.alpha.requires_grad
     assert torch.allclose(euler.alpha, torch.full((16,), (1 - EPS) / 16, dtype=torch.float64))
@@ -106,7 +106,7 @@ def test_dopri5_reference_reproduces_the_closed_form_flow():
 def test_output_law_w2_falls_with_h():
     """The stack's exact output law (z_0 ~ p_T, Gaussian data) against p_eps, as C2 measures it:
     its W2 distance is positive and halves when h does."""
-    config = CheckConfig(quick=True, gating="euler")
+    config = CheckConfig(quick=True, schedule="euler")
     law = data_laws(config, config.generator(2))["gaussian"]
     sde = make_sde("vp")
     p_T, p_eps = law.marginal(sde, sde.T), law.marginal(sde, EPS)

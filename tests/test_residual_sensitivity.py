@@ -16,17 +16,17 @@ from rdm_dynamics.stack import GatedResidualStack
 
 
 @given(dim=st.integers(1, 6), batch=st.integers(1, 4), seed=st.integers(0, 10_000),
-       slope=st.sampled_from([0.0, 0.5, -1.0]), gating=st.sampled_from(["rdm", "plain",
+       slope=st.sampled_from([0.0, 0.5, -1.0]), schedule=st.sampled_from(["rdm", "plain",
                                                                          "inv-sqrt"]))
 def test_one_unit_backprop_is_the_analytic_vector_jacobian_product(dim, batch, seed, slope,
-                                                                   gating):
+                                                                   schedule):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(dim, dim, generator=g, dtype=torch.float64)
     c = torch.randn(dim, generator=g, dtype=torch.float64)
     a = 0.5 + torch.rand(dim, generator=g, dtype=torch.float64)
     b = torch.randn(dim, generator=g, dtype=torch.float64)
     layer = TanhLayer(W, c, slope)
-    stack = GatedResidualStack([layer], 1, gating=gating, gain=lambda t: a, bias=lambda t: b)
+    stack = GatedResidualStack([layer], 1, schedule=schedule, gain=lambda t: a, bias=lambda t: b)
     z = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     w = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     out = backprop_adjoints(stack, z, linear_loss(w), [layer.W, layer.c])
@@ -41,13 +41,13 @@ def test_one_unit_backprop_is_the_analytic_vector_jacobian_product(dim, batch, s
     assert torch.allclose(out.param_grads[1], (aw * sech2).sum(0), rtol=1e-12, atol=1e-12)
 
 
-def _problem(depth, gating="euler", seed=0, dim=4, field=None):
+def _problem(depth, schedule="euler", seed=0, dim=4, field=None):
     g = torch.Generator().manual_seed(seed)
     own = SmoothTanhField(dim, slope=0.5, generator=g)  # drawn always: same draws after it
     field = field or own
     gain = SmoothCoefficient(dim, mean=1.0, amplitude=0.5, generator=g)
     bias = SmoothCoefficient(dim, mean=0.0, amplitude=0.5, generator=g)
-    stack = GatedResidualStack(field, depth, gating=gating, gain=gain, bias=bias)
+    stack = GatedResidualStack(field, depth, schedule=schedule, gain=gain, bias=bias)
     z0 = torch.randn(3, dim, generator=g, dtype=torch.float64)
     w = torch.randn(3, dim, generator=g, dtype=torch.float64)
     return stack, field, z0, linear_loss(w)
@@ -64,11 +64,11 @@ def test_backprop_adjoints_follow_the_discrete_adjoint_recursion():
             assert torch.allclose(out.adjoints[i, s], out.adjoints[i + 1, s] @ J, atol=1e-12)
 
 
-@given(depth=st.integers(1, 40), gating=st.sampled_from(["euler", "plain", "inv-sqrt"]),
+@given(depth=st.integers(1, 40), schedule=st.sampled_from(["euler", "plain", "inv-sqrt"]),
        seed=st.integers(0, 10_000))
-def test_sensitivity_obeys_the_gronwall_bounds(depth, gating, seed):
+def test_sensitivity_obeys_the_gronwall_bounds(depth, schedule, seed):
     """exp(-sum g/(1-g)) <= |p_0|/|p_L| <= prod (1 + g_i) (lower bound only where all g_i < 1)."""
-    stack, _, z0, loss = _problem(depth, gating, seed)
+    stack, _, z0, loss = _problem(depth, schedule, seed)
     sens = backprop_adjoints(stack, z0, loss).sensitivity
     gains = stack_gains(stack)
     assert (sens <= torch.prod(1 + gains) * (1 + 1e-12)).all()
@@ -129,9 +129,9 @@ def test_gated_check_passes():
     assert m["memory_exponent_backprop"] > 0.9 and abs(m["memory_exponent_adjoint"]) < 0.05
 
 
-@pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
-def test_negative_controls_fail(gating):
-    r = run_claim(residual_sensitivity, CheckConfig(depth=64, gating=gating, quick=True))
+@pytest.mark.parametrize("schedule", ["plain", "inv-sqrt"])
+def test_negative_controls_fail(schedule):
+    r = run_claim(residual_sensitivity, CheckConfig(depth=64, schedule=schedule, quick=True))
     assert not r.passed
     assert r.metrics["order"] < 0.5 or math.isnan(r.metrics["order"])
     assert not 0.5 < r.metrics["sensitivity_ratio_gated"] < 2

@@ -67,10 +67,10 @@ def test_negative_controls_fail(control):
     assert_every_claim_fails(r)
 
 
-@pytest.mark.parametrize("gating", ["plain", "inv-sqrt"])
-def test_gates_that_are_not_ode_consistent_fail(gating):
+@pytest.mark.parametrize("schedule", ["plain", "inv-sqrt"])
+def test_gates_that_are_not_ode_consistent_fail(schedule):
     r = run_claim(reverse_sde, CheckConfig(depth=128, ladder=SMALL.ladder, quick=True,
-                                           gating=gating), sdes=("vp",))
+                                           schedule=schedule), sdes=("vp",))
     assert not r.passed
     assert_every_claim_fails(r)
 
@@ -103,7 +103,7 @@ def _torchsde_grid(span: float, steps: int) -> list[torch.Tensor]:
 
 
 def _problem(name, law_name, batch, seed):
-    config = CheckConfig(gating="euler", quick=True)
+    config = CheckConfig(schedule="euler", quick=True)
     g = torch.Generator().manual_seed(seed)
     law = data_laws(config, g)[law_name]
     sde = make_sde(name)

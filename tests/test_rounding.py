@@ -81,13 +81,13 @@ def test_tanh_layer_rounding_bound_holds(dim, seed, scale, slope, dtype, magnitu
     assert (err <= bound).all()
 
 
-def _stack(depth, dtype, seed=0, gating="euler"):
+def _stack(depth, dtype, seed=0, schedule="euler"):
     g = torch.Generator().manual_seed(seed)
     field = SmoothTanhField(6, slope=0.5, generator=g)
     gain = SmoothCoefficient(6, mean=1.0, amplitude=0.5, generator=g)
     bias = SmoothCoefficient(6, mean=0.0, amplitude=0.5, generator=g)
     times = torch.arange(depth, dtype=torch.float64) / depth
-    stack = GatedResidualStack(frozen_layers(field, times), depth, gating=gating, gain=gain,
+    stack = GatedResidualStack(frozen_layers(field, times), depth, schedule=schedule, gain=gain,
                                bias=bias)
     z0 = torch.randn(16, 6, generator=g, dtype=torch.float64)
     import copy

@@ -58,7 +58,7 @@ def _self_test(monkeypatch, fault_list, control_list, quick_controls=None):
 
 
 def _plain_control():
-    return Control("depth-limit:plain", "depth-limit", faults._gated("plain"))
+    return Control("depth-limit:plain", "depth-limit", faults._scheduled("plain"))
 
 
 def test_a_fault_that_survives_fails_the_self_test(monkeypatch):
@@ -79,7 +79,7 @@ def test_a_caught_fault_and_a_failing_control_pass_the_self_test(monkeypatch):
 def test_a_control_that_passes_fails_the_self_test(monkeypatch):
     fault = next(f for f in FAULTS if f.name == "unit-forgets-beta")
     fault = Fault(fault.name, fault.target, fault.replacement, ("depth-limit",), "")
-    not_a_control = Control("depth-limit:euler", "depth-limit", faults._gated("euler"))
+    not_a_control = Control("depth-limit:euler", "depth-limit", faults._scheduled("euler"))
     rc, text = _self_test(monkeypatch, [fault], [not_a_control])
     assert rc == 1 and "PASSED (a control that passes!)" in text
 

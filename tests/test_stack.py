@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torchdiffeq import odeint
 
 from rdm_dynamics.analysis.fields import SmoothCoefficient, SmoothTanhField, TanhLayer
-from rdm_dynamics.stack import GATINGS, GatedResidualStack, get_gating
+from rdm_dynamics.stack import SCHEDULES, GatedResidualStack, get_schedule
 
 F64 = torch.float64
 
@@ -37,7 +37,7 @@ def test_euler_gates_equal_torchdiffeq_euler(depth, seed, span):
     field, g = tanh_field(4, seed)
     gain = SmoothCoefficient(4, mean=1.0, amplitude=0.5, generator=g)
     bias = SmoothCoefficient(4, mean=0.0, amplitude=0.5, generator=g)
-    stack = GatedResidualStack(field, depth, gating="euler", span=span, gain=gain, bias=bias)
+    stack = GatedResidualStack(field, depth, schedule="euler", span=span, gain=gain, bias=bias)
     z0 = torch.randn(6, 4, generator=g, dtype=F64)
     with torch.no_grad():
         ours = stack(z0, return_all=True)
@@ -54,7 +54,7 @@ def test_gate_values_per_schedule(name, scale):
     gain = lambda t: 2.0 + t  # noqa: E731
     bias = lambda t: 3.0 * t  # noqa: E731
     noise = lambda t: 5.0 + 0 * t  # noqa: E731
-    stack = GatedResidualStack(lambda z, t: z, L, gating=name, span=span, gain=gain, bias=bias,
+    stack = GatedResidualStack(lambda z, t: z, L, schedule=name, span=span, gain=gain, bias=bias,
                                noise=noise)
     t = stack.times[:-1]
     s = scale(L, h)
@@ -64,13 +64,13 @@ def test_gate_values_per_schedule(name, scale):
     assert torch.allclose(gates["gamma"], math.sqrt(s) * torch.full_like(t, 5.0))
     learnable = isinstance(gates["alpha"], torch.nn.Parameter)
     assert learnable == (name == "rdm")
-    assert get_gating(name).ode_consistent == (name in ("euler", "rdm"))
+    assert get_schedule(name).ode_consistent == (name in ("euler", "rdm"))
 
 
 def test_rdm_gates_are_trainable_and_start_at_euler():
     field, g = tanh_field()
-    rdm = GatedResidualStack(field, 8, gating="rdm")
-    euler = GatedResidualStack(field, 8, gating="euler")
+    rdm = GatedResidualStack(field, 8, schedule="rdm")
+    euler = GatedResidualStack(field, 8, schedule="euler")
     z0 = torch.randn(3, 4, generator=g, dtype=F64)
     assert torch.equal(rdm(z0), euler(z0))
     names = {n for n, _ in rdm.named_parameters()}
@@ -98,7 +98,7 @@ def test_stochastic_units_use_the_given_noise():
 def test_per_layer_residuals():
     d, L = 3, 5
     layers = [TanhLayer(torch.randn(d, d, dtype=F64), torch.randn(d, dtype=F64)) for _ in range(L)]
-    stack = GatedResidualStack(layers, L, gating="plain")
+    stack = GatedResidualStack(layers, L, schedule="plain")
     z0 = torch.randn(4, d, dtype=F64)
     z = z0
     for layer in layers:
@@ -112,16 +112,16 @@ def test_per_layer_residuals():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown gating"):
-        GatedResidualStack(lambda z, t: z, 4, gating="nope")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        GatedResidualStack(lambda z, t: z, 4, schedule="nope")
     with pytest.raises(ValueError, match="positive integer"):
         GatedResidualStack(lambda z, t: z, 0)
-    assert set(GATINGS) == {"rdm", "euler", "plain", "inv-sqrt"}
+    assert set(SCHEDULES) == {"rdm", "euler", "plain", "inv-sqrt"}
 
 
 def test_dtype_and_module_movement():
     field, _ = tanh_field()
-    stack = GatedResidualStack(field, 4, gating="rdm", dtype=torch.float32)
+    stack = GatedResidualStack(field, 4, schedule="rdm", dtype=torch.float32)
     assert stack.times.dtype == torch.float32 and stack.alpha.dtype == torch.float32
     stack = stack.to(F64)
     assert stack.alpha.dtype == F64 and stack.times.dtype == F64

@@ -35,23 +35,23 @@ def rejudge(check_json: dict) -> tuple[bool, list[str]]:
 
 #: The run whose verdict is known for every check: every gate-dependent check fails with plain
 #: residuals (the negative control).  A check that runs its own scalings
-#: (``USES_GATING = False``: C7) ignores --gating.
+#: (``USES_SCHEDULE = False``: C7) ignores --schedule.
 ALL_FAIL = ("plain", 64)
 
 
-@pytest.mark.parametrize("gating, depth", RUNS)
-def test_expected_reproduces_passed_for_every_check(gating, depth):
-    config = CheckConfig(depth=depth, gating=gating, quick=True)
+@pytest.mark.parametrize("schedule, depth", RUNS)
+def test_expected_reproduces_passed_for_every_check(schedule, depth):
+    config = CheckConfig(depth=depth, schedule=schedule, quick=True)
     verdicts = {}
     for cid, module in registry().items():
         result = json.loads(json.dumps(run_claim(module, config).to_json()))
-        assert result["expected"], f"{cid} under {gating} declares no rule"
-        assert rejudge(result) == (result["passed"], result["failed"]), (cid, gating, depth)
+        assert result["expected"], f"{cid} under {schedule} declares no rule"
+        assert rejudge(result) == (result["passed"], result["failed"]), (cid, schedule, depth)
         verdicts[cid] = result["passed"]
-    if (gating, depth) == ALL_FAIL:
+    if (schedule, depth) == ALL_FAIL:
         checks = registry()
         assert not any(passed for cid, passed in verdicts.items()
-                       if getattr(checks[cid], "USES_GATING", True)), verdicts
+                       if getattr(checks[cid], "USES_SCHEDULE", True)), verdicts
 
 
 def test_margins_shrink_or_widen_the_interval_and_are_written_into_expected():

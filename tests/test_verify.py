@@ -10,8 +10,8 @@ from test_verdicts import rejudge
 from rdm_dynamics.checks import registry
 from rdm_dynamics.verify import main
 
-TOP = ["depth", "gating", "seed", "dtype", "device", "passed", "status", "seconds", "versions",
-       "checks", "figures"]
+TOP = ["depth", "schedule", "gating", "seed", "dtype", "device", "passed", "status", "seconds",
+       "versions", "checks", "figures"]
 CHECK = ["id", "claim", "passed", "seconds", "metrics", "expected", "failed", "summary",
          "status"]
 
@@ -43,14 +43,29 @@ def test_default_run_passes_and_writes_the_contract(tmp_path):
     assert "PASS" in done.stdout
 
 
-def test_plain_gating_fails_with_exit_code_one(tmp_path):
-    code = main(["--depth", "64", "--gating", "plain", "--quick", "--out", str(tmp_path),
+def test_plain_schedule_fails_with_exit_code_one(tmp_path):
+    code = main(["--depth", "64", "--schedule", "plain", "--quick", "--out", str(tmp_path),
                  "--no-figures"])
     assert code == 1
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passed"] is False
     by_id = {c["id"]: c for c in report["checks"]}
     assert by_id["depth-limit"]["passed"] is False
+
+
+def test_the_former_flag_gating_still_works_with_one_warning(tmp_path, capsys):
+    """--gating is --schedule's former spelling, kept one release: the same report (the run's
+    schedule also under the report's former key ``gating``), and one warning line."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    common = ["--depth", "32", "--only", "C1", "--quick", "--no-figures"]
+    assert main([*common, "--schedule", "euler", "--out", str(new)]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*common, "--gating", "euler", "--out", str(old)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gating is deprecated, use --schedule" in err[0]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (new, old))
+    assert a["schedule"] == a["gating"] == b["schedule"] == "euler"
+    assert [c["metrics"] for c in a["checks"]] == [c["metrics"] for c in b["checks"]]
 
 
 def test_only_selects_checks(tmp_path):
@@ -74,7 +89,9 @@ def test_only_selects_checks(tmp_path):
     (["--depth", "abc"], "--depth must be an integer"),
     (["--depth", "7"], "too small"),
     (["--only", "nope"], "unknown check 'nope'"),
-    (["--gating", "wild"], "--gating: unknown gating"),
+    (["--schedule", "wild"], "--schedule: unknown schedule"),
+    (["--gating", "wild"], "--schedule: unknown schedule"),
+    (["--gating", "plain", "--schedule", "rdm"], "disagree"),
     (["--dtype", "float16"], "unknown --dtype"),
     (["--seed", "x"], "--seed must be an integer"),
     (["--threads", "0"], "--threads must be at least 1"),

@@ -136,21 +136,21 @@ class DenoisingCoefficients:
     def noise(self, t) -> torch.Tensor:
         return self._values(t)[2]
 
-    def stack(self, depth: int, *, gating: str = "rdm", span: tuple[float, float],
+    def stack(self, depth: int, *, schedule: str = "rdm", span: tuple[float, float],
               dtype: torch.dtype = torch.float64, device=None) -> GatedResidualStack:
         """The stack with F(z) = z whose gates start at the Euler step of the denoising field
-        (Euler-Maruyama of the reverse SDE when ``stochastic``), scaled by ``gating``."""
-        return GatedResidualStack(identity, depth, gating=gating, span=span, gain=self.gain,
+        (Euler-Maruyama of the reverse SDE when ``stochastic``), scaled by ``schedule``."""
+        return GatedResidualStack(identity, depth, schedule=schedule, span=span, gain=self.gain,
                                   bias=self.bias, noise=self.noise if self.stochastic else None,
                                   dtype=dtype, device=device)
 
 
-def eigen_stack(law: Gaussian, sde: SDE, depth: int, *, gating: str = "rdm",
+def eigen_stack(law: Gaussian, sde: SDE, depth: int, *, schedule: str = "rdm",
                 stochastic: bool = False, span: tuple[float, float],
                 dtype: torch.dtype = torch.float64, device=None) -> GatedResidualStack:
     """``DenoisingCoefficients(law, sde, stochastic=...).stack(depth, ...)``."""
     return DenoisingCoefficients(law, sde, stochastic=stochastic).stack(
-        depth, gating=gating, span=span, dtype=dtype, device=device)
+        depth, schedule=schedule, span=span, dtype=dtype, device=device)
 
 
 def install_gates(stack: GatedResidualStack, gates: dict[str, torch.Tensor]) -> bool:

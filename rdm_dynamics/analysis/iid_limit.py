@@ -215,12 +215,12 @@ class _SampledTanhUnit:
         return tanh_residual(z.unsqueeze(-2), W, b).squeeze(-2)
 
 
-def iid_stack_output(law: TanhWeightLaw, z0: torch.Tensor, depth: int, gating: str, *,
+def iid_stack_output(law: TanhWeightLaw, z0: torch.Tensor, depth: int, schedule: str, *,
                      xi: torch.Tensor | None = None, generator=None,
                      weights: str = "iid") -> torch.Tensor:
     """z_L of the depth-L stack z_{i+1} = z_i + alpha_i tanh(W_i z_i + b_i), one weight sequence
     per row of z0 (n, d), run by :class:`~rdm_dynamics.stack.GatedResidualStack` with the gate
-    schedule ``gating`` (``inv-sqrt``: alpha = 1/sqrt(L); ``euler``: 1/L; ``plain``: 1).
+    schedule ``schedule`` (``inv-sqrt``: alpha = 1/sqrt(L); ``euler``: 1/L; ``plain``: 1).
 
     ``xi`` (L, n, d): the standard normal layer noises the draws are coupled to (None: fresh
     draws).  ``weights="shared"`` draws one (W, b) per sample and uses it at every layer (the
@@ -233,7 +233,7 @@ def iid_stack_output(law: TanhWeightLaw, z0: torch.Tensor, depth: int, gating: s
     rng = numpy_rng(generator)
     units = [_SampledTanhUnit(law, None if xi is None else xi[i], rng, shared)
              for i in range(depth)]
-    stack = GatedResidualStack(units, depth, gating=gating, dtype=z0.dtype, device=z0.device)
+    stack = GatedResidualStack(units, depth, schedule=schedule, dtype=z0.dtype, device=z0.device)
     with torch.no_grad():
         return stack(z0)
 

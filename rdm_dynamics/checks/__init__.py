@@ -44,7 +44,7 @@ class CheckConfig:
     """What every check is run with (the verify command line)."""
 
     depth: int = 256
-    gating: str = "rdm"
+    schedule: str = "rdm"
     seed: int = 0
     dtype: torch.dtype = torch.float64
     device: str = "cpu"
@@ -64,8 +64,9 @@ class CheckConfig:
 
     @property
     def report_fields(self) -> dict:
-        """What the report says of this configuration beyond depth, seed, dtype and device."""
-        return {"gating": self.gating}
+        """What the report says of this configuration beyond depth, seed, dtype and device: the
+        schedule, and under ``gating`` (its former key, deprecated: kept for one release) again."""
+        return {"schedule": self.schedule, "gating": self.schedule}
 
     @property
     def placement(self) -> dict:

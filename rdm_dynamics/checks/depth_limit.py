@@ -19,7 +19,7 @@ import torch
 
 from ..analysis.fields import iid_tanh_layers
 from ..paths import solve_ode
-from ..stack import GatedResidualStack, get_gating
+from ..stack import GatedResidualStack, get_schedule
 from ..stats import fit_order, two_point_order
 from . import CheckConfig
 from .claim import Measurement
@@ -55,19 +55,19 @@ def pathwise_errors(config: CheckConfig) -> tuple[list[float], list[float]]:
     field, gain, bias, z0, g = build_problem(config)
     depth = config.ladder[-1]
     with torch.no_grad():
-        smooth_stack = GatedResidualStack(field, depth, gating="euler", gain=gain, bias=bias,
+        smooth_stack = GatedResidualStack(field, depth, schedule="euler", gain=gain, bias=bias,
                                           **config.placement)
         reference = solve_ode(smooth_stack.continuous_limit(), z0, smooth_stack.times)
         errors, iid_errors = [], []
         for L in config.ladder:
             ref_L = reference[::depth // L]
-            stack = GatedResidualStack(field, L, gating=config.gating, gain=gain, bias=bias,
+            stack = GatedResidualStack(field, L, schedule=config.schedule, gain=gain, bias=bias,
                                        **config.placement)
             errors.append(pathwise_error(stack(z0, return_all=True), ref_L))
             layers = [layer.to(**config.placement)
                       for layer in iid_tanh_layers(field, L, noise=1.0, generator=g)]
-            iid_stack = GatedResidualStack(layers, L, gating=config.gating, gain=gain, bias=bias,
-                                           **config.placement)
+            iid_stack = GatedResidualStack(layers, L, schedule=config.schedule, gain=gain,
+                                           bias=bias, **config.placement)
             iid_errors.append(pathwise_error(iid_stack(z0, return_all=True), ref_L))
     return errors, iid_errors
 
@@ -86,7 +86,8 @@ def measure(config: CheckConfig) -> Measurement:
 
 def summary(measured: Measurement, verdict) -> str:
     m, depth = measured.metrics, measured.config.ladder[-1]
-    return (f"With {get_gating(measured.config.gating).name} gates the error against the dopri5 "
+    schedule = get_schedule(measured.config.schedule).name
+    return (f"With {schedule} gates the error against the dopri5 "
             f"solution of the ODE {error_trend(m['order'])}: order {m['order']:.3f} over "
             f"L = {measured.config.ladder[0]}..{depth}, {m['error']:.2e} at L = {depth}. With "
             f"i.i.d. weights per layer it {error_trend(m['iid_order'])}: order "
@@ -101,7 +102,7 @@ def headline(measured: Measurement) -> str:
 def figure(measured: Measurement):
     ladder = measured.config.ladder
     return order_figure(
-        f"C1 depth-limit ({get_gating(measured.config.gating).name} gates)",
+        f"C1 depth-limit ({get_schedule(measured.config.schedule).name} gates)",
         [Series("smooth weights", ladder, *measured.curves["smooth"]),
          Series("i.i.d. weights per layer", ladder, *measured.curves["iid"])],
         reference_order=1.0, ylabel="max_i |z_i - z(tau_i)|")

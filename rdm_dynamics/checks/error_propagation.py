@@ -24,7 +24,7 @@ Experiments, each a reference run from z0 against a perturbed run (propagation.p
                  rounding of z0, e_i = rounding errors, bounded a priori by the rounding model).
 
 Metrics (gated by :data:`RULES`): ``bound_violations`` (samples whose measured |delta_i| exceeds
-the bound at some layer, over every experiment, depth and gating); ``rounding_model_violations``
+the bound at some layer, over every experiment, depth and schedule); ``rounding_model_violations``
 (bfloat16 and float16 inputs where tanh breaks the assumed accuracy, exhaustive, plus local
 rounding errors above their a priori bound); ``amplification_ratio_gated`` (mean over samples of
 the amplification at --depth over that at depth 16); ``growth_rate_plain`` (per-layer slope of
@@ -54,7 +54,7 @@ from ..analysis.lipschitz import certified_lipschitz
 from ..analysis.propagation import propagation_run
 from ..analysis.rounding import RoundingModel, elementary_violations, local_errors
 from ..laws import random_rotation
-from ..stack import GatedResidualStack, get_gating
+from ..stack import GatedResidualStack, get_schedule
 from ..stats import depth_trend_metrics, mean_se
 from . import CheckConfig
 from .claim import Measurement
@@ -106,10 +106,10 @@ class Problem:
         v = torch.randn(*shape, self.dim, generator=self.generator, dtype=torch.float64)
         return (v / v.norm(dim=-1, keepdim=True)).to(self.device)
 
-    def stack(self, depth: int, gating: str, dtype: torch.dtype = torch.float64):
+    def stack(self, depth: int, schedule: str, dtype: torch.dtype = torch.float64):
         """The exact (float64) depth-L stack, or its cast to ``dtype``."""
         times = torch.arange(depth, dtype=torch.float64) / depth
-        stack = GatedResidualStack(frozen_layers(self.field, times), depth, gating=gating,
+        stack = GatedResidualStack(frozen_layers(self.field, times), depth, schedule=schedule,
                                    gain=self.gain, bias=self.bias,
                                    dtype=torch.float64)
         return stack.to(device=self.device, dtype=dtype)
@@ -138,7 +138,7 @@ def tight_experiment(problem: Problem, depth: int) -> dict:
     ratio_max, ratio_final, violations = 0.0, math.inf, 0
     for S, a, v in cases.values():
         layer = TanhLayer(S, torch.zeros(d, dtype=torch.float64), EXPANSIVE_SLOPE)
-        stack = GatedResidualStack(layer, depth, gating="euler", gain=lambda t, a=a: a.to(t),
+        stack = GatedResidualStack(layer, depth, schedule="euler", gain=lambda t, a=a: a.to(t),
                                    dtype=torch.float64).to(device=problem.device)
         z0 = torch.zeros(1, d, dtype=torch.float64, device=problem.device)
         run = propagation_run(stack, z0, delta0=1e-6 * v.to(z0)[None])
@@ -172,13 +172,13 @@ def lipschitz_lower_estimates(problem: Problem, depth: int) -> float:
     return float((certified / estimates).min())
 
 
-def amplification_experiment(problem: Problem, gating: str, depths: list[int]) -> dict:
+def amplification_experiment(problem: Problem, schedule: str, depths: list[int]) -> dict:
     """Amplification |delta_L| / |delta_0| per depth and sample, and Gronwall-bound violations."""
     delta = 1e-6 if problem.dtype == torch.float64 else 1e-2
     amps, bounds, violations = [], [], 0
     for L in depths:
-        stack = problem.stack(L, gating)
-        work = problem.stack(L, gating, problem.dtype) if problem.dtype != torch.float64 else None
+        stack = problem.stack(L, schedule)
+        work = problem.stack(L, schedule, problem.dtype) if problem.dtype != torch.float64 else None
         small = propagation_run(stack, problem.z0, delta0=delta * problem.direction,
                                 perturbed_stack=work, reference_stack=work)
         errors = INJECTED * problem.unit_vectors(L, problem.batch)
@@ -191,12 +191,12 @@ def amplification_experiment(problem: Problem, gating: str, depths: list[int]) -
     return {"amp": np.array(amps), "bound": np.array(bounds), "violations": violations}
 
 
-def lowp_experiment(problem: Problem, gating: str, depths: list[int], dtype) -> dict:
+def lowp_experiment(problem: Problem, schedule: str, depths: list[int], dtype) -> dict:
     """Final error of a forward pass in ``dtype`` against the float64 run, with its bound."""
     errors, bounds, violations, local_violations, overflow = [], [], 0, 0, None
     for L in depths:
-        stack = problem.stack(L, gating)
-        run = propagation_run(stack, problem.z0, perturbed_stack=problem.stack(L, gating, dtype),
+        stack = problem.stack(L, schedule)
+        run = propagation_run(stack, problem.z0, perturbed_stack=problem.stack(L, schedule, dtype),
                               reference_stack=stack)
         violations += run.violations
         if not bool(run.finite.all()) and overflow is None:
@@ -218,12 +218,12 @@ def rounding_model_violations(device) -> int:
                for dtype in LOW_PRECISIONS.values())
 
 
-def amplification_metrics(amp: dict, gating: str, depths) -> dict[str, float]:
+def amplification_metrics(amp: dict, schedule: str, depths) -> dict[str, float]:
     """Per gate schedule (the configured one as ``gated``, ``inv_sqrt``, ``plain``): the mean
     amplification at --depth, its ratio to depth 16 and its growth rate per layer (each with its
     standard error), and the certified bound at --depth."""
     metrics = {}
-    for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
+    for g, key in ((schedule, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
         metrics.update(depth_trend_metrics(depths, amp[g]["amp"], value=f"amplification_{key}",
                                            ratio=f"amplification_ratio_{key}",
                                            rate=f"growth_rate_{key}"))
@@ -231,19 +231,19 @@ def amplification_metrics(amp: dict, gating: str, depths) -> dict[str, float]:
     return metrics
 
 
-def lowp_metrics(lowp: dict, gating: str) -> dict[str, float]:
+def lowp_metrics(lowp: dict, schedule: str) -> dict[str, float]:
     """Per low-precision type and gate schedule (``bf16``, ``fp16``; ``_plain`` for plain
     residuals): the mean error at --depth with its standard error, the mean bound, the depth of
     the first overflow (NaN: none); and ``lowp_bound_ratio``, the largest measured / bound of the
     configured gates at --depth (NaN, a FAIL, where a run overflowed)."""
     metrics, ratios = {}, []
     for (g, name), v in lowp.items():
-        key = f"{name}" if g == gating else f"{name}_plain"
+        key = f"{name}" if g == schedule else f"{name}_plain"
         err, se = mean_se(v["error"][-1])
         metrics[f"lowp_error_{key}"], metrics[f"lowp_error_{key}_se"] = err, se
         metrics[f"lowp_bound_{key}"] = float(_nanmean(v["bound"][-1]))
         metrics[f"lowp_overflow_depth_{key}"] = v["overflow"] or math.nan
-        if g == gating:
+        if g == schedule:
             ratios.append(float(np.max(v["error"][-1] / v["bound"][-1])))
     metrics["lowp_bound_ratio"] = float(np.max(ratios))
     return metrics
@@ -252,13 +252,13 @@ def lowp_metrics(lowp: dict, gating: str) -> dict[str, float]:
 def measure(config: CheckConfig) -> Measurement:
     problem = Problem(config)
     depths = propagation_depths(config.ladder[-1])
-    gating = get_gating(config.gating).name
+    schedule = get_schedule(config.schedule).name
     with torch.no_grad():
         tanh_violations = rounding_model_violations(config.device)
         amp = {g: amplification_experiment(problem, g, depths)
-               for g in dict.fromkeys([gating, "inv-sqrt", "plain"])}
+               for g in dict.fromkeys([schedule, "inv-sqrt", "plain"])}
         lowp = {(g, name): lowp_experiment(problem, g, depths, dt)
-                for g in dict.fromkeys([gating, "plain"]) for name, dt in LOW_PRECISIONS.items()}
+                for g in dict.fromkeys([schedule, "plain"]) for name, dt in LOW_PRECISIONS.items()}
         tight = tight_experiment(problem, depths[-1])
         lip_ratio = lipschitz_lower_estimates(problem, depths[-1])
 
@@ -266,23 +266,23 @@ def measure(config: CheckConfig) -> Measurement:
         v["violations"] for v in lowp.values()) + tight["violations"]
     rounding_violations = tanh_violations + sum(v["local_violations"] for v in lowp.values())
     metrics = {"bound_violations": violations, "rounding_model_violations": rounding_violations,
-               **amplification_metrics(amp, gating, depths), **lowp_metrics(lowp, gating),
+               **amplification_metrics(amp, schedule, depths), **lowp_metrics(lowp, schedule),
                "tight_bound_ratio": tight["ratio_max"],
                "tight_bound_ratio_final": tight["ratio_final"],
                "lipschitz_certified_over_estimate": lip_ratio}
-    return Measurement(metrics, config, curves={"gating": gating, "depths": depths, "amp": amp,
+    return Measurement(metrics, config, curves={"schedule": schedule, "depths": depths, "amp": amp,
                                                  "lowp": lowp})
 
 
 def summary(measured: Measurement, verdict) -> str:
-    m, depths, gating = measured.metrics, measured.curves["depths"], measured.curves["gating"]
+    m, depths, schedule = measured.metrics, measured.curves["depths"], measured.curves["schedule"]
     violations = m["bound_violations"]
     amplification = depth_trend_words(m["amplification_gated"], m["amplification_ratio_gated"],
                                       depths)
     return (
         f"Over depths {depths[0]}..{depths[-1]} the measured deviations "
         f"{'never exceed' if violations == 0 else f'exceed {violations} times'} the certified "
-        f"Gronwall bound; with {gating} gates the amplification {amplification}; plain "
+        f"Gronwall bound; with {schedule} gates the amplification {amplification}; plain "
         f"residuals grow at {m['growth_rate_plain']:.3f} per layer (inv-sqrt: ratio "
         f"{m['amplification_ratio_inv_sqrt']:.3g}); {lowp_sentence(m, '')}")
 
@@ -296,7 +296,7 @@ def headline(measured: Measurement) -> str:
 
 def figure(measured: Measurement):
     c = measured.curves
-    return propagation_figure(c["gating"], c["depths"], c["amp"], c["lowp"])
+    return propagation_figure(c["schedule"], c["depths"], c["amp"], c["lowp"])
 
 
 def lowp_sentence(m: dict, suffix: str) -> str:
@@ -312,7 +312,7 @@ def lowp_sentence(m: dict, suffix: str) -> str:
     return "forward in " + ", ".join(parts) + "."
 
 
-def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
+def propagation_figure(schedule: str, depths, amp: dict, lowp: dict):
     """Left: mean amplification against depth with its certified bound; right: mean
     low-precision forward error against depth with its bound (plain runs stop at overflow)."""
 
@@ -321,15 +321,15 @@ def propagation_figure(gating: str, depths, amp: dict, lowp: dict):
         left, right = fig.subplots(2, 1)
         curves = {g: [float(np.mean(row)) for row in a["amp"]] for g, a in amp.items()}
         bounds = {g: a["bound"] for g, a in amp.items()}
-        top = _top(list(bounds[gating]) + curves.get("inv-sqrt", []))
+        top = _top(list(bounds[schedule]) + curves.get("inv-sqrt", []))
         depth_axes(left, "amplification |delta_L| / |delta_0|", depths, curves,
                    ylabel="amplification (mean over samples)", bounds=bounds, ylim_top=top)
         curves = {f"{name} {g}": _nanmean(v["error"], axis=1) for (g, name), v in lowp.items()}
         bounds = {f"{name} {g}": _nanmean(v["bound"], axis=1) for (g, name), v in lowp.items()}
-        top = _top([v for (g, name) in lowp if g == gating for v in bounds[f"{name} {g}"]])
+        top = _top([v for (g, name) in lowp if g == schedule for v in bounds[f"{name} {g}"]])
         depth_axes(right, "low precision vs float64", depths, curves,
                    ylabel="|z_L - z_L(float64)| (mean)", bounds=bounds, ylim_top=top)
-        fig.suptitle(f"C5 error-propagation ({gating} gates)")
+        fig.suptitle(f"C5 error-propagation ({schedule} gates)")
 
     return draw
 

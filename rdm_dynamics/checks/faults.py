@@ -47,7 +47,7 @@ class Control:
     check: str
     run: Callable
     description: str = ""
-    gating: str | None = field(default=None)
+    schedule: str | None = field(default=None)
 
 
 def resolve(target: str):
@@ -415,12 +415,12 @@ FAULTS: list[Fault] = [
 # Negative controls: every check must fail on each
 # ------------------------------------------------------------------------------------------------
 
-def _gated(gating: str):
+def _scheduled(schedule: str):
     def run(module, config):
         import dataclasses
 
         from .claim import run_claim
-        return run_claim(module, dataclasses.replace(config, gating=gating))
+        return run_claim(module, dataclasses.replace(config, schedule=schedule))
     return run
 
 
@@ -442,11 +442,11 @@ CHECK_IDS = ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "error-prop
              "residual-sensitivity")
 
 CONTROLS: list[Control] = (
-    [Control(f"{cid}:plain", cid, _gated("plain"), "plain residuals (alpha_i = 1)")
+    [Control(f"{cid}:plain", cid, _scheduled("plain"), "plain residuals (alpha_i = 1)")
      for cid in CHECK_IDS]
-    + [Control(f"{cid}:inv-sqrt", cid, _gated("inv-sqrt"), "alpha_i = 1/sqrt(L)")
+    + [Control(f"{cid}:inv-sqrt", cid, _scheduled("inv-sqrt"), "alpha_i = 1/sqrt(L)")
        for cid in CHECK_IDS]
-    + [Control("gate-moments:euler", "gate-moments", _gated("euler"), "fixed Euler gates"),
+    + [Control("gate-moments:euler", "gate-moments", _scheduled("euler"), "fixed Euler gates"),
        Control("pf-ode:wrong-score-sign", "pf-ode", _measure(score_sign=-1.0, sdes=("vp",)),
                "score of the wrong sign"),
        Control("pf-ode:no-one-half", "pf-ode", _measure(pf_weight=1.0, sdes=("vp",)),

@@ -74,7 +74,7 @@ from ..analysis.gaussian_gates import (
 from ..analysis.two_sample import energy_distance
 from ..laws import Gaussian, GaussianMixture, random_rotation
 from ..sde import SDE, VESDE, VPSDE
-from ..stack import GatedResidualStack, get_gating
+from ..stack import GatedResidualStack, get_schedule
 from ..stats import OrderFit, fit_order, mean_se
 from . import CheckConfig
 from .claim import Measurement
@@ -163,8 +163,8 @@ class GaussianProblem:
                              for kind in KINDS}
         self._references: dict[float, tuple] = {}
 
-    def stack(self, kind: str, depth: int, gating: str) -> GatedResidualStack:
-        return self.coefficients[kind].stack(depth, gating=gating, span=SPAN,
+    def stack(self, kind: str, depth: int, schedule: str) -> GatedResidualStack:
+        return self.coefficients[kind].stack(depth, schedule=schedule, span=SPAN,
                                              **self.config.placement)
 
     def reference(self, t: float) -> tuple:
@@ -202,7 +202,7 @@ class GaussianProblem:
         # a law that overflowed (or lost its positivity) anywhere has an infinite error
         return {"pf": pf_err, "sde": sde_err if laws.proper else math.inf}
 
-    def depth_errors(self, depth: int, gating: str, x_T: torch.Tensor, *, closed_form: bool,
+    def depth_errors(self, depth: int, schedule: str, x_T: torch.Tensor, *, closed_form: bool,
                      time_shift: float = 0.0) -> dict[str, float]:
         """transport_errors of the deterministic and the stochastic stack of one depth, and the
         largest |alpha_i| of each (``pf_max_alpha``, ``sde_max_alpha``).
@@ -212,7 +212,7 @@ class GaussianProblem:
         """
         stacks = {}
         for kind in KINDS:
-            stack = self.stack(kind, depth, gating)
+            stack = self.stack(kind, depth, schedule)
             if closed_form:
                 install_gates(stack, closed_form_gates(
                     self.law, self.sde, _shifted(stack.times, time_shift),
@@ -235,7 +235,7 @@ class GaussianProblem:
                                      generator=g)
             return to_eigen(law, x).to(**to)
 
-        stack = self.stack("sde", config.ladder[-1], config.gating)
+        stack = self.stack("sde", config.ladder[-1], config.schedule)
         closed = closed_form_gates(law, sde, stack.times, stochastic=True)
         p_T, p_eps = self.reference(T_END)[0], self.reference(EPS)[0]
 
@@ -260,7 +260,7 @@ class GaussianProblem:
             error_by_n[n] = median_relative_error(stack.gates(), closed)
 
         # (b) gradient descent on the denoising loss, from the schedule's initial gates
-        gd_stack = self.stack("sde", min(GD_DEPTH, config.ladder[-1]), config.gating)
+        gd_stack = self.stack("sde", min(GD_DEPTH, config.ladder[-1]), config.schedule)
         states = trajectories(gd_stack, size.pairs)
         history = train_gates_by_denoising(gd_stack, states)
         gd_fit = least_squares_gates(states, identity, gd_stack.times)
@@ -334,10 +334,10 @@ def mixture_samples(mixture: GaussianMixture, config: CheckConfig, size: Sizes,
 
     depth = config.ladder[-1]
     out = {"reference": p_eps.sample(n, g),
-           "affine": outputs(eigen_stack(basis, sde, depth, gating=config.gating,
+           "affine": outputs(eigen_stack(basis, sde, depth, schedule=config.schedule,
                                          stochastic=True, span=SPAN, **to))}
     for key, L in (("nonlinear", depth), ("nonlinear_coarse", config.ladder[0])):
-        out[key] = outputs(GatedResidualStack(denoiser, L, gating=config.gating, span=SPAN,
+        out[key] = outputs(GatedResidualStack(denoiser, L, schedule=config.schedule, span=SPAN,
                                               gain=per_channel(1.0), bias=per_channel(0.0),
                                               noise=noise, **to))
     out["floor"] = p_eps.moment_matched().sample(n, g)
@@ -371,7 +371,7 @@ class Exactness:
     def add(self, problem: GaussianProblem, x_T: torch.Tensor, time_shift: float) -> None:
         config, name = problem.config, problem.sde.name
         for L in self.depths:
-            err = problem.depth_errors(L, config.gating, x_T, closed_form=True,
+            err = problem.depth_errors(L, config.schedule, x_T, closed_form=True,
                                        time_shift=time_shift)
             self.closed_pf = _worst(self.closed_pf, err["pf"])
             self.closed_sde = _worst(self.closed_sde, err["sde"])
@@ -498,7 +498,7 @@ def rules(measured: Measurement) -> list[Rule]:
 def summary(measured: Measurement, verdict) -> str:
     m, config = measured.metrics, measured.config
     return (
-        f"With {get_gating(config.gating).name} gates the stack's largest error against the "
+        f"With {get_schedule(config.schedule).name} gates the stack's largest error against the "
         f"exact Gaussian transport over L = {', '.join(map(str, closed_form_depths(config)))} is "
         f"{m['closed_form_error']:.1e} (Euler gates: order {m['euler_order_vp']:.3f} VP, "
         f"{m['euler_order_ve']:.3f} VE, error {m['euler_error_vp']:.1e} / "
@@ -525,14 +525,14 @@ def headline(measured: Measurement) -> str:
 
 def figure(measured: Measurement):
     m, c = measured.metrics, measured.curves
-    return _figure(get_gating(measured.config.gating).name, measured.config.ladder, c["exact"],
+    return _figure(get_schedule(measured.config.schedule).name, measured.config.ladder, c["exact"],
                    c["ns"], c["gate_errors"], c["rate"], closed_form_tol(measured.config),
                    {"least squares": (m["learned_gate_error"], m["learned_gate_error_se"]),
                     "gradient descent": (m["learned_gate_error_gd"],
                                          m["learned_gate_error_gd_se"])})
 
 
-def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol, biases):
+def _figure(schedule, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol, biases):
     """Left: transport error against depth (closed-form and Euler gates).  Right, top: the median
     relative error of least-squares gates against the number of pairs; right, bottom: the
     squared bias of the learned gates (least squares, gradient descent) in sampling variances,
@@ -547,7 +547,7 @@ def _figure(gating, ladder, exact: Exactness, ns, gate_errors, rate_fit, tol, bi
         right, bias = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
         depths = exact.depths
         left.loglog(depths, [max(exact.closed_by_depth[L], np.finfo(float).tiny) for L in depths],
-                    "o-", label=f"closed-form gates ({gating})")
+                    "o-", label=f"closed-form gates ({schedule})")
         for name, label in (("vp", "Euler, VP"), ("ve", "Euler, VE"), ("vp_sde", "E-M law, VP"),
                             ("ve_sde", "E-M law, VE")):
             fit = exact.euler_fits[name]

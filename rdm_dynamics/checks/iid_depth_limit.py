@@ -5,7 +5,7 @@ Setting (``analysis.iid_limit``): z in R^d, F_i(z) = tanh(W_i z + b_i), W_i ~ N(
 b_i ~ N(0, s_b^2) (:data:`LAW`), drawn afresh at every layer and for every sample, on small
 Gaussian inputs z_0.  Three branch scalings, named by the gate schedules that give them:
 ``inv-sqrt`` alpha = 1/sqrt(L) (the claim), ``euler`` alpha = 1/L and ``plain`` alpha = 1 (the
-controls).  The check runs all three itself, so ``--gating`` does not change it.
+controls).  The check runs all three itself, so ``--schedule`` does not change it.
 
 Reference: the limit SDE solved by torchsde (Euler-Maruyama, diagonal noise sqrt(kappa(|z|)),
 kappa by quadrature) with M and M/2 steps on the same Brownian path, M a multiple of --depth,
@@ -59,8 +59,8 @@ ID = "iid-depth-limit"
 TITLE = ("i.i.d. weights, 1/sqrt(L) branches: the stack converges in law to "
          "dz = sqrt(kappa(|z|)) dB at weak order 1")
 THEORY = "weak order 1 +/- 0.25; 1/L -> identity; alpha = 1 diverges"
-#: C7 runs its three scalings itself; ``--gating`` does not enter it.
-USES_GATING = False
+#: C7 runs its three scalings itself; ``--schedule`` does not enter it.
+USES_SCHEDULE = False
 #: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``);
 #: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
 COST = 2.0
@@ -285,7 +285,7 @@ def summary(measured: Measurement, verdict) -> str:
         f"(|z_L - z_0| falls at order {m['inv_depth_collapse_order']:.3f}, distance to the SDE "
         f"order {m['inv_depth_weak_order']:.3f}), with alpha = 1 it diverges (E|z_L - z_0|^2 "
         f"grows as L^{m['plain_growth_order']:.2f}). C7 runs all three scalings itself, so "
-        f"--gating does not change it.")
+        f"--schedule does not change it.")
 
 
 def headline(measured: Measurement) -> str:
@@ -317,6 +317,6 @@ def figure(measured: Measurement):
         right.set_title("1/sqrt(L): each test function")
         right.grid(True, which="both", alpha=0.3)
         right.legend(fontsize=7)
-        fig.suptitle("C7 iid-depth-limit (all three scalings; --gating not used)")
+        fig.suptitle("C7 iid-depth-limit (all three scalings; --schedule not used)")
 
     return draw

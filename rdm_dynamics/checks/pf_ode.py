@@ -36,7 +36,7 @@ from ..analysis.gaussian_gates import layer_laws
 from ..laws import Gaussian
 from ..paths import solve_ode
 from ..sde import SDE, make_sde
-from ..stack import get_gating
+from ..stack import get_schedule
 from ..stats import fit_order, two_point_order
 from . import CheckConfig
 from .claim import Measurement
@@ -79,7 +79,7 @@ def exact_trajectory(sde, law, x_T: torch.Tensor, times: torch.Tensor,
     """
     if isinstance(law, Gaussian):
         return torch.stack([law.pf_ode_map(sde, sde.T, t)(x_T) for t in times])
-    field = denoising_stack(sde, law, len(times) - 1, config, gating="euler",
+    field = denoising_stack(sde, law, len(times) - 1, config, schedule="euler",
                             probability_flow=True).continuous_limit()
     return solve_ode(field, x_T, times)
 
@@ -186,7 +186,7 @@ def summary(measured: Measurement, verdict) -> str:
     ladder, depth = measured.config.ladder, measured.config.ladder[-1]
     keys = [f"{s}_{law}" for s in sdes for law in LAW_NAMES]
     errors_at_depth = [m[f"error_{k}"] for k in keys]
-    return (f"With {get_gating(measured.config.gating).name} gates the PF-ODE stack's pathwise "
+    return (f"With {get_schedule(measured.config.schedule).name} gates the PF-ODE stack's pathwise "
             f"error against the exact flow (eps = {EPS:g}) "
             f"{trend(m[f'order_{k}'] for k in keys)}: orders {m['order_min']:.3f}.."
             f"{m['order_max']:.3f} over L = {ladder[0]}..{depth} "
@@ -209,6 +209,6 @@ def figure(measured: Measurement):
     ladder = measured.config.ladder
     series = [Series(f"{s}, {law}", ladder, errors, fit_order(ladder, errors))
               for (s, law), errors in measured.curves["errors"].items()]
-    return order_figure(f"C2 pf-ode ({get_gating(measured.config.gating).name} gates, "
+    return order_figure(f"C2 pf-ode ({get_schedule(measured.config.schedule).name} gates, "
                         f"eps = {EPS:g})", series, reference_order=1.0,
                         ylabel="max_i |z_i - x(t_i)|")

@@ -119,13 +119,13 @@ def score_fn(law, sde: SDE, scale: float = 1.0) -> DiffusedScore:
     return DiffusedScore(law, sde, scale)
 
 
-def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, gating: str | None = None,
+def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, schedule: str | None = None,
                     probability_flow: bool, score_scale: float = 1.0,
                     noise_power: float = 0.5) -> GatedResidualStack:
     """The depth-L stack on [eps, T] whose units are Euler(-Maruyama) steps of the PF-ODE
     (``probability_flow``) or of the reverse SDE of ``sde`` for data ``law``.
 
-    ``gating`` defaults to the config's; reverse-SDE units get the noise coefficient
+    ``schedule`` defaults to the config's; reverse-SDE units get the noise coefficient
     c(t) = g(t) h^(noise_power - 1/2), so that gamma_i = sqrt(h) c(t_i) = g(t_i) h^noise_power
     under Euler gates (noise_power 1/2 is Euler-Maruyama).
     """
@@ -139,7 +139,7 @@ def denoising_stack(sde: SDE, law, depth: int, config: CheckConfig, *, gating: s
             return factor * sde.diffusion_coef(t)
 
     return GatedResidualStack(reverse.denoising_field, depth,
-                              gating=config.gating if gating is None else gating,
+                              schedule=config.schedule if schedule is None else schedule,
                               span=(sde.T, EPS), noise=noise, **config.placement)
 
 
@@ -153,8 +153,8 @@ def sample_prior(law, sde: SDE, n: int, generator, config: CheckConfig) -> torch
 
 def reference_config(config: CheckConfig) -> CheckConfig:
     """The configuration the references run with: float64 and Euler gates, whatever the dtype
-    and gating of the stack under test (the theory is checked against exact references)."""
-    return dataclasses.replace(config, dtype=torch.float64, gating="euler")
+    and schedule of the stack under test (the theory is checked against exact references)."""
+    return dataclasses.replace(config, dtype=torch.float64, schedule="euler")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import torch
 from ..analysis.adjoint import adjoint_gradients, backprop_adjoints, linear_loss
 from ..analysis.memory import peak_memory
 from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
-from ..stack import GatedResidualStack, get_gating
+from ..stack import GatedResidualStack, get_schedule
 from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig
 from .claim import Measurement
@@ -100,14 +100,14 @@ class Problem:
                 "bias": copy.deepcopy(bias).to(**to), "z0": z0.to(**to), "weights": w.to(**to),
                 "loss": linear_loss(w.to(**to)), "params": [field.W, field.c]}
 
-    def stack(self, depth: int, gating: str, exact: bool = False) -> GatedResidualStack:
+    def stack(self, depth: int, schedule: str, exact: bool = False) -> GatedResidualStack:
         p = self.exact if exact else self.work
-        return GatedResidualStack(p["field"], depth, gating=gating, gain=p["gain"],
+        return GatedResidualStack(p["field"], depth, schedule=schedule, gain=p["gain"],
                                   bias=p["bias"], dtype=p["z0"].dtype, device=self.config.device)
 
-    def backprop(self, depth: int, gating: str, params: bool = True):
+    def backprop(self, depth: int, schedule: str, params: bool = True):
         p = self.work
-        return backprop_adjoints(self.stack(depth, gating), p["z0"], p["loss"],
+        return backprop_adjoints(self.stack(depth, schedule), p["z0"], p["loss"],
                                  p["params"] if params else ())
 
     def reference(self):
@@ -134,11 +134,11 @@ def relative_error(grads, reference) -> float:
     return float((g - r).norm() / r.norm())
 
 
-def sensitivities(problem: Problem, gating: str, depths) -> np.ndarray:
+def sensitivities(problem: Problem, schedule: str, depths) -> np.ndarray:
     """|p_0| / |p_L| per depth (rows) and sample (columns); inf where the stack overflowed."""
     rows = []
     for L in depths:
-        s = problem.backprop(L, gating, params=False).sensitivity
+        s = problem.backprop(L, schedule, params=False).sensitivity
         rows.append(torch.where(torch.isfinite(s), s, torch.inf).detach().cpu().numpy())
     return np.array(rows)
 
@@ -149,38 +149,39 @@ def memory_exponent(depths, values) -> float:
     return math.log(m1 / m0) / math.log(L1 / L0) if m0 > 0 and m1 > 0 else math.nan
 
 
-def gradient_errors(problem: Problem, gating: str, ladder, ref_z0, ref_theta):
+def gradient_errors(problem: Problem, schedule: str, ladder, ref_z0, ref_theta):
     """Per rung: the relative errors of dl/dz0 and of dl/dtheta by backpropagation through the
     stack against the odeint_adjoint reference, and the larger of the two."""
     z0_errors, theta_errors, errors = [], [], []
     for L in ladder:
-        bp = problem.backprop(L, gating)
+        bp = problem.backprop(L, schedule)
         z0_errors.append(relative_error([bp.adjoints[0]], [ref_z0]))
         theta_errors.append(relative_error(bp.param_grads, ref_theta))
         errors.append(max(z0_errors[-1], theta_errors[-1]))
     return z0_errors, theta_errors, errors
 
 
-def memory_use(problem: Problem, gating: str, depths) -> tuple[dict[str, list[int]], str]:
+def memory_use(problem: Problem, schedule: str, depths) -> tuple[dict[str, list[int]], str]:
     """Peak bytes saved for backward by backpropagation through the stack and by the Euler
     adjoint, at each of ``depths``, and how they were counted."""
     memory = {"backprop": [], "adjoint": []}
     method = ""
     for L in depths:
-        bytes_bp, method = peak_memory(partial(problem.backprop, L, gating), problem.config.device)
+        bytes_bp, method = peak_memory(partial(problem.backprop, L, schedule),
+                                       problem.config.device)
         bytes_adj, _ = peak_memory(partial(problem.euler_adjoint, L), problem.config.device)
         memory["backprop"].append(bytes_bp)
         memory["adjoint"].append(bytes_adj)
     return memory, method
 
 
-def sensitivity_metrics(sens: dict, gating: str, depths, continuous: float) -> dict[str, float]:
+def sensitivity_metrics(sens: dict, schedule: str, depths, continuous: float) -> dict[str, float]:
     """Per gate schedule (the configured one as ``gated``, ``inv_sqrt``, ``plain``): the mean
     sensitivity at --depth, its ratio to depth 16 and the growth rate of its log per layer (each
     with its standard error); and ``sensitivity_adjoint_gap``, the relative gap between the
     configured gates' mean sensitivity and the adjoint ODE's."""
     metrics = {}
-    for g, key in ((gating, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
+    for g, key in ((schedule, "gated"), ("inv-sqrt", "inv_sqrt"), ("plain", "plain")):
         metrics.update(depth_trend_metrics(depths, sens[g], value=f"sensitivity_{key}",
                                            ratio=f"sensitivity_ratio_{key}",
                                            rate=f"sensitivity_rate_{key}"))
@@ -201,17 +202,17 @@ def memory_metrics(memory: dict[str, list[int]], depths) -> dict[str, float]:
 
 def measure(config: CheckConfig) -> Measurement:
     problem = Problem(config)
-    gating = get_gating(config.gating).name
+    schedule = get_schedule(config.schedule).name
     ladder, depth = config.ladder, config.ladder[-1]
     ref_z0, ref_theta = problem.reference()
-    z0_errors, theta_errors, errors = gradient_errors(problem, gating, ladder, ref_z0, ref_theta)
+    z0_errors, theta_errors, errors = gradient_errors(problem, schedule, ladder, ref_z0, ref_theta)
     depths = propagation_depths(depth)
     sens = {g: sensitivities(problem, g, depths)
-            for g in dict.fromkeys([gating, "inv-sqrt", "plain"])}
+            for g in dict.fromkeys([schedule, "inv-sqrt", "plain"])}
     continuous, continuous_se = mean_se(
         (ref_z0.norm(dim=-1) / problem.exact["weights"].norm(dim=-1)).detach().cpu().numpy())
     memory_depths = (ladder[0], depth)
-    memory, method = memory_use(problem, gating, memory_depths)
+    memory, method = memory_use(problem, schedule, memory_depths)
     euler_adjoint_error = relative_error(list(problem.euler_adjoint(depth)[1]), ref_theta)
 
     metrics = {**order_metrics("order", ladder, errors),
@@ -220,10 +221,10 @@ def measure(config: CheckConfig) -> Measurement:
                "euler_adjoint_grad_error_theta": euler_adjoint_error,
                "sensitivity_continuous": continuous,
                "sensitivity_continuous_se": continuous_se,
-               **sensitivity_metrics(sens, gating, depths, continuous),
+               **sensitivity_metrics(sens, schedule, depths, continuous),
                **memory_metrics(memory, memory_depths)}
     return Measurement(metrics, config, curves={
-        "gating": gating, "z0_errors": z0_errors, "theta_errors": theta_errors,
+        "schedule": schedule, "z0_errors": z0_errors, "theta_errors": theta_errors,
         "depths": depths, "sensitivities": sens, "memory_method": method})
 
 
@@ -233,7 +234,7 @@ def summary(measured: Measurement, verdict) -> str:
     sensitivity = depth_trend_words(m["sensitivity_gated"], m["sensitivity_ratio_gated"],
                                     c["depths"])
     return (
-        f"With {c['gating']} gates the error of backpropagation through the stack against the "
+        f"With {c['schedule']} gates the error of backpropagation through the stack against the "
         f"odeint_adjoint gradients {error_trend(m['order'])} (order {m['order']:.3f}) over L = "
         f"{ladder[0]}..{depth} (error {m['grad_error']:.2e} at L = {depth}); the sensitivity "
         f"|p_0|/|p_L| {sensitivity} (adjoint ODE {m['sensitivity_continuous']:.3g}), while "
@@ -254,14 +255,14 @@ def headline(measured: Measurement) -> str:
 
 def figure(measured: Measurement):
     c = measured.curves
-    return sensitivity_figure(c["gating"], measured.config.ladder, c["z0_errors"],
+    return sensitivity_figure(c["schedule"], measured.config.ladder, c["z0_errors"],
                               c["theta_errors"], c["depths"], c["sensitivities"],
                               measured.metrics["sensitivity_continuous"])
 
 
-def sensitivity_figure(gating, ladder, z0_errors, theta_errors, depths, sens, continuous):
+def sensitivity_figure(schedule, ladder, z0_errors, theta_errors, depths, sens, continuous):
     """Left: gradient error against depth (log-log, fitted order); right: sensitivity
-    |p_0| / |p_L| against depth for each gating, with the adjoint ODE's value."""
+    |p_0| / |p_L| against depth for each schedule, with the adjoint ODE's value."""
 
     def draw(fig):
         left, right = fig.subplots(1, 2)
@@ -278,6 +279,6 @@ def sensitivity_figure(gating, ladder, z0_errors, theta_errors, depths, sens, co
             right.set_ylim(bottom=0.5 * min(finite))
         right.axhline(continuous, color="k", ls=":", lw=1, label="adjoint ODE")
         right.legend(fontsize=7)
-        fig.suptitle(f"C6 residual-sensitivity ({gating} gates)")
+        fig.suptitle(f"C6 residual-sensitivity ({schedule} gates)")
 
     return draw

@@ -60,7 +60,7 @@ from ..analysis.gaussian_gates import LayerLaws, layer_laws
 from ..laws import Gaussian
 from ..paths import BrownianPath, GridBrownian, TorchsdeReverse
 from ..sde import SDE, make_sde
-from ..stack import GatedResidualStack, get_gating
+from ..stack import GatedResidualStack, get_schedule
 from ..stats import empirical_moments, fit_order, gaussian_w2_moments, mean_se, moment_z_scores
 from . import CheckConfig
 from .claim import Measurement
@@ -396,7 +396,7 @@ def summary(measured: Measurement, verdict) -> str:
     weak_text = ", ".join(f"{m[f'weak_order_{s}']:.3f} ({NAMES[s]})" for s in sdes)
     moments_match = "moment_z_max" not in verdict.failed
     return (
-        f"With {get_gating(measured.config.gating).name} gates the stochastic stack "
+        f"With {get_schedule(measured.config.schedule).name} gates the stochastic stack "
         f"(eps = {EPS:g}): the strong error at eps "
         f"{trend(families['strong_order'])} (orders {m['strong_order_min']:.3f}.."
         f"{m['strong_order_max']:.3f}; {', '.join(NAMES[s] for s in sdes)}; Gaussian and "
@@ -418,7 +418,7 @@ def headline(measured: Measurement) -> str:
 def figure(measured: Measurement):
     """Three panels against depth: the strong error at eps, the weak error and the largest layer
     W2 (exact moments), each with its fitted order."""
-    gating, ladder = get_gating(measured.config.gating).name, measured.config.ladder
+    schedule, ladder = get_schedule(measured.config.schedule).name, measured.config.ladder
     strong, weak, layer = ([Series(label, ladder, errors, fit_order(ladder, errors))
                             for label, errors in measured.curves[kind].items()]
                            for kind in ("strong", "weak", "layer"))
@@ -428,7 +428,7 @@ def figure(measured: Measurement):
         from matplotlib.ticker import NullFormatter
 
         fig.set_size_inches(7.5, 9.0)
-        panels = ((f"C3 reverse-sde ({gating} gates): strong error at eps", strong,
+        panels = ((f"C3 reverse-sde ({schedule} gates): strong error at eps", strong,
                    "RMS |z_L - x(eps)|"),
                   ("weak error (exact moments)", weak, "|dm| + |dS|_F"),
                   ("layers: max_i W2(z_i, p_t_i)", layer, "max_i W2"))

@@ -79,7 +79,7 @@ def run_table(records: list[dict]) -> bytes:
 def study_report(study: Study, results: list[CheckResult], records: list[dict], *,
                  device: str, seconds: float) -> dict:
     """The study's JSON report: verify's contract (DESIGN.md section 4) with the study's
-    settings in place of the depth and gating."""
+    settings in place of the depth and schedule."""
     return {"study": study.name, "source": study.source, "device": device,
             "runs": len(records),
             "diverged": sum(r.get("train_status") == "diverged" for r in records),

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..stack import get_gating
+from ..stack import get_schedule
 
 __all__ = ["GATE_KINDS", "gate_class", "Gate", "PlainGate", "PostNormGate", "ReZeroGate",
            "AdaLNZeroGate", "RDMGate", "Modulation", "ResidualUnit", "make_gate", "make_norm",
@@ -82,7 +82,7 @@ def resolve_alpha_init(spec: str | float, num_units: int) -> float:
     ``"rdm"``/``"euler"``: 1/L (the ODE-consistent step); ``"inv-sqrt"``: 1/sqrt(L); ``"plain"``: 1.
     """
     if isinstance(spec, str):
-        return float(get_gating(spec).step_scale(num_units, 1.0 / num_units))
+        return float(get_schedule(spec).step_scale(num_units, 1.0 / num_units))
     return float(spec)
 
 
