@@ -7,17 +7,17 @@ Every variant runs Euler-Maruyama for the VP reverse SDE of a Gaussian in R^4 wi
 score (``sde.reverse(...).denoising_field``, F below), from exact samples of p_T down to
 eps = 1e-3, in float64 on the CPU, noise included:
 
-* ``stack``:    ``paths.BrownianPath`` increments (dyadic Levy refinement from ``--base-steps``
+* ``stack``:    ``noise.BrownianPath`` increments (dyadic Levy refinement from ``--base-steps``
                 steps, default 16 as C3 builds its path at depth 256: the coarsest rung of its
                 ladder, refined to the deepest; one tensor operation per level; ``--base-steps
                 1`` refines from one step), then the gated residual stack with C3's
                 stochastic units; the stack evaluates F through ``F.on_grid`` (its time
                 coefficients computed once for the stack's grid: ``sde.DenoisingField``);
-* ``torchsde``: ``torchsde.sdeint(method="euler")`` on the same SDE (``paths.TorchsdeReverse``),
+* ``torchsde``: ``torchsde.sdeint(method="euler")`` on the same SDE (``solvers.TorchsdeReverse``),
                 driven by a ``torchsde.BrownianInterval`` (one interval query per step);
 * ``loop``:     the floor of any Euler-Maruyama code that calls F: a hand-written Python loop
                 ``z = z + h F(z, t_i) + gamma_i xi_i`` over noise drawn in one call of the
-                normal source the path uses (``paths.numpy_rng``: numpy's PCG64);
+                normal source the path uses (``noise.numpy_rng``: numpy's PCG64);
 * ``tabulated``: the floor of the arithmetic itself: the same loop with F written out by hand as
                 tensor operations on coefficients tabulated once per grid time (f_i, g_i^2,
                 m_i mu, V_i: F(z, t_i) = -f_i z - g_i^2 ((z - m_i mu) U / V_i) U^T);
@@ -64,8 +64,9 @@ from rdm_dynamics.checks.problems import (  # noqa: E402
 )
 from rdm_dynamics.files import atomic_write_json  # noqa: E402
 from rdm_dynamics.laws import Gaussian  # noqa: E402
-from rdm_dynamics.paths import BrownianPath, TorchsdeReverse, numpy_rng  # noqa: E402
+from rdm_dynamics.noise import BrownianPath, numpy_rng  # noqa: E402
 from rdm_dynamics.sde import make_sde  # noqa: E402
+from rdm_dynamics.solvers import TorchsdeReverse  # noqa: E402
 
 TARGET = 10.0
 VARIANTS = ("stack", "torchsde", "loop", "tabulated", "field", "grid_field", "path", "normals",

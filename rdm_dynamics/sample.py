@@ -129,7 +129,7 @@ def _validate(args) -> torch.device:
         raise UsageError(f"--guidance must be at least 0 (0: unconditional, 1: the conditional "
                          f"model, > 1: guided), got {args.guidance:g}")
     if args.sampler == "pf-ode":
-        from .paths import ODE_METHODS
+        from .solvers import ODE_METHODS
 
         if args.method not in ODE_METHODS:
             raise UsageError(f"unknown --method {args.method!r}; choose one of "

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .paths import standard_normal
+from .noise import standard_normal
 
 Coefficient = Callable[[torch.Tensor], torch.Tensor]
 Residual = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,5 +1,5 @@
 """Properties of the dyadically refined Brownian path that every rung of C3's ladder shares,
-beyond the fixed cases of test_paths.py: refinement sums for random grids and spans, and the
+beyond the fixed cases of test_noise.py: refinement sums for random grids and spans, and the
 independence of the two halves of every refined step."""
 
 import math
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from rdm_dynamics.paths import BrownianPath
+from rdm_dynamics.noise import BrownianPath
 
 
 @settings(max_examples=40, deadline=None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rdm_dynamics.paths import BrownianPath
+from rdm_dynamics.noise import BrownianPath
 from rdm_dynamics.stack import GatedResidualStack
 
 F64 = torch.float64
@@ -18,7 +18,7 @@ F64 = torch.float64
 def levy_path(span, shape, base_steps, levels, seed):
     """The dyadic Levy construction as its formula reads: left = D / 2 + (sqrt(dt) / 2) Z,
     right = D - left, one normal draw per level, levels in order; Z from numpy's PCG64 seeded by
-    one integer drawn from the torch generator (``paths.numpy_rng``, as documented)."""
+    one integer drawn from the torch generator (``noise.numpy_rng``, as documented)."""
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(torch.randint(0, 2**62, (1,), generator=g).item())
 

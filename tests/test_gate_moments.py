@@ -39,8 +39,8 @@ from rdm_dynamics.checks import CheckConfig, registry, run_claim
 from rdm_dynamics.checks import gate_moments as c4
 from rdm_dynamics.checks.rules import within
 from rdm_dynamics.laws import Gaussian, GaussianMixture
-from rdm_dynamics.paths import solve_ode
 from rdm_dynamics.sde import VESDE, VPSDE
+from rdm_dynamics.solvers import solve_ode
 
 
 def random_gaussian(seed: int, dim: int) -> Gaussian:

@@ -17,8 +17,8 @@ from strategies import gaussians, sdes, seeds, times
 from rdm_dynamics.checks import CheckConfig
 from rdm_dynamics.checks.problems import EPS, denoising_stack
 from rdm_dynamics.laws import Gaussian, gaussian_w2
-from rdm_dynamics.paths import solve_ode
 from rdm_dynamics.sde import make_sde
+from rdm_dynamics.solvers import solve_ode
 from rdm_dynamics.stack import GatedResidualStack
 from rdm_dynamics.stats import empirical_moments, gaussian_w2_moments, moment_z_scores
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from strategies import gaussians, mixtures, sdes, seeds, times
 
 from rdm_dynamics.laws import Gaussian, GaussianMixture, gaussian_w2
-from rdm_dynamics.paths import solve_ode
 from rdm_dynamics.sde import VESDE, VPSDE, SubVPSDE
+from rdm_dynamics.solvers import solve_ode
 
 
 def autograd_score(log_prob, x):

@@ -6,7 +6,7 @@ Layers (DESIGN.md section 5), top to bottom:
     2  worlds           checks/ (the claims), training/ (objective, samplers, data, loop),
                         depth_study/ (the depth study's plan, runs and cells)
     1  machinery        analysis/ (the machinery of single claims), models/ (the backbones)
-    0  vocabulary       sde, laws, stack, paths, stats, files, cli, the package itself
+    0  vocabulary       sde, laws, stack, noise, solvers, stats, files, cli, the package itself
 
 Every module of the package must belong to a layer; an import (at module level or inside a
 function: both run) may only reach its own layer or a lower one, and the import graph has no
@@ -28,7 +28,8 @@ LAYERS = {
     "verify": 3, "train": 3, "sample": 3, "study": 3, "__main__": 3,
     "checks": 2, "training": 2, "depth_study": 2,
     "analysis": 1, "models": 1,
-    "": 0, "sde": 0, "laws": 0, "stack": 0, "paths": 0, "stats": 0, "files": 0, "cli": 0,
+    "": 0, "sde": 0, "laws": 0, "stack": 0, "noise": 0, "solvers": 0, "stats": 0, "files": 0,
+    "cli": 0,
 }
 SUBPACKAGES = {"checks", "training", "depth_study", "analysis", "models"}
 

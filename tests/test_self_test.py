@@ -26,7 +26,7 @@ def test_every_fault_resolves_and_names_registered_checks():
     names = [f.name for f in FAULTS]
     assert len(names) == len(set(names))
     modules = {f.target.split(".")[1] for f in FAULTS}
-    assert {"sde", "laws", "paths", "stack", "analysis", "stats"} <= modules
+    assert {"sde", "laws", "noise", "stack", "analysis", "stats"} <= modules
     for f in FAULTS:
         resolve(f.target)
         assert f.checks and set(f.checks) <= checks, f.name

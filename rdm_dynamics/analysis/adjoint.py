@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..paths import solve_ode_adjoint
+from ..solvers import solve_ode_adjoint
 
 __all__ = ["Adjoints", "backprop_adjoints", "adjoint_gradients", "linear_loss"]
 
@@ -72,7 +72,7 @@ def adjoint_gradients(field: torch.nn.Module, z0: torch.Tensor, span: tuple[floa
                       loss: Loss, params: Sequence[torch.Tensor], **solver) -> tuple:
     """dl/dz0 and dl/dtheta for z(T) = flow of ``field`` (an nn.Module (t, z) -> dz/dt) from z0,
     by the continuous adjoint method (torchdiffeq.odeint_adjoint); ``solver`` goes to
-    paths.solve_ode_adjoint (method, rtol, atol, options).  Returns (dl/dz0, [dl/dtheta])."""
+    solvers.solve_ode_adjoint (method, rtol, atol, options).  Returns (dl/dz0, [dl/dtheta])."""
     z = z0.detach().requires_grad_(True)
     times = torch.tensor(span, dtype=z0.dtype, device=z0.device)
     with torch.enable_grad():

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 import torchsde
 
-from ..paths import GridBrownian, numpy_rng
+from ..noise import numpy_rng
+from ..solvers import GridBrownian
 from ..stack import GatedResidualStack
 from .fields import tanh_residual
 

@@ -58,7 +58,7 @@ class CheckConfig:
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, stream): each check draws from its own stream, so
         running one check alone (``--only``) gives the same numbers as running all of them."""
-        from ..paths import stream_generator
+        from ..noise import stream_generator
 
         return stream_generator(self.seed, stream)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..analysis.fields import iid_tanh_layers
-from ..paths import solve_ode
+from ..solvers import solve_ode
 from ..stack import GatedResidualStack, get_schedule
 from ..stats import fit_order, two_point_order
 from . import CheckConfig

@@ -316,7 +316,7 @@ def _hermite_slopes_swapped(original):
     return __call__
 
 
-SDE, LAWS, PATHS, STACK = "rdm_dynamics.sde", "rdm_dynamics.laws", "rdm_dynamics.paths", \
+SDE, LAWS, NOISE, STACK = "rdm_dynamics.sde", "rdm_dynamics.laws", "rdm_dynamics.noise", \
     "rdm_dynamics.stack"
 ANALYSIS, STATS = "rdm_dynamics.analysis", "rdm_dynamics.stats"
 DENOISING = ("pf-ode", "reverse-sde")
@@ -352,12 +352,12 @@ FAULTS: list[Fault] = [
           "Gaussian score's precision built with U^T in place of U (a transposed basis)"),
     Fault("gaussian-pf-map-missing-sqrt", f"{LAWS}.Gaussian.pf_ode_map", _pf_map_without_sqrt,
           ("pf-ode", "gate-moments"), "PF-ODE flow map scale V(b)/V(a) without its square root"),
-    Fault("brownian-bridge-missing-half", f"{PATHS}.BrownianPath._refine",
+    Fault("brownian-bridge-missing-half", f"{NOISE}.BrownianPath._refine",
           _refine_without_half, ("reverse-sde",), "Levy refinement noise sqrt(dt) instead of "
           "sqrt(dt)/2"),
-    Fault("brownian-bridge-siblings-equal", f"{PATHS}.BrownianPath._refine",
+    Fault("brownian-bridge-siblings-equal", f"{NOISE}.BrownianPath._refine",
           _refine_siblings_equal, ("reverse-sde",), "Levy refinement: both halves the same"),
-    Fault("brownian-normalised-by-dt", f"{PATHS}.BrownianPath.normalised_increments",
+    Fault("brownian-normalised-by-dt", f"{NOISE}.BrownianPath.normalised_increments",
           _normalised_by_dt, ("reverse-sde",), "noise dW / dt instead of dW / sqrt(dt)"),
     Fault("unit-forgets-beta", f"{STACK}.GatedResidualStack._step", _unit_without_beta,
           ("depth-limit", "error-propagation", "residual-sensitivity", "gate-moments"),

@@ -34,8 +34,8 @@ import torch
 
 from ..analysis.gaussian_gates import layer_laws
 from ..laws import Gaussian
-from ..paths import solve_ode
 from ..sde import SDE, make_sde
+from ..solvers import solve_ode
 from ..stack import get_schedule
 from ..stats import fit_order, two_point_order
 from . import CheckConfig

@@ -13,7 +13,7 @@ a(tau) = 1 + 0.5 sin(2 pi tau + phase), b(tau) = 0.5 sin(2 pi tau + phase'), and
 l = sum_s <w_s, z_L,s> with unit vectors w_s (so p_L = w at every depth).
 
 Reference: dl/dz0 and dl/dtheta of the ODE dz/dtau = a F + b by the continuous adjoint method,
-torchdiffeq.odeint_adjoint with dopri5 at the reference tolerances (``paths.REFERENCE_RTOL``,
+torchdiffeq.odeint_adjoint with dopri5 at the reference tolerances (``solvers.REFERENCE_RTOL``,
 ``REFERENCE_ATOL``; :data:`QUICK_TOLERANCES` for --quick smoke runs), float64, forward and
 adjoint.  Measured: the same gradients by backpropagation through the depth-L stack on the depth
 ladder.
@@ -41,7 +41,7 @@ import torch
 
 from ..analysis.adjoint import adjoint_gradients, backprop_adjoints, linear_loss
 from ..analysis.memory import peak_memory
-from ..paths import REFERENCE_ATOL, REFERENCE_RTOL
+from ..solvers import REFERENCE_ATOL, REFERENCE_RTOL
 from ..stack import GatedResidualStack, get_schedule
 from ..stats import depth_trend_metrics, fit_order, mean_se
 from . import CheckConfig

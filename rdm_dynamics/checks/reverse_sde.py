@@ -38,7 +38,7 @@ Independent of the code under test, all gated:
   Kolmogorov-Smirnov test of the normalised increments, Bonferroni-combined, and coarse
   increments = sums of their fine halves.
 * The fine reference against ``torchsde.sdeint(method="euler")`` on the same increments
-  (``paths.GridBrownian``) at ``REFERENCE_REFINEMENT`` x the coarsest rung's steps, mixture data.
+  (``solvers.GridBrownian``) at ``REFERENCE_REFINEMENT`` x the coarsest rung's steps, mixture data.
 * The output law for mixture data (``problems.output_law_metrics``): outputs at --depth from x_T
   pushed through the SDE's exact transition, against exact samples of p_eps made the same way (no
   score): energy distance and component shares against the weights.  (The law code itself is
@@ -58,8 +58,9 @@ import torch
 
 from ..analysis.gaussian_gates import LayerLaws, layer_laws
 from ..laws import Gaussian
-from ..paths import BrownianPath, GridBrownian, TorchsdeReverse
+from ..noise import BrownianPath
 from ..sde import SDE, make_sde
+from ..solvers import GridBrownian, TorchsdeReverse
 from ..stack import GatedResidualStack, get_schedule
 from ..stats import empirical_moments, fit_order, gaussian_w2_moments, mean_se, moment_z_scores
 from . import CheckConfig

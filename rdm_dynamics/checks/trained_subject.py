@@ -24,7 +24,7 @@ from torch import nn
 
 from ..cli import UsageError
 from ..models import ModelLoadError, load_model
-from ..paths import stream_generator
+from ..noise import stream_generator
 from ..sde import SDE, expand_as_batch, make_sde
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.data import DataError, load_dataset
@@ -54,7 +54,7 @@ class CheckpointConfig:
 
     def generator(self, stream: int = 0) -> torch.Generator:
         """The generator of random stream ``stream`` under this seed
-        (``paths.stream_generator``)."""
+        (``noise.stream_generator``)."""
         return stream_generator(self.seed, stream)
 
     @property

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..paths import stream_generator
+from ..noise import stream_generator
 from . import known_law
 
 __all__ = ["DataError", "ArrayDataset", "ImageFolder", "BatchSchedule", "digits", "moving_digits",

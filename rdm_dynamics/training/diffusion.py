@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..paths import is_adaptive, solve_ode
 from ..sde import EPS, SDE, VPSDE, expand_as_batch
+from ..solvers import is_adaptive, solve_ode
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..laws import GaussianMixture
-from ..paths import stream_generator
+from ..noise import stream_generator
 
 __all__ = ["NAME", "COVARIANCES", "LawSpec", "KnownLaw", "fit_digits_mixture", "KnownLawData",
            "FreshSchedule", "law_tensors", "law_from_tensors", "LAW_PREFIX"]
