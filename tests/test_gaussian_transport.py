@@ -15,9 +15,9 @@ from scipy.stats import norm
 from strategies import gaussians, sdes, seeds, times
 
 from rdm_dynamics.checks import CheckConfig
-from rdm_dynamics.checks.problems import EPS, denoising_stack
+from rdm_dynamics.checks.problems import denoising_stack
 from rdm_dynamics.laws import Gaussian, gaussian_w2
-from rdm_dynamics.sde import make_sde
+from rdm_dynamics.sde import EPS, make_sde
 from rdm_dynamics.solvers import solve_ode
 from rdm_dynamics.stack import GatedResidualStack
 from rdm_dynamics.stats import empirical_moments, gaussian_w2_moments, moment_z_scores

@@ -13,9 +13,9 @@ import torch
 
 from rdm_dynamics.analysis.gaussian_gates import layer_laws
 from rdm_dynamics.checks import CheckConfig, pf_ode, registry, run_claim
-from rdm_dynamics.checks.problems import EPS, data_laws, denoising_stack, sample_prior
+from rdm_dynamics.checks.problems import data_laws, denoising_stack, sample_prior
 from rdm_dynamics.laws import GaussianMixture
-from rdm_dynamics.sde import make_sde
+from rdm_dynamics.sde import EPS, make_sde
 
 SMALL = CheckConfig(depth=128, ladder=(16, 32, 64, 128), quick=True)
 SDES = ("vp", "subvp")

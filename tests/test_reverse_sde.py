@@ -12,9 +12,9 @@ import torch
 import torchsde
 
 from rdm_dynamics.checks import CheckConfig, registry, reverse_sde, run_claim
-from rdm_dynamics.checks.problems import EPS, data_laws, denoising_stack, sample_prior, score_fn
+from rdm_dynamics.checks.problems import data_laws, denoising_stack, sample_prior, score_fn
 from rdm_dynamics.checks.rules import within
-from rdm_dynamics.sde import make_sde
+from rdm_dynamics.sde import EPS, make_sde
 from rdm_dynamics.solvers import TorchsdeReverse
 
 SMALL = CheckConfig(depth=128, ladder=(16, 32, 64, 128), quick=True)

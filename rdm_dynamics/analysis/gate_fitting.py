@@ -70,8 +70,7 @@ def forward_trajectories(sde: SDE, x0: torch.Tensor, times: torch.Tensor, *,
     ascending = times[order]
     r, k = sde.transition_coefs(ascending[:-1], ascending[1:])
     eps = torch.randn((len(times), *x0.shape), generator=generator, dtype=x0.dtype).to(x0.device)
-    mean, std = sde.marginal_prob(x0, ascending[0].to(x0.dtype))
-    x = mean + std * eps[0]
+    x = sde.perturb(x0, ascending[0].to(x0.dtype), eps[0])
     states = torch.empty_like(eps)
     states[order[0]] = x
     for j, r_j, k_j, e in zip(order[1:].tolist(), r.tolist(), k.tolist(), eps[1:], strict=True):

@@ -73,12 +73,11 @@ from ..analysis.gaussian_gates import (
 )
 from ..analysis.two_sample import energy_distance
 from ..laws import Gaussian, GaussianMixture, random_rotation
-from ..sde import SDE, VESDE, VPSDE
+from ..sde import EPS, SDE, VESDE, VPSDE
 from ..stack import GatedResidualStack, get_schedule
 from ..stats import OrderFit, fit_order, mean_se
 from . import CheckConfig
 from .claim import Measurement
-from .problems import EPS
 from .rules import AT_LEAST_FIRST_ORDER, FIRST_ORDER, Rule, order_metrics, order_rules
 
 CLAIM = "C4"

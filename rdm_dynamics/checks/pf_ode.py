@@ -34,14 +34,13 @@ import torch
 
 from ..analysis.gaussian_gates import layer_laws
 from ..laws import Gaussian
-from ..sde import SDE, make_sde
+from ..sde import EPS, SDE, make_sde
 from ..solvers import solve_ode
 from ..stack import get_schedule
 from ..stats import fit_order, two_point_order
 from . import CheckConfig
 from .claim import Measurement
 from .problems import (
-    EPS,
     LAW_NAMES,
     NAMES,
     OUTPUT_SAMPLES,

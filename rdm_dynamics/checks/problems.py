@@ -27,7 +27,7 @@ import torch
 
 from ..analysis.fields import SmoothCoefficient, SmoothTanhField
 from ..laws import DiffusedScore, Gaussian, GaussianMixture
-from ..sde import SDE
+from ..sde import EPS, SDE, SDES
 from ..stack import GatedResidualStack
 from . import CheckConfig
 
@@ -79,11 +79,8 @@ def smooth_problem(config: CheckConfig, *, stream: int, scale: float,
     z0 = torch.randn(batch, dim, generator=g, dtype=torch.float64)
     return SmoothProblem(field, gain, bias, z0, g)
 
-#: Where the denoising stacks stop: the score of p_t is not bounded as t -> 0 (the data law may
-#: be singular), so every stack runs on [eps, T].
-EPS = 1e-3
-#: The SDE families of both checks, and how the summaries name them.
-SDE_NAMES = ("vp", "subvp", "ve")
+#: The SDE families of both checks (every SDE of ``sde.SDES``), and how the summaries name them.
+SDE_NAMES = tuple(SDES)
 NAMES = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
 #: The data laws of both checks (``data_laws``), in the order they are drawn.
 LAW_NAMES = ("gaussian", "mixture")

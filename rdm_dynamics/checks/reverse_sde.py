@@ -59,14 +59,13 @@ import torch
 from ..analysis.gaussian_gates import LayerLaws, layer_laws
 from ..laws import Gaussian
 from ..noise import BrownianPath
-from ..sde import SDE, make_sde
+from ..sde import EPS, SDE, make_sde
 from ..solvers import GridBrownian, TorchsdeReverse
 from ..stack import GatedResidualStack, get_schedule
 from ..stats import empirical_moments, fit_order, gaussian_w2_moments, mean_se, moment_z_scores
 from . import CheckConfig
 from .claim import Measurement
 from .problems import (
-    EPS,
     LAW_NAMES,
     NAMES,
     OUTPUT_SAMPLES,
