@@ -31,7 +31,7 @@ CLAIM = "C1"
 ID = "depth-limit"
 TITLE = "Gating-Residual ODE: the depth-L stack converges to its ODE at order 1"
 THEORY = f"order 1 +/- {FIRST_ORDER[1] - 1:.2f}"
-#: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``).
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 0.8
 
 #: The i.i.d. control "does not converge": its fitted and deepest local orders at most this.

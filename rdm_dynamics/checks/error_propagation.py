@@ -67,8 +67,7 @@ ID = "error-propagation"
 MIN_DEPTH = 32  # its experiments compare depths 16, 32, ..., --depth (propagation_depths)
 TITLE = "Error propagation: the discrete Gronwall bound holds; gated amplification stays bounded"
 THEORY = "0 violations, ratio in [1/2, 2], plain rate > 0"
-#: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``);
-#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 2.1
 
 #: Standard errors by which the ratio and the growth rate must clear their bands.

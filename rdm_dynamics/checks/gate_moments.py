@@ -83,8 +83,7 @@ from .rules import AT_LEAST_FIRST_ORDER, FIRST_ORDER, Rule, order_metrics, order
 CLAIM = "C4"
 ID = "gate-moments"
 TITLE = "Gates carry the mean and variance: closed-form gates are exact, learned gates converge"
-#: Serial seconds at --depth 256 on one idle core, a scheduling hint (``workers.cost``);
-#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 2.1
 
 T_END = 1.0

@@ -61,8 +61,7 @@ TITLE = ("i.i.d. weights, 1/sqrt(L) branches: the stack converges in law to "
 THEORY = "weak order 1 +/- 0.25; 1/L -> identity; alpha = 1 diverges"
 #: C7 runs its three scalings itself; ``--schedule`` does not enter it.
 USES_SCHEDULE = False
-#: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``);
-#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 2.0
 
 #: d = 8 concentrates |z| (the log-volatility of |z|^2 is 2 s_w / sqrt(d)); s_w = 2 makes the

@@ -64,8 +64,7 @@ CLAIM = "C2"
 ID = "pf-ode"
 TITLE = "Denoising-Dynamics ODE: the Euler-gated stack follows the PF-ODE flow at order 1"
 THEORY = f"order 1 +/- {FIRST_ORDER[1] - 1:.2f} each"
-#: Serial seconds at --depth 256 on one idle core, a scheduling hint (``workers.cost``);
-#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 2.3
 
 

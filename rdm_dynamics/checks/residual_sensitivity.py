@@ -55,8 +55,7 @@ ID = "residual-sensitivity"
 MIN_DEPTH = 32  # its experiments compare depths 16, 32, ..., --depth (propagation_depths)
 TITLE = "Residual-Sensitivity ODE: backprop through the stack converges to the adjoint at order 1"
 THEORY = "order 1 +/- 0.15, ratio in [1/2, 2], memory O(L) vs O(1)"
-#: Serial seconds at --depth 256 on one idle core: a scheduling hint (``workers.cost``);
-#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 2.1
 
 #: Memory growth exponents: O(L) for backpropagation, O(1) for the adjoint method.

@@ -88,8 +88,7 @@ ID = "reverse-sde"
 TITLE = "Denoising-Dynamics SDE: stochastic units are Euler-Maruyama (strong and weak order 1)"
 THEORY = (f"strong, weak 1 +/- {FIRST_ORDER[1] - 1:.2f} (weak VE, layer W2: "
           f">= {AT_LEAST_FIRST_ORDER[0]:.2f})")
-#: Serial seconds at --depth 256 on one idle core, a scheduling hint (``workers.cost``);
-#: re-measured from the per-check ``seconds`` of ``verify --jobs 1``.
+#: A scheduling hint: serial seconds at --depth 256 (``workers.cost`` says how it is measured).
 COST = 5.6
 
 #: Expected weak orders: 1 where the first-order error term is generic, at least 1 for VE.

@@ -58,7 +58,7 @@ class DataError(ValueError):
 
 
 def _report_skip(message: str) -> None:
-    print(f"rdm_dynamics.data: {message}", file=sys.stderr)
+    print(f"rdm_dynamics.training.data: {message}", file=sys.stderr)
 
 
 class ArrayDataset:
