@@ -158,9 +158,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def schedule_option(args) -> str:
-    """The gate schedule asked for: ``--schedule``, or its deprecated spelling ``--gating`` (a
-    warning line on stderr once the value is known good; both given and different is an
-    error); validated."""
+    """The gate schedule asked for: ``--schedule``, or its deprecated spelling ``--gating`` (both
+    given and different is an error); validated.  ``request`` warns about ``--gating`` once the
+    whole command line is known good, so bad input stays one line."""
     if args.gating is not None and args.schedule is not None and args.schedule != args.gating:
         raise UsageError(f"--schedule {args.schedule} and --gating {args.gating} disagree "
                          "(--gating is the former spelling of --schedule)")
@@ -168,9 +168,6 @@ def schedule_option(args) -> str:
         schedule = get_schedule(args.schedule or args.gating or "rdm").name
     except ValueError as exc:
         raise UsageError(f"--schedule: {exc}") from None
-    if args.gating is not None:
-        print(f"{PROG}: warning: --gating is deprecated, use --schedule (the same values)",
-              file=sys.stderr)
     return schedule
 
 
@@ -243,6 +240,9 @@ def request(argv) -> Request:
     checks, n_all = select_checks(args)
     out, json_path = output_paths(args)
     args.jobs = default_jobs(len(checks)) if args.jobs is None else args.jobs
+    if args.gating is not None:
+        print(f"{PROG}: warning: --gating is deprecated, use --schedule (the same values)",
+              file=sys.stderr)
     return Request(args, config, checks, n_all, out, json_path)
 
 

@@ -92,6 +92,7 @@ def test_only_selects_checks(tmp_path):
     (["--schedule", "wild"], "--schedule: unknown schedule"),
     (["--gating", "wild"], "--schedule: unknown schedule"),
     (["--gating", "plain", "--schedule", "rdm"], "disagree"),
+    (["--gating", "plain", "--depth", "7"], "too small"),
     (["--dtype", "float16"], "unknown --dtype"),
     (["--seed", "x"], "--seed must be an integer"),
     (["--threads", "0"], "--threads must be at least 1"),

@@ -23,6 +23,8 @@ from types import ModuleType
 
 import torch
 
+from ..noise import stream_generator
+
 __all__ = ["CheckConfig", "KINDS", "CLAIM_MODULES", "registry", "Measurement", "run_claim",
            "depth_ladder", "resolve_ids", "run_checks", "min_depth", "MIN_RUNGS"]
 
@@ -58,8 +60,6 @@ class CheckConfig:
     def generator(self, stream: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, stream): each check draws from its own stream, so
         running one check alone (``--only``) gives the same numbers as running all of them."""
-        from ..noise import stream_generator
-
         return stream_generator(self.seed, stream)
 
     @property
