@@ -192,7 +192,6 @@ def measure(config):
     open({str(marker)!r}, "w").write("finished")
 module = types.ModuleType("fake_sleeper")
 module.CLAIM, module.ID, module.TITLE, module.measure = "C0", "sleeper", "sleeper", measure
-
 sys.modules["fake_sleeper"] = module
 run_in_processes(CheckConfig(), {{"a": module, "b": module}}, jobs=2, figures=False)
 """
