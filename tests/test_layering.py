@@ -29,7 +29,7 @@ LAYERS = {
     "checks": 2, "training": 2, "depth_study": 2,
     "analysis": 1, "models": 1,
     "": 0, "sde": 0, "laws": 0, "stack": 0, "noise": 0, "solvers": 0, "stats": 0, "files": 0,
-    "cli": 0,
+    "cli": 0, "limits": 0, "locks": 0,
 }
 SUBPACKAGES = {"checks", "training", "depth_study", "analysis", "models"}
 

@@ -183,11 +183,10 @@ def versions() -> dict[str, str]:
 def is_report(path) -> bool:
     """Whether ``path`` holds a report this toolkit wrote (verify's or the study's), so that it
     may be replaced; anything else in its place is the user's and is left as it is."""
-    import json
-    from pathlib import Path
+    from ..limits import load_json
 
-    try:
-        old = json.loads(Path(path).read_text())
+    try:  # bounded (limits.py): a bomb in place of a report is not a report
+        old = load_json(path, "report")
     except (OSError, ValueError):
         return False
     return isinstance(old, dict) and isinstance(old.get("checks"), list) and "versions" in old
@@ -205,16 +204,16 @@ def write_report(out, report: dict, figures: dict[str, bytes], json_path=None,
     sees the old or the new one; then remove the figures an earlier report in ``out`` listed
     and this one did not draw (no figure is left beside a report it does not belong to).
     ``report["figures"]`` is set to the names written."""
-    import json
     from pathlib import Path
 
     from ..files import atomic_write_bytes, atomic_write_json
+    from ..limits import load_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     old = []
     if is_report(out / "report.json"):
-        previous = json.loads((out / "report.json").read_text())
+        previous = load_json(out / "report.json", "report")
         old = previous.get("figures") or [f"{c.get('id')}.png" for c in previous["checks"]
                                           if isinstance(c, dict)]
     for name, data in {**figures, **(extra or {})}.items():

@@ -20,7 +20,6 @@ raw bytes, JSON writes floats with repr).
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_write_bytes, atomic_write_json
+from ..limits import load_json
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
            "find_checkpoints", "latest_checkpoint", "rng_state", "set_rng_state",
@@ -217,8 +217,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for p in (json_path, tensor_path):
         if not p.is_file():
             raise CheckpointError(f"checkpoint file {str(p)!r} does not exist")
-    try:
-        meta = json.loads(json_path.read_text())
+    try:  # bounded in size and nesting (limits.py): a bomb is a corrupt checkpoint
+        meta = load_json(json_path, "checkpoint file")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {str(json_path)!r}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

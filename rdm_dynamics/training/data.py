@@ -28,6 +28,7 @@ the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -38,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..limits import check_inflation, check_pixels
 import torch.nn.functional as F
 
 from ..noise import stream_generator
@@ -280,7 +283,7 @@ class ImageFolder:
                 continue
             try:
                 return j, self._decode(j)
-            except (OSError, ValueError, SyntaxError) as exc:
+            except (OSError, ValueError, SyntaxError, _bomb_error()) as exc:
                 self._bad.add(j)
                 self._skip(self.files[j], _reason(exc))
         raise DataError(f"image folder {self.name!r}: no readable image left")
@@ -290,6 +293,12 @@ class ImageFolder:
         x = torch.stack([img for _, img in loaded])
         y = None if self.labels is None else self.labels[[j for j, _ in loaded]]
         return x, y
+
+
+def _bomb_error() -> type:
+    from PIL import Image
+
+    return Image.DecompressionBombError
 
 
 def _is_image(path: Path) -> bool:
@@ -305,18 +314,36 @@ def _header_problem(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _open_image(path) as im:
             im.verify()
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError,
+            Image.DecompressionBombError) as exc:  # FileLimitError is a ValueError
         return _reason(exc)
     return None
+
+
+@contextlib.contextmanager
+def _open_image(path: Path):
+    """PIL's image of ``path``, its header read and its pixel count checked against
+    ``limits.MAX_PIXELS`` before any pixel is decoded (FileLimitError, a ValueError; PIL's own
+    DecompressionBombError above twice its limit; its warning silenced: ours is lower)."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
+        check_pixels(*im.size, str(path))
+        yield im
 
 
 def _decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """Decode, centre-crop to a square, resize (bicubic) and scale to [-1, 1]: (C, size, size)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with _open_image(path) as im:
         im = im.convert("L" if channels == 1 else "RGB")
         w, h = im.size
         side = min(w, h)
@@ -365,6 +392,9 @@ def load_array(path: str | Path) -> ArrayDataset:
                 if key is None:
                     raise DataError(f"{str(path)!r}: no 'images' or 'x' array among "
                                     f"{sorted(keys)}")
+                for info in loaded.zip.infolist():  # before inflating any member (limits.py)
+                    check_inflation(info.compress_size, info.file_size,
+                                    f"{str(path)!r} member {info.filename!r}")
                 images = loaded[key]
                 lkey = next((k for k in ("labels", "y") if k in keys and k != key), None)
                 labels = None if lkey is None else loaded[lkey]

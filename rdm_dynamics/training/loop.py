@@ -49,6 +49,7 @@ from torch import nn
 
 from ..cli import UsageError
 from ..files import atomic_write_bytes, remove_stale_temporaries
+from ..limits import loads_json
 from ..models import initialize, model_builder
 from ..sde import SDE, make_sde
 from .checkpoint import (
@@ -256,7 +257,7 @@ def _prepare_out(run: Run, start: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            if json.loads(line)["step"] <= start:
+            if loads_json(line)["step"] <= start:  # a line nested too deep is dropped
                 keep.append(line)
     atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import MAX_SEED, Parser, UsageError
+from ..limits import FileLimitError, loads_json, short
 from ..models import MODEL_CONFIGS
 from ..models.depth_init import INITS
 from ..models.dit import describe_size
@@ -295,13 +295,13 @@ def coerce_as(kind: type, name: str, value):
             return float(value)
         if kind is dict:
             if isinstance(value, str):  # from the command line: a JSON object
-                value = json.loads(value)
+                value = loads_json(value, name)
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
         return str(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{name} must be {kind.__name__}, got {value!r}") from None
+        raise UsageError(f"{name} must be {kind.__name__}, got {short(value)}") from None
 
 
 def check(cfg: TrainConfig) -> None:
@@ -309,7 +309,7 @@ def check(cfg: TrainConfig) -> None:
     for name, s in SETTINGS.items():
         value = getattr(cfg, name)
         if not s.accepts(value):
-            raise UsageError(f"{name} must {s.requirement()}, got {value}")
+            raise UsageError(f"{name} must {s.requirement()}, got {short(value)}")
 
 
 #: Settings a file may not set, and why: a file the user opens never causes an import.
@@ -320,32 +320,31 @@ FLAG_ONLY = {"model_factory": "a model factory is code to import, so it is taken
 def read_mapping_file(path: str | Path, what: str = "config file") -> dict:
     """The mapping in a .yaml/.yml or .toml file, as parsed (nothing else is read or run);
     UsageError (one line) if the file is missing, unreadable, not UTF-8 or holds no mapping."""
+    from ..limits import MAX_SETTINGS_BYTES, load_toml, load_yaml, read_text
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise UsageError(f"{what} {str(path)!r} must end in .yaml, .yml or .toml")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, MAX_SETTINGS_BYTES, what)
+    except FileLimitError as exc:
+        raise UsageError(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start})") \
             from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+    where = f"{what} {str(path)!r}"
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            loaded = yaml.safe_load(text)
-        elif path.suffix.lower() == ".toml":
-            import tomllib
-
-            loaded = tomllib.loads(text)
-        else:
-            raise UsageError(f"{what} {str(path)!r} must end in .yaml, .yml or .toml")
-    except UsageError:
-        raise
+        loaded = load_yaml(text, where) if suffix != ".toml" else load_toml(text, where)
+    except FileLimitError as exc:
+        raise UsageError(f"{where}: {exc}" if str(path) not in str(exc) else str(exc)) from None
     except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot parse {what} {str(path)!r}: {first}") from None
+        raise UsageError(f"cannot parse {where}: {first[:200]}") from None
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
         raise UsageError(f"{what} {str(path)!r} must hold a mapping of settings")
@@ -365,7 +364,7 @@ def settings_from_mapping(loaded: dict, where: str) -> dict:
     for key, value in loaded.items():
         name = str(key).replace("-", "_")
         if name not in SETTINGS:
-            raise UsageError(f"unknown setting {key!r} in {where}")
+            raise UsageError(f"unknown setting {short(key)} in {where}")
         if name in FLAG_ONLY:
             raise UsageError(f"{key} in {where}: {FLAG_ONLY[name]}")
         out[name] = coerce(name, value)
@@ -407,9 +406,11 @@ def _item(s: Setting, text: str) -> tuple[str, object]:
     """KEY=VALUE with VALUE read as JSON when it parses (numbers, true, lists), else a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise UsageError(f"{s.flag} must look like KEY=VALUE, got {text!r}")
+        raise UsageError(f"{s.flag} must look like KEY=VALUE, got {short(text)}")
     try:
-        return key.strip(), json.loads(value)
+        return key.strip(), loads_json(value, s.flag)
+    except FileLimitError as exc:
+        raise UsageError(str(exc)) from None
     except ValueError:
         return key.strip(), value
 
