@@ -52,8 +52,9 @@ def build_parser() -> Parser:
                         "measure.NAME setting (repeatable; e.g. --set compile=false --set "
                         "measure.fd_samples=64)")
     p.add_argument("--runs", default=None, metavar="GLOB",
-                   help="only the runs whose id matches this pattern (e.g. '*gate-rdm*'); "
-                        "C11 and C12 are judged on those")
+                   help="only the runs whose id matches this pattern (e.g. '*gate-rdm*'): a "
+                        "shard of the study; C11 and C12 are judged on those and on every other "
+                        "run of the study already finished in --out")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
     return p
@@ -98,6 +99,22 @@ def _plan(args):
     return study, runs
 
 
+def _finished(args, runs, records: list[dict], out: Path) -> list[dict]:
+    """The records a report describes: this process's ``runs`` and, with ``--runs`` (a shard of
+    the study), every other run of the study already finished in ``out`` by any process, in
+    the plan's order (depth_study.sharing)."""
+    import argparse
+
+    from .depth_study.sharing import finished_record
+
+    if args.runs is None:
+        return records
+    mine = {spec.id: r for spec, r in zip(runs, records, strict=True)}
+    _, whole = _plan(argparse.Namespace(**{**vars(args), "runs": None}))
+    found = ((spec.id, mine.get(spec.id) or finished_record(out, spec)) for spec in whole)
+    return [r for _, r in found if r is not None]
+
+
 def main(argv=None) -> int:
     """Exit codes: 0 every claim holds, 1 a claim fails, 2 bad input or a study that cannot be
     written (one line on stderr), 130 interrupted (finished runs are kept)."""
@@ -116,11 +133,11 @@ def _main(argv) -> int:
     nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
     study, runs = _plan(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out!r} is a file, not a folder")
+    from .checks.report import check_report_targets, format_table, render_figures, write_report
 
-    from .checks.report import format_table, render_figures, write_report
+    check_report_targets(out, args.json, "study")  # never replace what the study did not write
     from .depth_study import StudyClaimConfig, StudyRunner, run_claims, run_table, study_report
+    from .depth_study.sharing import report_lock
 
     runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
                          nproc_per_run=nproc,
@@ -129,11 +146,14 @@ def _main(argv) -> int:
           file=sys.stderr)
     try:
         records = runner.run(runs)
-        results = run_claims(StudyClaimConfig(records, out / "runs"))
-        report = study_report(study, results, records, device=args.device,
-                              seconds=time.perf_counter() - began)
-        figures = {} if args.no_figures else render_figures(results)
-        write_report(out, report, figures, args.json, extra={"runs.csv": run_table(records)})
+        with report_lock(out):  # one writer of the report at a time (depth_study.sharing)
+            records = _finished(args, runs, records, out)
+            results = run_claims(StudyClaimConfig(records, out / "runs"))
+            report = study_report(study, results, records, device=args.device,
+                                  seconds=time.perf_counter() - began)
+            figures = {} if args.no_figures else render_figures(results)
+            write_report(out, report, figures, args.json,
+                         extra={"runs.csv": run_table(records)})
     except KeyboardInterrupt:
         runner.stop_children()
         raise Interrupted(f"interrupted; finished runs are kept in {out}/measurements, run the "

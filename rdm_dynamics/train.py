@@ -41,7 +41,9 @@ def main(argv=None) -> int:
 def _main(argv, main_rank: bool) -> int:
     try:  # bad input is one line and exit code 2, a diverged run exit code 1
         cfg, resume = resolve_config(argv, PROG, __doc__.splitlines()[0])
-        summary = train(cfg, resume)
+        with _run_lock(cfg.out, main_rank):  # one writer per run folder (locks.py)
+            cfg, resume = resolve_config(argv, PROG, __doc__.splitlines()[0])  # as now locked
+            summary = train(cfg, resume)
     except CheckpointError as exc:
         raise UsageError(str(exc)) from None
     except TrainingDiverged as exc:
@@ -53,6 +55,22 @@ def _main(argv, main_rank: bool) -> int:
         print(f"trained to step {summary['step']} (loss {summary['loss']:.5f}) in "
               f"{summary['seconds']:.1f} s; checkpoint {summary['checkpoint']}{grid}")
     return 0
+
+
+def _run_lock(out: str, main_rank: bool):
+    """The run folder's lock (``locks.RUN_LOCK``), held by rank 0 while it trains: a second
+    ``train`` on the folder is refused naming the holder; the OS frees it if this process dies."""
+    import contextlib
+    from pathlib import Path
+
+    from .locks import RUN_LOCK, acquire
+
+    if not main_rank:
+        return contextlib.nullcontext()
+    try:
+        return acquire(Path(out) / RUN_LOCK)
+    except OSError as exc:
+        raise UsageError(f"--out {out!r} cannot be written: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

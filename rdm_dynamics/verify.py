@@ -205,24 +205,11 @@ def select_checks(args) -> tuple[dict, int]:
 def output_paths(args) -> tuple[Path, Path | None]:
     """The report folder and the JSON copy, validated before any work: neither may replace a
     file verify did not write, and both must be writable (unless nothing is written)."""
-    from .checks.report import is_report
+    from .checks.report import check_report_targets
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out!r} is a file, not a folder")
     json_path = Path(args.json) if args.json else None
-    if json_path is not None:
-        if json_path.is_dir():
-            raise UsageError(f"--json {args.json!r} is a folder, not a file")
-        if not json_path.parent.is_dir():
-            raise UsageError(f"--json {args.json!r}: folder {str(json_path.parent)!r} "
-                             "does not exist")
-        if json_path.exists() and not is_report(json_path):
-            raise UsageError(f"--json {args.json!r} exists and is not a verify report: "
-                             "choose another path (it is left as it is)")
-    if (out / "report.json").exists() and not is_report(out / "report.json"):
-        raise UsageError(f"--out {args.out!r} holds a report.json that verify did not write: "
-                         "choose another folder (it is left as it is)")
+    check_report_targets(out, json_path, "verify")
     if not (args.list or args.self_test):
         _check_writable_dir(out, "--out")
         if json_path is not None:

@@ -31,7 +31,8 @@ from ..files import atomic_write_bytes
 from ..stats import OrderFit
 from .rules import Verdict
 
-__all__ = ["CheckResult", "build_report", "is_report", "render_figures", "write_report",
+__all__ = ["CheckResult", "build_report", "is_report", "check_report_targets", "render_figures",
+           "write_report",
            "versions", "overall_status", "wrap_summary", "WIDTH", "Series", "order_figure",
            "format_table", "save_figure", "render_figure", "RenderedFigure", "figure_bytes",
            "order_axes", "depth_axes", "error_trend", "depth_trend_words", "out_of_range",
@@ -190,6 +191,33 @@ def is_report(path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(old, dict) and isinstance(old.get("checks"), list) and "versions" in old
+
+
+def check_report_targets(out, json_path, command: str) -> None:
+    """Refuse (UsageError, one line) report targets that would replace what the toolkit did not
+    write: ``--out`` a file, or a folder holding a ``report.json`` that is not a report
+    (:func:`is_report`); ``--json`` a folder, in a missing folder, or an existing file that is
+    not a report.  The one definition verify and study share; ``command`` names the caller."""
+    from pathlib import Path
+
+    from ..cli import UsageError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
+    if json_path is not None:
+        json_path = Path(json_path)
+        if json_path.is_dir():
+            raise UsageError(f"--json {str(json_path)!r} is a folder, not a file")
+        if not json_path.parent.is_dir():
+            raise UsageError(f"--json {str(json_path)!r}: folder {str(json_path.parent)!r} "
+                             "does not exist")
+        if json_path.exists() and not is_report(json_path):
+            raise UsageError(f"--json {str(json_path)!r} exists and is not a {command} report: "
+                             "choose another path (it is left as it is)")
+    if (out / "report.json").exists() and not is_report(out / "report.json"):
+        raise UsageError(f"--out {str(out)!r} holds a report.json that {command} did not write: "
+                         "choose another folder (it is left as it is)")
 
 
 def render_figures(results: Sequence[CheckResult]) -> dict[str, bytes]:

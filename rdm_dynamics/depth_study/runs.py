@@ -20,7 +20,6 @@ CPU threads.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -35,9 +34,11 @@ import yaml
 
 from ..cli import UsageError
 from ..files import atomic_write_bytes, atomic_write_json
+from ..limits import load_json, loads_json
 from ..training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from ..training.settings import FLAG_ONLY, SETTINGS
+from ..training.settings import FLAG_ONLY, SETTINGS, read_mapping_file
 from .plan import MeasureConfig, RunSpec
+from .sharing import LockHeld, check_stored_recipe, claim, finished_record, measurement_path
 
 __all__ = ["StudyRunner", "measurement_path", "TRAIN_FAILED"]
 
@@ -45,10 +46,6 @@ __all__ = ["StudyRunner", "measurement_path", "TRAIN_FAILED"]
 TRAIN_DIVERGED = 1
 #: What a run's record says when training failed for another reason.
 TRAIN_FAILED = "failed"
-
-
-def measurement_path(out: Path, rid: str) -> Path:
-    return Path(out) / "measurements" / f"{rid}.json"
 
 
 #: Run in front of every child: a one-line launcher that asks Linux to kill the child when the
@@ -88,6 +85,7 @@ class StudyRunner:
         self.log = log
         self._judges: dict = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # set on Ctrl-C: a wait for another's run ends
         self._children: set[subprocess.Popen] = set()
         cores = os.cpu_count() or 1
         self.threads = max(1, cores // self.jobs)
@@ -185,7 +183,10 @@ class StudyRunner:
         report = folder / "report.json"
         if code not in (0, 1) or not report.is_file():
             return {"error": f"verify --ckpt exited with {code}"}
-        checks = json.loads(report.read_text())["checks"]
+        try:
+            checks = load_json(report, "report")["checks"]  # bounded (limits.py)
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"error": f"verify --ckpt wrote an unreadable {report}"}
         return {c["id"]: {k: c.get(k) for k in ("claim", "passed", "metrics", "applicable")}
                 for c in checks}
 
@@ -238,16 +239,23 @@ class StudyRunner:
 
     # -- the whole study ---------------------------------------------------------------------
 
-    def run_one(self, spec: RunSpec) -> dict:
-        path = measurement_path(self.out, spec.id)
-        if path.is_file():
-            try:
-                record = json.loads(path.read_text())
-                if record.get("digest") == spec.digest():
-                    self.log(f"{spec.id}: finished earlier, kept")
-                    return record
-            except (OSError, ValueError):
-                pass
+    def run_one(self, spec: RunSpec, wait: float = 0.0) -> dict | None:
+        """The record of one run, trained, checked and measured under this process's claim on
+        it (``sharing``); None if another process holds the run longer than ``wait`` s."""
+        try:
+            held = claim(self.out, spec.id, wait, stop=self._stopping.is_set)
+        except LockHeld as exc:
+            self.log(f"{spec.id}: held by process {exc.who}, left to it for now")
+            return None
+        with held:
+            check_stored_recipe(spec)  # before resuming or reporting it
+            record = finished_record(self.out, spec)
+            if record is not None:
+                self.log(f"{spec.id}: finished earlier, kept")
+                return record
+            return self._train_and_measure(spec)
+
+    def _train_and_measure(self, spec: RunSpec) -> dict:
         self.log(f"{spec.id}: training to step {spec.config.steps}")
         status = self.train(spec)
         record = {"id": spec.id, "axes": spec.axes, "depth": spec.depth,
@@ -255,38 +263,67 @@ class StudyRunner:
         if status == "done":
             ckpt = load_checkpoint(latest_checkpoint(spec.folder))
             log = spec.folder / "log.jsonl"
-            lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] \
-                if log.is_file() else []
-            losses = [x["loss"] for x in lines if "loss" in x]
+            losses = _losses(log)
             record.update(step=ckpt.step, final_loss=losses[-1] if losses else math.nan,
                           checks=self.check(spec) if self.measure.checks else {},
                           quality=self.quality(ckpt))
+        path = measurement_path(self.out, spec.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
         self.log(f"{spec.id}: {status}")
         return record
 
     def run(self, runs: list[RunSpec]) -> list[dict]:
-        """Every run's record, in plan order.  This process scores samples between its children:
-        it keeps to its share of the CPU threads too."""
+        """Every run's record, in plan order: first the runs no other process holds, then, as
+        their holders release them, the others (finished by them, or resumed here if they
+        died).  This process scores samples between its children: it keeps to its share of the
+        CPU threads too."""
         import torch
 
         for spec in runs:  # every refusal before any work
             config = self.out / "configs" / f"{spec.id}.yaml"
             if config.is_file():
-                self._same_recipe(spec, yaml.safe_load(config.read_text()) or {},
+                self._same_recipe(spec, read_mapping_file(config, "run configuration"),
                                   _run_settings(spec))
+            check_stored_recipe(spec)
         torch.set_num_threads(self.threads)
+        records = self._pass(runs, 0.0)
+        left = [spec for spec, r in zip(runs, records, strict=True) if r is None]
+        later = iter(self._pass(left, float("inf")))
+        return [r if r is not None else next(later) for r in records]
+
+    def _pass(self, runs: list[RunSpec], wait: float) -> list[dict | None]:
         if self.jobs == 1:
-            return [self.run_one(spec) for spec in runs]
+            return [self._record(spec, wait) for spec in runs]
         pool, futures = ThreadPoolExecutor(max_workers=self.jobs), []
         try:
-            futures = [pool.submit(self.run_one, spec) for spec in runs]
+            futures = [pool.submit(self._record, spec, wait) for spec in runs]
             return [f.result() for f in futures]
         except BaseException:
+            self._stopping.set()
             for f in futures:
                 f.cancel()
             self.stop_children()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _record(self, spec: RunSpec, wait: float) -> dict | None:
+        record = self.run_one(spec, wait)
+        if record is None and wait > 0 and not self._stopping.is_set():
+            raise KeyboardInterrupt  # stopped while waiting for another process's run
+        return record
+
+
+def _losses(log: Path) -> list[float]:
+    """The losses of a run's log.jsonl (lines that do not parse within limits.py's bounds are
+    skipped)."""
+    losses = []
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        try:
+            entry = loads_json(line, "log line")
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "loss" in entry:
+            losses.append(entry["loss"])
+    return losses

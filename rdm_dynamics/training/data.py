@@ -39,10 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from ..limits import check_inflation, check_pixels
 import torch.nn.functional as F
 
+from ..limits import check_inflation, check_pixels
 from ..noise import stream_generator
 from . import known_law
 
