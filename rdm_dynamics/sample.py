@@ -49,6 +49,7 @@ from .training.diffusion import ODE_ATOL, ODE_METHOD, ODE_RTOL, SAMPLER, SAMPLER
 from .training.images import sample_path, save_samples
 from .training.sampling import cycle_labels, generate
 from .training.settings import TrainConfig, newest_intact_checkpoint
+from .training.validation import check_finite_weights, validate_config
 
 PROG = "python -m rdm_dynamics.sample"
 
@@ -189,6 +190,10 @@ def _load(args):
         if "train_config" not in ckpt.meta:
             raise UsageError(f"{ckpt.path} holds no training configuration")
         trained = TrainConfig.from_json(ckpt.meta["train_config"])
+        validate_config(trained)  # a checkpoint is input (training.validation)
+        check_finite_weights(net, f"the {args.weights} weights")
+    except UsageError as exc:
+        raise UsageError(f"--ckpt {args.ckpt}: the stored run is refused: {exc}") from None
     except (ValueError, TypeError, ImportError) as exc:  # CheckpointError, ModelLoadError
         raise UsageError(str(exc)) from None
     num_classes = net.config.get("num_classes")

@@ -19,8 +19,10 @@ starts from.  Under torchrun only rank 0 prints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from pathlib import Path
 
 from .cli import UsageError, run_command
 from .training.checkpoint import CheckpointError
@@ -57,20 +59,37 @@ def _main(argv, main_rank: bool) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def _run_lock(out: str, main_rank: bool):
     """The run folder's lock (``locks.RUN_LOCK``), held by rank 0 while it trains: a second
-    ``train`` on the folder is refused naming the holder; the OS frees it if this process dies."""
-    import contextlib
-    from pathlib import Path
-
+    ``train`` on the folder is refused naming the holder; the OS frees it if this process dies.
+    A run refused once locked (bad data, a model that cannot be built) leaves nothing behind:
+    the lock file and the folders this command made are removed."""
     from .locks import RUN_LOCK, acquire
 
     if not main_rank:
-        return contextlib.nullcontext()
+        yield
+        return
+    made, p = [], Path(out)
+    while not p.exists() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    lock_file = Path(out) / RUN_LOCK
+    new_lock = not lock_file.exists()
     try:
-        return acquire(Path(out) / RUN_LOCK)
+        lock = acquire(lock_file)
     except OSError as exc:
         raise UsageError(f"--out {out!r} cannot be written: {exc.strerror or exc}") from None
+    try:
+        with lock:
+            yield
+    except UsageError:
+        if new_lock:
+            lock_file.unlink(missing_ok=True)
+        for folder in made:  # deepest first; a folder that holds anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from ..sde import SDE, expand_as_batch, make_sde
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.data import DataError, load_dataset
 from ..training.diffusion import prediction_to_eps
-from ..training.known_law import LAW_PREFIX, KnownLaw, law_from_tensors
+from ..training.known_law import LAW_PREFIX, KnownLaw
 from ..training.settings import TrainConfig
+from ..training.validation import check_finite_weights, validate_config, validate_law
 
 __all__ = ["CheckpointConfig", "Subject", "load_subject", "checkpoint_config", "Inputs",
            "draw_inputs"]
@@ -119,13 +120,16 @@ def checkpoint_config(ckpt: str, *, seed: int = 0, device: str = "cpu",
 
 @functools.lru_cache(maxsize=4)
 def _load(ckpt: str, device: str) -> Subject:
-    try:
+    try:  # a checkpoint is input: validated as the command line is (training.validation)
         c = load_checkpoint(ckpt)
         cfg = TrainConfig.from_json(c.meta.get("train_config") or {})
-        net = load_model(c, "ema", factory=cfg.model_factory).to(device)
-        sde = make_sde(cfg.sde, **cfg.sde_options)
-        stored = c.state_dict(LAW_PREFIX)
-        law = law_from_tensors(stored) if stored else None
+        sde = validate_config(cfg)
+        net = load_model(c, "ema", factory=cfg.model_factory)
+        check_finite_weights(net, "the EMA weights")
+        law = validate_law(c.state_dict(LAW_PREFIX), cfg, getattr(net, "sample_shape", None))
+        net = net.to(device)
+    except UsageError as exc:
+        raise UsageError(f"--ckpt {ckpt}: the stored run is refused: {exc}") from None
     except (CheckpointError, ModelLoadError, KeyError, TypeError, ValueError,
             RuntimeError) as exc:
         raise UsageError(f"--ckpt {ckpt}: {exc}") from None

@@ -217,9 +217,11 @@ class StudyRunner:
         from ..sde import make_sde
         from ..training.sampling import cycle_labels, generate
         from ..training.settings import TrainConfig
+        from ..training.validation import validate_config
 
         net = load_model(ckpt, "ema")
         trained = TrainConfig.from_json(ckpt.meta["train_config"])
+        validate_config(trained)  # a checkpoint is input (training.validation)
         shape = net.sample_shape
         kind = "moving-digits" if len(shape) == 4 else "digits"
         if trained.data not in ("digits", "digits-gmm", "moving-digits"):

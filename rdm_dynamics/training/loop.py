@@ -51,7 +51,7 @@ from ..cli import UsageError
 from ..files import atomic_write_bytes, remove_stale_temporaries
 from ..limits import loads_json
 from ..models import initialize, model_builder
-from ..sde import SDE, make_sde
+from ..sde import SDE
 from .checkpoint import (
     CHECKPOINT_FILE,
     find_checkpoints,
@@ -68,7 +68,8 @@ from .distributed import Distributed
 from .images import save_samples
 from .known_law import LAW_PREFIX, KnownLawData, LawModule, LawSpec
 from .sampling import cycle_labels, generate
-from .settings import TrainConfig, check
+from .settings import TrainConfig
+from .validation import build_sde, validate_config
 
 __all__ = ["train", "setup", "restore", "Run", "TrainingDiverged", "TrainingInterrupted", "EMA",
            "learning_rate", "gate_statistics", "build_network", "law_spec"]
@@ -188,7 +189,7 @@ def law_spec(cfg: TrainConfig) -> LawSpec:
 def setup(cfg: TrainConfig) -> Run:
     """Check ``cfg`` and build the run (module docstring); writes nothing.  Raises UsageError."""
     try:
-        check(cfg)
+        validate_config(cfg)  # the one validation, a checkpoint's configuration's too
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if cfg.batch_size % world:  # before the process group: every rank stops at once
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} "
@@ -211,10 +212,7 @@ def _build(cfg: TrainConfig, dist: Distributed) -> Run:
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world} "
                          "processes")
-    try:
-        sde = make_sde(cfg.sde, **cfg.sde_options)
-    except TypeError as exc:  # an argument the SDE does not take
-        raise ValueError(f"bad sde_options for {cfg.sde}: {exc}") from None
+    sde = build_sde(cfg)
     objective = DiffusionObjective(sde, cfg.prediction, cfg.t_min, cfg.label_dropout,
                                    dataset.num_classes)
     get_sampler(cfg.sampler)  # the grids' sampler, checked before the first step
