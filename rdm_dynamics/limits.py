@@ -26,8 +26,9 @@ import os
 from pathlib import Path
 
 __all__ = ["FileLimitError", "MAX_SETTINGS_BYTES", "MAX_JSON_BYTES", "MAX_NESTING", "MAX_PIXELS",
-           "MAX_INFLATION", "INFLATION_FLOOR", "short", "read_text", "load_json", "loads_json",
-           "load_yaml", "load_toml", "nesting_depth", "check_pixels", "check_inflation"]
+           "MAX_INFLATION", "INFLATION_FLOOR", "short", "cut", "read_text", "load_json",
+           "loads_json", "load_yaml", "load_toml", "nesting_depth", "check_pixels",
+           "check_inflation"]
 
 MAX_SETTINGS_BYTES = 1 << 20  # 1 MiB of settings
 MAX_JSON_BYTES = 64 << 20  # 64 MiB: a checkpoint's JSON holds RNG states and optimizer layout
@@ -45,7 +46,11 @@ class FileLimitError(ValueError):
 
 def short(value, limit: int = QUOTE) -> str:
     """``repr(value)`` cut to ``limit`` characters (with the full length said), for error lines."""
-    text = repr(value)
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = QUOTE) -> str:
+    """``text`` cut to ``limit`` characters (with the full length said), for error lines."""
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"

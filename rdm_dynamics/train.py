@@ -20,6 +20,7 @@ starts from.  Under torchrun only rank 0 prints.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
 
 def _main(argv, main_rank: bool) -> int:
     try:  # bad input is one line and exit code 2, a diverged run exit code 1
-        cfg, resume = resolve_config(argv, PROG, __doc__.splitlines()[0])
+        with contextlib.redirect_stderr(io.StringIO()):  # its warnings come once, when locked
+            cfg, resume = resolve_config(argv, PROG, __doc__.splitlines()[0])
         with _run_lock(cfg.out, main_rank):  # one writer per run folder (locks.py)
             cfg, resume = resolve_config(argv, PROG, __doc__.splitlines()[0])  # as now locked
             summary = train(cfg, resume)

@@ -25,7 +25,7 @@ from torch import nn
 from ..cli import UsageError
 from ..models import ModelLoadError, load_model
 from ..noise import stream_generator
-from ..sde import SDE, expand_as_batch, make_sde
+from ..sde import SDE, expand_as_batch
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from ..training.data import DataError, load_dataset
 from ..training.diffusion import prediction_to_eps

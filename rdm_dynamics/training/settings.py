@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import MAX_SEED, Parser, UsageError
-from ..limits import FileLimitError, loads_json, short
+from ..limits import FileLimitError, cut, loads_json, short
 from ..models import MODEL_CONFIGS
 from ..models.depth_init import INITS
 from ..models.dit import describe_size
@@ -309,7 +309,7 @@ def check(cfg: TrainConfig) -> None:
     for name, s in SETTINGS.items():
         value = getattr(cfg, name)
         if not s.accepts(value):
-            raise UsageError(f"{name} must {s.requirement()}, got {short(value)}")
+            raise UsageError(f"{name} must {s.requirement()}, got {cut(str(value))}")
 
 
 #: Settings a file may not set, and why: a file the user opens never causes an import.

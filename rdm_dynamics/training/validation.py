@@ -25,6 +25,7 @@ import torch
 
 from ..cli import UsageError
 from ..laws import GaussianMixture
+from ..limits import cut
 from ..sde import SDE, SDES, make_sde
 from .diffusion import PREDICTIONS, SAMPLERS
 from .known_law import COVARIANCES, NAME, NUM_CLASSES, KnownLaw
@@ -38,8 +39,8 @@ _PROBES = 65
 
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}, got "
-                         f"{str(value)[:40]!r}")
+        raise UsageError(f"unknown {name} {cut(str(value), 40)!r}; choose one of "
+                         f"{', '.join(map(str, choices))}")
 
 
 def validate_config(cfg: TrainConfig) -> SDE:
@@ -47,8 +48,8 @@ def validate_config(cfg: TrainConfig) -> SDE:
     check(cfg)
     _choice("prediction", cfg.prediction, PREDICTIONS)
     _choice("sampler", cfg.sampler, SAMPLERS)
-    _choice("sde", cfg.sde, tuple(SDES))
-    _choice("law_covariance", cfg.law_covariance, COVARIANCES)
+    _choice("SDE", cfg.sde, tuple(SDES))
+    _choice("data covariance (law_covariance)", cfg.law_covariance, COVARIANCES)
     return build_sde(cfg)
 
 
@@ -57,8 +58,7 @@ def build_sde(cfg: TrainConfig) -> SDE:
     try:
         sde = make_sde(cfg.sde, **cfg.sde_options)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"sde_options {str(cfg.sde_options)[:80]} do not fit the {cfg.sde} "
-                         f"SDE: {str(exc)[:120]}") from None
+        raise UsageError(f"bad sde_options for {cfg.sde}: {cut(str(exc), 160)}") from None
     if not (isinstance(sde.T, float) and cfg.t_min < sde.T < float("inf")):
         raise UsageError(f"sde_options: T must be finite and above t_min {cfg.t_min:g}, got "
                          f"{sde.T!r}")
