@@ -47,7 +47,7 @@ from .sde import make_sde
 from .training.checkpoint import load_checkpoint
 from .training.diffusion import ODE_ATOL, ODE_METHOD, ODE_RTOL, SAMPLER, SAMPLERS, STEPS
 from .training.images import sample_path, save_samples
-from .training.sampling import cycle_labels, generate
+from .training.sampling import NonFiniteSamples, cycle_labels, generate
 from .training.settings import TrainConfig, newest_intact_checkpoint
 from .training.validation import check_finite_weights, validate_config
 
@@ -233,11 +233,14 @@ def _main(argv) -> int:
     npz = None if args.npz is None else _new_file(Path(args.npz), "--npz")
 
     labels = cycle_labels(args.n, num_classes, args.label)
-    x = generate(net, args.n, sde=sde, prediction=trained.prediction, t_min=trained.t_min,
-                 labels=labels, guidance=args.guidance, sampler=args.sampler,
-                 steps=args.steps, method=args.method, rtol=args.rtol, atol=args.atol,
-                 seed=args.seed, device=device, batch_size=args.batch_size,
-                 autocast=trained.bf16, disable=None if args.progress else True)
+    try:
+        x = generate(net, args.n, sde=sde, prediction=trained.prediction, t_min=trained.t_min,
+                     labels=labels, guidance=args.guidance, sampler=args.sampler,
+                     steps=args.steps, method=args.method, rtol=args.rtol, atol=args.atol,
+                     seed=args.seed, device=device, batch_size=args.batch_size,
+                     autocast=trained.bf16, disable=None if args.progress else True)
+    except NonFiniteSamples as exc:  # a property of the checkpoint: nothing is written
+        raise UsageError(f"--ckpt {args.ckpt}: {exc}") from None
     path = save_samples(x, out, labels=labels)
     if npz is not None:
         buf = io.BytesIO()

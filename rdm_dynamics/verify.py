@@ -35,7 +35,7 @@ DTYPES = ("float64", "float32")
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--depth", default="256",
+    p.add_argument("--depth", default=None,
                    help="depth L of the deepest stack; the ladder is L/16, ..., L (default 256; "
                         f"32 to {MAX_DEPTH}, divisible by 4)")
     p.add_argument("--only", default=None, metavar="ID[,ID]",
@@ -48,7 +48,7 @@ def build_parser() -> Parser:
                         "release, with a warning)")
     p.add_argument("--seed", default="0", help=f"random seed, 0 to {MAX_SEED} (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+    p.add_argument("--dtype", default=None, help="float64 (default) or float32")
     p.add_argument("--out", default="rdm-verify-report",
                    help="folder for report.json and the figures (default rdm-verify-report/)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON report here")
@@ -66,7 +66,8 @@ def build_parser() -> Parser:
     p.add_argument("--ckpt", default=None, metavar="RUN",
                    help="run the checks on a trained model instead (C8 and up): a run folder "
                         "(its latest checkpoint) or a checkpoint file; its depth, its units' gate "
-                        "and its precision come from the model")
+                        "and its precision come from the model (--depth, --schedule and --dtype "
+                        "are refused with it)")
     p.add_argument("--self-test", action="store_true",
                    help="run every check's negative controls and the library of seeded faults "
                         "(checks/faults.py); print which check caught each fault and the kill "
@@ -146,7 +147,15 @@ def parse_args(argv) -> argparse.Namespace:
     ``args.threads`` and ``args.jobs`` become integers, ``args.device`` a device string);
     raises UsageError on any bad argument."""
     args = build_parser().parse_args(argv)
-    args.depth = parse_int(args.depth, "depth", 1)
+    if args.ckpt is not None:  # what the model decides is not asked twice
+        given = [f for f, v in (("--depth", args.depth), ("--schedule", args.schedule),
+                                ("--gating", args.gating), ("--dtype", args.dtype))
+                 if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot be given with --ckpt: the depth, the "
+                             "gates and the precision are the trained model's own")
+    args.depth = parse_int("256" if args.depth is None else args.depth, "depth", 1)
+    args.dtype = args.dtype or "float64"
     args.seed = parse_seed(args.seed)
     args.threads = parse_int(args.threads, "threads", 1, 1024)
     args.jobs = None if args.jobs is None else parse_int(args.jobs, "jobs", 1, 1024)
@@ -197,7 +206,7 @@ def select_checks(args) -> tuple[dict, int]:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     selected = {cid: checks[cid] for cid in ids}
-    if not args.list:
+    if not args.list and args.ckpt is None:  # with --ckpt the depth is the model's
         validate_depth(args.depth, selected)
     return selected, len(checks)
 

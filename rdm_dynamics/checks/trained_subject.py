@@ -135,8 +135,23 @@ def _load(ckpt: str, device: str) -> Subject:
         raise UsageError(f"--ckpt {ckpt}: {exc}") from None
     if not hasattr(net, "residual_units"):
         raise UsageError(f"--ckpt {ckpt}: the model has no residual units to check")
+    _probe_sampler(ckpt, net, cfg, sde, device)
     labelled = bool(c.meta.get("labelled", net.config.get("num_classes", 1) > 1))
     return Subject(net.requires_grad_(False), cfg, sde, law, c.step, c.path, labelled)
+
+
+def _probe_sampler(ckpt: str, net: nn.Module, cfg: TrainConfig, sde: SDE, device: str) -> None:
+    """Refuse (one line) a model whose samples are not finite: two short ddpm samples (8 steps)
+    from its prior; a model that yields NaN there is unusable, whatever the checks measure."""
+    from ..training.sampling import NonFiniteSamples, generate
+
+    if not hasattr(net, "config") or "input_size" not in net.config:
+        return  # not one of this toolkit's backbones: the checks meet it as it is
+    try:
+        generate(net, 2, sde=sde, prediction=cfg.prediction, t_min=cfg.t_min, labels=None,
+                 sampler="ddpm", steps=8, seed=0, device=device, disable=True)
+    except NonFiniteSamples as exc:
+        raise UsageError(f"--ckpt {ckpt}: the stored run is refused: {exc}") from None
 
 
 def load_subject(config: CheckpointConfig) -> Subject:

@@ -215,7 +215,7 @@ class StudyRunner:
     def _quality(self, ckpt, n: int) -> dict:
         from ..models import load_model
         from ..sde import make_sde
-        from ..training.sampling import cycle_labels, generate
+        from ..training.sampling import NonFiniteSamples, cycle_labels, generate
         from ..training.settings import TrainConfig
         from ..training.validation import validate_config
 
@@ -228,11 +228,14 @@ class StudyRunner:
             return {"fd_note": f"no digit classifier for data {trained.data!r}"}
         judge, floor = self._judge(kind, shape[-1], shape[0] if len(shape) == 4 else None)
         labels = cycle_labels(n, net.cond.label.num_classes)
-        x = generate(net, n, sde=make_sde(trained.sde, **trained.sde_options),
-                     prediction=trained.prediction, t_min=trained.t_min, labels=labels,
-                     guidance=self.measure.guidance, sampler=trained.sampler,
-                     steps=self.measure.sample_steps, seed=trained.seed, device=self.device,
-                     disable=True)
+        try:
+            x = generate(net, n, sde=make_sde(trained.sde, **trained.sde_options),
+                         prediction=trained.prediction, t_min=trained.t_min, labels=labels,
+                         guidance=self.measure.guidance, sampler=trained.sampler,
+                         steps=self.measure.sample_steps, seed=trained.seed, device=self.device,
+                         disable=True)
+        except NonFiniteSamples as exc:  # a property of the trained run: recorded
+            return {"fd_note": str(exc)}
         m = judge.evaluate(x, None if labels is None else labels.cpu())
         fd, floor_fd = m["fd"], floor["real_fd"]
         return {"fd": fd, "fd_se": m["fd_se"], "fd_floor": floor_fd,

@@ -20,7 +20,7 @@ from torch import nn
 from ..sde import SDE
 from .diffusion import ODE_ATOL, ODE_METHOD, ODE_RTOL, SAMPLER, STEPS, ScoreModel, sample
 
-__all__ = ["generate", "cycle_labels"]
+__all__ = ["generate", "cycle_labels", "NonFiniteSamples"]
 
 
 def cycle_labels(n: int, num_classes: int | None, label: int | None = None,
@@ -63,7 +63,19 @@ def generate(net: nn.Module, n: int, *, sde: SDE, prediction: str, t_min: float,
         score = ScoreModel(net, sde, prediction, y=y,
                            guidance=guidance if y is not None else 1.0,
                            num_classes=cfg.get("num_classes"), autocast=bf16)
-        out.append(sample(score, (b, *shape), sde=sde, sampler=sampler, steps=steps,
-                          t_end=t_min, method=method, rtol=rtol, atol=atol, generator=g,
-                          device=device, disable=disable).cpu())
+        try:  # an adaptive solver meeting NaN stops with FloatingPointError
+            x = sample(score, (b, *shape), sde=sde, sampler=sampler, steps=steps, t_end=t_min,
+                       method=method, rtol=rtol, atol=atol, generator=g, device=device,
+                       disable=disable).cpu()
+        except FloatingPointError as exc:
+            raise NonFiniteSamples(f"the {sampler} sampler met non-finite values ({exc}): the "
+                                   "model is unusable with it") from None
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteSamples(f"the {sampler} sampler ({steps} steps) produced NaN or "
+                                   "infinite samples: the model is unusable with it")
+        out.append(x)
     return torch.cat(out)
+
+
+class NonFiniteSamples(ValueError):
+    """The sampler produced (or met) NaN or infinite values: a property of the model."""
