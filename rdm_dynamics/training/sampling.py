@@ -68,8 +68,8 @@ def generate(net: nn.Module, n: int, *, sde: SDE, prediction: str, t_min: float,
                        method=method, rtol=rtol, atol=atol, generator=g, device=device,
                        disable=disable).cpu()
         except FloatingPointError as exc:
-            raise NonFiniteSamples(f"the {sampler} sampler met non-finite values ({exc}): the "
-                                   "model is unusable with it") from None
+            raise NonFiniteSamples(f"{str(exc)[:120]} (sampler {sampler}): the model is "
+                                   "unusable with it") from None
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteSamples(f"the {sampler} sampler ({steps} steps) produced NaN or "
                                    "infinite samples: the model is unusable with it")
