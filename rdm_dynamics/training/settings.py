@@ -300,6 +300,8 @@ def coerce_as(kind: type, name: str, value):
                 raise ValueError
             return dict(value)
         return str(value)
+    except FileLimitError as exc:
+        raise UsageError(str(exc)) from None
     except (TypeError, ValueError):
         raise UsageError(f"{name} must be {kind.__name__}, got {short(value)}") from None
 

@@ -57,7 +57,7 @@ def build_sde(cfg: TrainConfig) -> SDE:
     """The forward SDE of ``cfg``, its coefficients checked on [t_min, T] (module docstring)."""
     try:
         sde = make_sde(cfg.sde, **cfg.sde_options)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. sigma_min 0
         raise UsageError(f"bad sde_options for {cfg.sde}: {cut(str(exc), 160)}") from None
     if not (isinstance(sde.T, float) and cfg.t_min < sde.T < float("inf")):
         raise UsageError(f"sde_options: T must be finite and above t_min {cfg.t_min:g}, got "
