@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from test_bad_input import trained  # noqa: F401  (the shared tiny run, a module fixture)
@@ -102,3 +103,71 @@ def test_two_studies_into_one_folder_train_every_run_once_and_agree(tmp_path):
     assert _without_timing(a) == _without_timing(b)
     assert (tmp_path / "alone" / "runs.csv").read_text() == (out / "runs.csv").read_text()
     assert errs.count("left to it for now") >= 1  # they met: one took a run the other held
+
+
+def _tiny_plan(tmp_path):
+    from rdm_dynamics.depth_study import load_study, plan
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(TINY)
+    return plan(load_study(str(spec)), tmp_path / "s", {"device": "cpu"})
+
+
+def test_a_run_another_process_holds_is_left_to_it_then_read_when_it_finishes(tmp_path):
+    """In process, no training: the 'other process' is a claim held here, which writes the
+    run's measurement and lets go; the runner waits for it and reads that record."""
+    import threading
+
+    from rdm_dynamics.depth_study.plan import MeasureConfig
+    from rdm_dynamics.depth_study.runs import StudyRunner
+    from rdm_dynamics.depth_study.sharing import claim, measurement_path
+    from rdm_dynamics.files import atomic_write_json
+
+    runs = _tiny_plan(tmp_path)
+    out = tmp_path / "s"
+    lines = []
+    runner = StudyRunner(out, MeasureConfig(), log=lines.append)
+    records = {spec.id: {"id": spec.id, "digest": spec.digest(), "by": "other"} for spec in runs}
+    held = [claim(out, spec.id) for spec in runs]
+    assert runner.run_one(runs[0]) is None and "left to it" in lines[-1]
+
+    def other_process_finishes():
+        time.sleep(0.5)
+        for spec, lock in zip(runs, held, strict=True):
+            measurement_path(out, spec.id).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(measurement_path(out, spec.id), records[spec.id])
+            lock.release()
+
+    import torch
+
+    threading.Thread(target=other_process_finishes).start()
+    threads = torch.get_num_threads()
+    try:
+        assert runner.run(runs) == [records[spec.id] for spec in runs]
+    finally:
+        torch.set_num_threads(threads)
+    assert not (out / "runs").exists()  # nothing was trained here
+
+
+def test_a_shard_reports_every_finished_run_of_the_study(tmp_path):
+    """--runs: the report describes the shard's runs and every other run already finished."""
+    import argparse
+
+    from rdm_dynamics import study as study_command
+    from rdm_dynamics.depth_study.sharing import measurement_path
+    from rdm_dynamics.files import atomic_write_json
+
+    runs = _tiny_plan(tmp_path)
+    other = {"id": runs[1].id, "digest": runs[1].digest(), "by": "the other shard"}
+    measurement_path(tmp_path / "s", runs[1].id).parent.mkdir(parents=True)
+    atomic_write_json(measurement_path(tmp_path / "s", runs[1].id), other)
+    args = study_command.build_parser().parse_args(
+        ["--file", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "s"), "--runs",
+         runs[0].id])
+    mine = {"id": runs[0].id, "by": "this shard"}
+    assert study_command._finished(args, [runs[0]], [mine], tmp_path / "s") == [mine, other]
+    stale = {**other, "digest": "another recipe"}
+    atomic_write_json(measurement_path(tmp_path / "s", runs[1].id), stale)
+    assert study_command._finished(args, [runs[0]], [mine], tmp_path / "s") == [mine]
+    assert study_command._finished(argparse.Namespace(**{**vars(args), "runs": None}),
+                                   [runs[0]], [mine], tmp_path / "s") == [mine]

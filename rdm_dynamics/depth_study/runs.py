@@ -315,8 +315,8 @@ class StudyRunner:
 
     def _record(self, spec: RunSpec, wait: float) -> dict | None:
         record = self.run_one(spec, wait)
-        if record is None and wait > 0 and not self._stopping.is_set():
-            raise KeyboardInterrupt  # stopped while waiting for another process's run
+        if record is None and wait > 0:
+            raise KeyboardInterrupt  # stopped (Ctrl-C) while waiting for another's run
         return record
 
 
