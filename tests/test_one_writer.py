@@ -77,7 +77,7 @@ def _study(spec, out) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow  # three tiny studies, two of them at once: about 60 s on two cores
+@pytest.mark.slow  # three tiny studies, two at once: 290 s on the 2 shared cores of CI here
 def test_two_studies_into_one_folder_train_every_run_once_and_agree(tmp_path):
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY)
