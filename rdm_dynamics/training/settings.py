@@ -20,8 +20,10 @@ may change it.  Everything else is derived from that declaration (:data:`SETTING
   checkpoint.
 
 Precedence: defaults < config file < flags; with ``--resume`` the checkpoint's configuration
-replaces the defaults.  Names (sde, prediction, sampler, model, gate, data) are not checked
-here: the constructor that uses each one checks it (``training.loop.setup``).  Every error is a
+replaces the defaults.  Names (sde, prediction, sampler, model, gate, data) and the SDE that
+``sde_options`` build are checked by ``training.validation.validate_config`` (the one validation
+of a run, whether its settings come from here or from a checkpoint).  Every file is read within
+``rdm_dynamics.limits``' bounds.  Every error is a
 :class:`~rdm_dynamics.cli.UsageError` of one line.
 """
 
