@@ -14,6 +14,8 @@ A claim module (one per claim: ``depth_limit``, ``pf_ode``, ...) declares
   depends on the run: the SDEs measured, a chain of units or not);
 * ``summary(measurement, verdict) -> str``: one sentence a person can read;
 * ``headline(measurement) -> str``: the table's "measured" cell;
+* optionally ``DERIVED`` (metric -> how it is computed in one line from gated metrics) and
+  ``REPORTED`` (figures measured without a rule), which the report lists as ``provenance``;
 * ``figure(measurement)``: a drawer ``fig -> None`` (``report.render_figure`` draws it), or None.
 
 :func:`run_claim` composes them: measure, judge the rules (``rules.judge``, the one place a verdict
@@ -29,7 +31,7 @@ from typing import Any
 from .report import CheckResult
 from .rules import Rule, Verdict, judge
 
-__all__ = ["Measurement", "run_claim", "claim_rules", "claim_theory"]
+__all__ = ["Measurement", "run_claim", "claim_rules", "claim_theory", "provenance"]
 
 
 @dataclass
@@ -73,4 +75,15 @@ def run_claim(module: ModuleType, config, **controls) -> CheckResult:
     return CheckResult(id=module.ID, claim=module.CLAIM, metrics=measured.metrics,
                        verdict=verdict, summary=module.summary(measured, verdict),
                        figure=module.figure(measured), measured_text=module.headline(measured),
-                       theory_text=claim_theory(module, measured))
+                       theory_text=claim_theory(module, measured),
+                       provenance=provenance(module, verdict))
+
+
+def provenance(module: ModuleType, verdict: Verdict) -> dict:
+    """Where a module declares ``DERIVED`` (name -> how it is computed from gated figures)
+    and optionally ``REPORTED``: the gated metrics (those with a rule), the derived ones and
+    those reported only; {} for a module that declares neither."""
+    if not hasattr(module, "DERIVED"):
+        return {}
+    return {"gated": sorted(verdict.expected), "derived": dict(module.DERIVED),
+            "reported": list(getattr(module, "REPORTED", ()))}
