@@ -85,13 +85,14 @@ def sizes(quick: bool) -> dict:
             else dict(bins=8, per_bin=256, generated=256, steps=100, audit=512, data=2048))
 
 
-def bayes_predictor(subject: Subject, sde=None):
+def bayes_predictor(subject: Subject, sde=None, label_blind: bool = False):
     """eps*(x_t, t, y) of the subject's law (of the label's class when y is given) under
-    ``sde`` (default: the run's SDE; a different one plants a wrong noise level)."""
+    ``sde`` (default: the run's SDE; a different one plants a wrong noise level);
+    ``label_blind`` plants the other control: the unconditional eps* whatever y is."""
     law, sde = subject.law, sde or subject.sde
 
     def eps_star(x_t, t, y):
-        allowed = None if y is None else law.class_mask(y.cpu())
+        allowed = None if y is None or label_blind else law.class_mask(y.cpu())
         flat = law.flat(x_t).cpu().double()
         return law.images(law.mixture.optimal_eps(flat, t.cpu().double(), sde, allowed)) \
             .to(x_t.device)
@@ -272,17 +273,19 @@ def measure_audit(subject: Subject, config: CheckpointConfig, eps_star, params: 
     return metrics
 
 
-def measure(config: CheckpointConfig, *, bayes_sde=None) -> Measurement:
+def measure(config: CheckpointConfig, *, bayes_sde=None,
+            label_blind_reference: bool = False) -> Measurement:
     """The risk decomposition per time bin, the audits and the exact sample quality (module
     docstring); not applicable when the run's data law is not known.  ``bayes_sde`` plants the
     negative control: the Bayes predictor built for another SDE (a wrong noise level) is not
-    E[eps | x_t]."""
+    E[eps | x_t]; ``label_blind_reference`` the other: the unconditional Bayes predictor where
+    the class's was asked is not E[eps | x_t, y]."""
     subject = load_subject(config)
     if subject.law is None:
         return Measurement({}, config, not_applicable=(
             f"the run trained on {subject.train_config.data!r}, whose law is not known "
             "(train with --data digits-gmm)"))
-    eps_star = bayes_predictor(subject, bayes_sde)
+    eps_star = bayes_predictor(subject, bayes_sde, label_blind_reference)
     params = stored_parameters(subject)
     metrics, edges = measure_risk(subject, config, eps_star=eps_star)
     metrics.update(measure_audit(subject, config, eps_star, params))

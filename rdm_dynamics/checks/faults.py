@@ -605,6 +605,12 @@ def _linearised_diffusion(sq_norm):
     return LAW.preactivation_variance(sq_norm).sqrt()
 
 
+def _wrong_noise():
+    from ..sde import VPSDE
+
+    return VPSDE(beta_max=10.0)
+
+
 def _measure(**kwargs):
     def run(module, config):
         from .claim import run_claim
@@ -635,7 +641,16 @@ CONTROLS: list[Control] = (
                "one weight draw reused at every layer (not i.i.d. across depth)"),
        Control("iid-depth-limit:kappa-linearised", "iid-depth-limit",
                _measure(diffusion=_linearised_diffusion),
-               "the limit's kappa replaced by its linearisation q (tanh taken as the identity)")])
+               "the limit's kappa replaced by its linearisation q (tanh taken as the identity)"),
+       Control("trained-propagation:skip-unit", C8, _measure(skip_units=(0,)),
+               "unit 0's rounding error left out of the linear-response prediction"),
+       Control("trained-sensitivity:skip-vjp", C9, _measure(skip_vjp=(1,)),
+               "unit 1's Jacobian left out of its adjoint step"),
+       Control("denoising-risk:wrong-noise-level", C10, _measure(bayes_sde=_wrong_noise()),
+               "the Bayes reference built for beta_max = 10 instead of the run's SDE"),
+       Control("denoising-risk:label-blind-reference", C10,
+               _measure(label_blind_reference=True),
+               "the unconditional Bayes reference where the class's was asked")])
 
 #: The controls ``--self-test --quick`` runs: every check-specific control, and the plain
 #: control of the checks that have no specific one (the full self-test runs them all; the test
