@@ -22,7 +22,9 @@ covariances Sigma_k, the class c(k) of each component) alone:
   counts of the most probable component (a chi-square test of homogeneity, ``scipy``
   ``chi2_contingency``: its p-value is uniform under the null, so a floor ``P_FLOOR`` is a
   false-alarm rate), and the share of images whose label is the class of their most probable
-  component (a difference of two proportions with its standard error).
+  component (a difference of two proportions with its standard error); and, against the weights
+  themselves, the mean posterior responsibility of every component (E r_k(X) = w_k exactly under
+  the law; the largest z over components, as a Bonferroni p-value held at ``P_FLOOR``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,18 @@ def _per_image(weights, means, covs, x: torch.Tensor):
     return torch.logsumexp(joint, 1) / d, best, white.pow(2).sum(1) / d
 
 
+def share_p(weights, means, covs, x: torch.Tensor) -> float:
+    """Bonferroni p-value of the component shares of ``x`` (n, d): under x ~ the law, the mean
+    posterior responsibility of component k is w_k exactly; z_k = (mean_k - w_k) / se_k, and
+    p = min(1, K P(|N(0,1)| > max_k |z_k|))."""
+    from scipy.stats import norm
+
+    dist = torch.distributions.MultivariateNormal(means, covariance_matrix=covs)
+    resp = torch.softmax(dist.log_prob(x[:, None, :]) + torch.log(weights)[None], 1)
+    z = (resp.mean(0) - weights) / (resp.std(0) / math.sqrt(x.shape[0])).clamp_min(1e-300)
+    return float(min(1.0, len(weights) * 2 * norm.sf(float(z.abs().max()))))
+
+
 def _z_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
     return ma - mb, math.hypot(sa, sb)
@@ -153,7 +167,8 @@ def data_audit(weights, means, covs, classes, images: torch.Tensor, labels: torc
     """The two-sample statistics of the module docstring for the pipeline's ``images`` (n, d)
     and ``labels`` against ``n`` independent draws of the stored law: ``data_logdensity_gap``,
     ``data_mahalanobis_gap`` (pipeline - independent, each with ``_se``), ``data_component_p``
-    (and the chi-square ``data_component_chi2``), ``data_label_gap`` (with ``_se``)."""
+    (and the chi-square ``data_component_chi2``), ``data_share_p``, ``data_label_gap`` (with
+    ``_se``)."""
     from scipy.stats import chi2_contingency
 
     weights, means, covs = weights.double().cpu(), means.double().cpu(), covs.double().cpu()
@@ -173,6 +188,7 @@ def data_audit(weights, means, covs, classes, images: torch.Tensor, labels: torc
     else:
         stat, p = 0.0, 1.0
     out["data_component_chi2"], out["data_component_p"] = float(stat), float(p)
+    out["data_share_p"] = share_p(weights, means, covs, images.double().cpu())
     if labels is not None:
         agree_a = (classes.cpu()[best_a] == labels.cpu()).double()
         agree_b = (classes.cpu()[best_b] == classes.cpu()[k_ref]).double()

@@ -81,8 +81,8 @@ STREAM = 10
 def sizes(quick: bool) -> dict:
     """Bins, samples per bin, generated images, sampler steps, points of the law audit and
     training images of the data audit."""
-    return (dict(bins=4, per_bin=64, generated=64, steps=20, audit=256, data=512) if quick
-            else dict(bins=8, per_bin=256, generated=256, steps=100, audit=512, data=2048))
+    return (dict(bins=4, per_bin=64, generated=64, steps=20, audit=256, data=2048) if quick
+            else dict(bins=8, per_bin=256, generated=256, steps=100, audit=512, data=8192))
 
 
 def bayes_predictor(subject: Subject, sde=None, label_blind: bool = False):
@@ -184,7 +184,7 @@ AUDIT_RULES = [
     Rule("data_law_error", (0.0, LAW_TOL)),
     Rule("data_logdensity_gap", (0.0, 0.0), margin=-SE_MARGIN),
     Rule("data_mahalanobis_gap", (0.0, 0.0), margin=-SE_MARGIN),
-    Rule("data_component_p", (P_FLOOR, 1.0)),
+    Rule("data_component_p", (P_FLOOR, 1.0)), Rule("data_share_p", (P_FLOOR, 1.0)),
     Rule("data_label_gap", (0.0, 0.0), margin=-SE_MARGIN),
     Rule("sample_logdensity_error", (0.0, LAW_TOL)),
     Rule("sample_responsibility_error", (0.0, LAW_TOL)),

@@ -395,6 +395,14 @@ def _local_error_against_reference(original):
     return lowp_units_pass
 
 
+def _reference_from_bf16_copy(original):
+    def float64(self):  # the float64 reference made from a bfloat16 copy of the weights
+        import copy
+
+        return copy.deepcopy(self.net).bfloat16().double().eval()
+    return float64
+
+
 def _unit_vjp_without_identity(original):
     def unit_vjp(unit, z, c, e, cotangent):  # p dF/dz: the branch's Jacobian only
         with torch.enable_grad():
@@ -568,6 +576,9 @@ FAULTS: list[Fault] = [
           _local_error_against_reference, (C8,),
           "local rounding error against the float64 pass's unit output, not the unit at the "
           "pass's own input"),
+    Fault("trained-reference-from-bf16", "rdm_dynamics.checks.trained_subject.Subject.float64",
+          _reference_from_bf16_copy, (C8,),
+          "the float64 rounding reference built from a bfloat16 copy of the weights"),
     Fault("trained-vjp-without-identity", f"{PROBES}.unit_vjp", _unit_vjp_without_identity,
           (C9,), "unit adjoint step p dF/dz, the identity path forgotten"),
     Fault("trained-chain-adjoint-forward", f"{PROBES}.chain_adjoint", _chain_adjoint_forward,
