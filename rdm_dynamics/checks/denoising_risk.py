@@ -203,21 +203,29 @@ def rules(measured: Measurement) -> list[Rule]:
     return found + [r for r in AUDIT_RULES if r.metric in measured.metrics]
 
 
-#: The figures derived in one line from gated ones (the rest are gated or standard errors).
+#: The figures derived in one line from gated ones (fnmatch patterns -> how).
 DERIVED = {
-    "excess_risk_mean": "mean over bins of excess_risk_k (gated by identity_residual_k)",
-    "risk_mean": "mean over bins of risk_k (gated by identity_residual_k, risk_gap_k)",
-    "bayes_risk_mean": "mean over bins of bayes_risk_k (gated by law_*_error)",
-    "risk_k, bayes_risk_k, excess_risk_k": "terms of the gated identity_residual_k",
+    "excess_risk_mean": "mean over bins of excess_risk_k (each a term of the gated "
+                        "identity_residual_k)",
+    "risk_mean, bayes_risk_mean": "means over bins of risk_k, bayes_risk_k (terms of the gated "
+                                  "identity_residual_k; R* gated by law_*_error)",
+    "risk_[0-9]*, bayes_risk_[0-9]*, excess_risk_[0-9]*": "the terms of the gated "
+                                                           "identity_residual_k = mean(R - R* - E)",
     "identity_resolution": "sqrt(SE_MARGIN max_k identity_residual_k_se / 2): the rms change "
-                           "of eps* per dimension the identity detects",
+                           "of eps* per dimension the identity rule detects",
+    "control_excess_risk": "mean |eps_control - eps*|^2 / d, a term of the gated "
+                           "control_identity_residual",
     "logdensity_real": "mean of per-image log p_0 (gated: real_logdensity_gap)",
     "logdensity_generated": "mean of per-image log p_0 (gated: sample_logdensity_error)",
     "logdensity_gap": "logdensity_real - logdensity_generated",
-    "component_chi2, component_chi2_p": "Pearson chi-square of argmax responsibilities "
-                                        "(gated: sample_responsibility_error) vs weights",
+    "component_chi2, component_chi2_p": "Pearson chi-square of the argmax responsibilities "
+                                        "(gated: sample_responsibility_error) vs the weights",
     "class_agreement": "share of argmax responsibilities (gated) in the asked class",
+    "data_component_chi2": "the statistic of the gated data_component_p",
 }
+#: The metrics that say how C10 measured (bins, counts, points).
+SETTINGS = ("t_bin_*", "design_bins", "design_per_bin", "law_points", "data_images",
+            "component_dof")
 
 
 def measure_samples(subject: Subject, config, params: dict) -> tuple[dict, dict]:

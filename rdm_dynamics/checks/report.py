@@ -8,9 +8,9 @@ expected, summary``. ``metrics`` maps names to numbers (a sample estimate ``x`` 
 standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
 verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no value
 can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed`` lists the
-metrics whose rule failed; ``provenance`` (where a check declares it) lists the metrics that
-are ``gated``, those ``derived`` in one line from gated ones (name -> how) and those ``reported``
-only. ``status`` (top level and per check) is ``pass``, ``fail``, ``n/a`` or
+metrics whose rule failed; ``provenance`` (where a check declares it) sorts every metric but
+the standard errors into ``gated`` (a rule applies), ``derived`` in one line from gated ones
+(name -> how), ``settings`` (counts, bins) and ``reported`` (none of these). ``status`` (top level and per check) is ``pass``, ``fail``, ``n/a`` or
 ``error``. A check that crashed is an error of the toolkit, not a failed claim: it has ``error``
 (the exception in one line) and ``traceback``, no metrics and empty ``expected`` (no rule was
 applied), and ``passed`` false. A check that does not apply to what it ran on (``n/a``) has
@@ -100,8 +100,8 @@ class CheckResult:
     theory_text: str = ""
     #: Why the check does not apply to what it was run on ("" when it applies).
     not_applicable: str = ""
-    #: Which reported figures are gated (a rule), derived in one line from gated ones (name ->
-    #: how) or reported only; {} when the check does not say (``claim.provenance``).
+    #: Which metrics are gated (a rule), derived in one line from gated ones (name -> how),
+    #: settings or reported only; {} when the check does not say (``claim.provenance``).
     provenance: dict = field(default_factory=dict)
 
     @classmethod

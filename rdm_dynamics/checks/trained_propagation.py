@@ -80,22 +80,23 @@ RULES = [Rule("linear_response_residual", (0.0, RESIDUAL_MAX), SE_BAND),
          Rule("autocast_ratio_output", AUTOCAST_RATIO),
          Rule("autocast_ratio_units_max", AUTOCAST_RATIO)]
 
-#: The figures derived in one line from gated ones.
+#: The figures derived in one line from gated ones (fnmatch patterns -> how).
 DERIVED = {
-    "unit_error_units_only_{bf16,fp16}_{first,last,max}":
-        "the per-unit profile of the units-only pass, each unit gated against its "
-        "linear-response prediction (linear_response_residual_units_max*)",
-    "output_error_units_only_{bf16,fp16}": "|delta| / |out|, delta gated by "
-                                           "linear_response_residual*",
-    "output_error_{bf16,fp16,autocast}": "the whole network's output errors, gated through "
-                                         "precision_ratio_output and autocast_ratio_output",
-    "unit_error_{bf16,fp16,autocast}_{first,last,max}": "the whole network's unit profiles, "
-                                                        "every unit gated through "
-                                                        "precision_ratio_units_* and "
-                                                        "autocast_ratio_units_max",
+    "unit_error_units_only_*": "the units-only pass's per-unit profile (first, last, max), each "
+                               "unit gated against its linear-response prediction "
+                               "(linear_response_residual_units_max*)",
+    "output_error_units_only_*": "|delta| / |out|, delta gated by linear_response_residual*",
+    "output_error_bf16, output_error_fp16, output_error_autocast":
+        "the whole network's output errors, gated through precision_ratio_output and "
+        "autocast_ratio_output",
+    "unit_error_bf16_*, unit_error_fp16_*, unit_error_autocast_*":
+        "the whole network's unit profiles (first, last, max), every unit gated through "
+        "precision_ratio_units_* and autocast_ratio_units_max",
     "amplification_max, amplification_first": "|J v| / |v| by the forward-mode pass whose sum "
                                               "is gated by linear_response_residual",
 }
+#: The metrics that say how C8 measured (counts, positions).
+SETTINGS = ("units", "*_unit")
 
 STREAM = 8
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
