@@ -40,7 +40,7 @@ from ..stats import mean_se
 __all__ = ["quadrature_mv", "independent_denoiser", "IndependentDenoiser", "independent_draws",
            "data_audit", "P_FLOOR"]
 
-#: Composite Gauss-Legendre: panels and nodes per panel (the integrands are smooth in u).
+#: Composite Gauss-Legendre for v(t): panels and nodes per panel (the integrand is smooth).
 _PANELS, _NODES = 16, 20
 #: The false-alarm rate of the chi-square test of component counts (p-values below it fail).
 P_FLOOR = 1e-3
@@ -51,10 +51,10 @@ def _gl(n: int):
     return torch.tensor(x), torch.tensor(w)
 
 
-def _integral(fn, upper: torch.Tensor) -> torch.Tensor:
+def _integral(fn, upper: torch.Tensor, panels: int = _PANELS, nodes: int = _NODES) -> torch.Tensor:
     """int_0^{upper_b} fn(u) du per entry of ``upper`` (B,), composite Gauss-Legendre."""
-    x, w = _gl(_NODES)
-    edges = torch.linspace(0.0, 1.0, _PANELS + 1, dtype=torch.float64)
+    x, w = _gl(nodes)
+    edges = torch.linspace(0.0, 1.0, panels + 1, dtype=torch.float64)
     lo, hi = edges[:-1], edges[1:]
     nodes = (lo[:, None] + (hi - lo)[:, None] * (x[None] + 1) / 2).reshape(-1)  # in [0, 1]
     weights = ((hi - lo)[:, None] * w[None] / 2).reshape(-1)
@@ -66,9 +66,9 @@ def quadrature_mv(sde, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(m(t), v(t)) per time of ``t`` (B,) from f and g only (module docstring), float64."""
     t = t.double().cpu()
 
-    def log_mean(u):  # int_0^u f, for a tensor u of any shape
-        flat = u.reshape(-1)
-        return _integral(sde.drift_coef, flat).reshape(u.shape)
+    def log_mean(u):  # int_0^u f, for a tensor u of any shape (f is linear or constant:
+        flat = u.reshape(-1)  # one panel of 30 nodes is exact for degree < 60)
+        return _integral(sde.drift_coef, flat, panels=1, nodes=30).reshape(u.shape)
 
     lm = log_mean(t)
 
@@ -93,7 +93,7 @@ def _component_log_probs(weights, means, covs, x, m, v) -> torch.Tensor:
     eye = torch.eye(means.shape[1], dtype=torch.float64)
     cov = m[:, None, None, None] ** 2 * covs[None] + v[:, None, None, None] * eye
     dist = torch.distributions.MultivariateNormal(m[:, None, None] * means[None],
-                                                  covariance_matrix=cov)
+                                                  covariance_matrix=cov, validate_args=False)
     return dist.log_prob(x[:, None, :]) + torch.log(weights)[None]
 
 
@@ -147,13 +147,15 @@ def _per_image(weights, means, covs, x: torch.Tensor):
 
 def share_p(weights, means, covs, x: torch.Tensor) -> float:
     """Bonferroni p-value of the component shares of ``x`` (n, d): under x ~ the law, the mean
-    posterior responsibility of component k is w_k exactly; z_k = (mean_k - w_k) / se_k, and
+    posterior responsibility of component k is w_k exactly, and its variance at most
+    w_k (1 - w_k) (a variable in [0, 1] with mean w_k; the null's bound, not the sample's, so
+    rare components do not inflate z); z_k = (mean_k - w_k) / sqrt(w_k (1 - w_k) / n), and
     p = min(1, K P(|N(0,1)| > max_k |z_k|))."""
     from scipy.stats import norm
 
     dist = torch.distributions.MultivariateNormal(means, covariance_matrix=covs)
     resp = torch.softmax(dist.log_prob(x[:, None, :]) + torch.log(weights)[None], 1)
-    z = (resp.mean(0) - weights) / (resp.std(0) / math.sqrt(x.shape[0])).clamp_min(1e-300)
+    z = (resp.mean(0) - weights) / (weights * (1 - weights) / x.shape[0]).sqrt()
     return float(min(1.0, len(weights) * 2 * norm.sf(float(z.abs().max()))))
 
 

@@ -129,7 +129,7 @@ def data_metrics(subject, params: dict, images: int, generator: torch.Generator)
     x, y = data.batch(torch.arange(images))
     refit = data.law.mixture
     m = {"data_law_error": max(
-        float(((a.double() - params[k].double()).abs().max() / params[k].double().abs().max()))
+        float((a.double() - params[k].double()).abs().max() / params[k].double().abs().max())
         for k, a in (("weights", refit.weights), ("means", refit.means), ("covs", refit.covs)))
         + float(not torch.equal(data.law.classes.cpu(), params["classes"].long().cpu()))}
     m.update(data_audit(params["weights"], params["means"], params["covs"], params["classes"],
