@@ -12,8 +12,8 @@ metrics whose rule failed; ``provenance`` (where a check declares it) sorts ever
 the standard errors into ``gated`` (a rule applies), ``derived`` in one line from gated ones
 (name -> how), ``settings`` (counts, bins) and ``reported`` (none of these). ``status`` (top
 level and per check) is ``pass``, ``fail``, ``n/a`` or ``error``. A check that crashed is an
-error of the toolkit, not a failed claim: it has ``error`` (the exception in one line) and ``traceback``, no metrics and empty ``expected`` (no rule was
-applied), and ``passed`` false. A check that does not apply to what it ran on (``n/a``) has
+error of the toolkit, not a failed claim: it has ``error`` (the exception in one line) and
+``traceback``, no metrics and empty ``expected`` (no rule was applied), and ``passed`` false. A check that does not apply to what it ran on (``n/a``) has
 ``"applicable": false`` and a ``reason``, no metrics and no rules (so it passes vacuously and does
 not fail the run). The report lists the ``figures`` it wrote; the reports of checkpoint checks also
 name the ``checkpoint``.
