@@ -1,5 +1,6 @@
 """Check results, the verdict table, the JSON report, summary words and the figures.
- The JSON report is a contract (DESIGN.md section 4): top-level keys ``depth``, what the
+
+The JSON report is a contract (DESIGN.md section 4): top-level keys ``depth``, what the
 configuration reports of itself (``schedule`` for the theory checks; ``gate`` and ``checkpoint``
 for a trained model; ``gating``, the former key of both, kept for one release), ``seed, dtype,
 device, passed, status, seconds, versions, checks``; each check ``id, claim, passed, seconds,
