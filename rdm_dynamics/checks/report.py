@@ -1,22 +1,24 @@
 """Check results, the verdict table, the JSON report, summary words and the figures.
 
 The JSON report is a contract (DESIGN.md section 4): top-level keys ``depth``, what the
-configuration reports of itself (``schedule`` for the theory checks; ``gate`` and ``checkpoint``
-for a trained model; ``gating``, the former key of both, kept for one release), ``seed, dtype,
-device, passed, status, seconds, versions, checks``; each check ``id, claim, passed, seconds,
-metrics, expected, summary``. ``metrics`` maps names to numbers (a sample estimate ``x`` comes with
-its standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]``
-the verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no
-value can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed`` lists
-the metrics whose rule failed; ``provenance`` (where a check declares it) sorts every metric but
-the standard errors into ``gated`` (a rule applies), ``derived`` in one line from gated ones (name
--> how), ``settings`` (counts, bins) and ``reported`` (none of these). ``status`` (top level and
-per check) is ``pass``, ``fail``, ``n/a`` or ``error``. A check that crashed is an error of the
-toolkit, not a failed claim: it has ``error`` (the exception in one line) and ``traceback``, no
-metrics and empty ``expected`` (no rule was applied), and ``passed`` false. A check that does not
-apply to what it ran on (``n/a``) has ``"applicable": false`` and a ``reason``, no metrics and no
-rules (so it passes vacuously and does not fail the run). The report lists the ``figures`` it
-wrote; the reports of checkpoint checks also name the ``checkpoint``.
+configuration reports of itself (``schedule`` for the theory checks; ``gate`` and ``checkpoint`` for
+a trained model; ``gating``, the former key of both, kept for one release), ``seed, dtype, device,
+passed, status, seconds, versions, checks``; each check ``id, claim, passed, seconds, metrics,
+expected, summary``. ``metrics`` maps names to numbers (a sample estimate ``x`` comes with its
+standard error ``x_se``); ``expected`` maps a metric name to the closed interval ``[lo, hi]`` the
+verdict applies, standard-error margins included (``null`` for an open end; lo > hi where no value
+can pass), so re-applying ``expected`` to ``metrics`` reproduces ``passed``; ``failed`` lists the
+metrics whose rule failed. ``status`` (top level and per check) is ``pass``, ``fail``, ``n/a`` or
+``error``. A check that crashed is an error of the toolkit, not a failed claim: it has ``error``
+(the exception in one line) and ``traceback``, no metrics and empty ``expected`` (no rule was
+applied), and ``passed`` false. A check that does not apply to what it ran on (``n/a``) has
+``"applicable": false`` and a ``reason``, no metrics and no rules (so it passes vacuously and does
+not fail the run). The report lists the ``figures`` it wrote; the reports of checkpoint checks also
+name the ``checkpoint``.
+
+Where a check declares it, ``provenance`` sorts every metric but the standard errors into
+``gated`` (a rule applies), ``derived`` in one line from gated ones (name -> how), ``settings``
+(counts, bins) and ``reported`` (none of these).
 """
 
 from __future__ import annotations
