@@ -42,7 +42,7 @@ from torch import nn
 
 __all__ = ["Trace", "run_traced", "per_sample_norm", "relative_errors", "lowp_units_pass",
            "LowpPass", "linear_response", "amplification", "unit_adjoints", "UnitAdjoints",
-           "reference_kernels", "cast_model"]
+           "reference_kernels", "cast_model", "unit_vjp", "chain_adjoint"]
 
 
 def reference_kernels():
@@ -177,6 +177,24 @@ def amplification(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.T
     return torch.stack(rows)
 
 
+def unit_vjp(unit: nn.Module, z: torch.Tensor, c: torch.Tensor, e: torch.Tensor,
+             cotangent: torch.Tensor) -> torch.Tensor:
+    """The adjoint step of one unit: p_in = p_out dU/da at the unit's input ``z`` (its whole
+    Jacobian, the identity path included: U(a) = a + branch)."""
+    with reference_kernels():
+        a = z.detach().requires_grad_(True)
+        return torch.autograd.grad(unit(a, c, e), a, cotangent)[0]
+
+
+def chain_adjoint(p_last: torch.Tensor, step, units: int) -> torch.Tensor:
+    """p_0 from p_L by the units' own steps alone, last unit first: p = step(i, p) for
+    i = L-1, ..., 0 (``step(i, p)`` is unit i's VJP)."""
+    p = p_last
+    for i in reversed(range(units)):
+        p = step(i, p)
+    return p
+
+
 @dataclass
 class UnitAdjoints:
     """Adjoints at every unit (one row per sample): autograd's |dloss/da_i|, |dloss/dz_i|, and
@@ -231,9 +249,7 @@ def unit_adjoints(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.T
         if i in skip_vjp:
             return cotangent
         module, z, c, e, _ = records[i]
-        with reference_kernels():
-            a = z.detach().requires_grad_(True)
-            return torch.autograd.grad(module(a, c, e), a, cotangent)[0]
+        return unit_vjp(module, z, c, e, cotangent)
 
     in_norms, out_norms, errors = [], [], []
     for i, (_, z, _, _, out_i) in enumerate(records):
@@ -243,9 +259,7 @@ def unit_adjoints(net64: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.T
         errors.append(per_sample_norm(step(i, g_out) - g_in, B) / per_sample_norm(g_in, B))
     chain = None
     if all(raw_inputs[i + 1] is records[i][4] for i in range(len(records) - 1)):
-        p = records[-1][4].grad  # p_L from autograd, then only the units' own steps
-        for i in reversed(range(len(records))):
-            p = step(i, p)
+        p = chain_adjoint(records[-1][4].grad, step, len(records))
         g0 = records[0][1].grad
         chain = per_sample_norm(p - g0, B) / per_sample_norm(g0, B)
     net64.zero_grad(set_to_none=True)

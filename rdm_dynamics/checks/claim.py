@@ -14,6 +14,10 @@ A claim module (one per claim: ``depth_limit``, ``pf_ode``, ...) declares
   depends on the run: the SDEs measured, a chain of units or not);
 * ``summary(measurement, verdict) -> str``: one sentence a person can read;
 * ``headline(measurement) -> str``: the table's "measured" cell;
+* optionally ``DERIVED`` (metric patterns -> how each is computed in one line from gated
+  metrics) and ``SETTINGS`` (patterns of the metrics that describe the measurement: counts,
+  bins), from which the report's ``provenance`` says of every metric whether it is gated,
+  derived, a setting or reported only;
 * ``figure(measurement)``: a drawer ``fig -> None`` (``report.render_figure`` draws it), or None.
 
 :func:`run_claim` composes them: measure, judge the rules (``rules.judge``, the one place a verdict
@@ -29,7 +33,7 @@ from typing import Any
 from .report import CheckResult
 from .rules import Rule, Verdict, judge
 
-__all__ = ["Measurement", "run_claim", "claim_rules", "claim_theory"]
+__all__ = ["Measurement", "run_claim", "claim_rules", "claim_theory", "provenance"]
 
 
 @dataclass
@@ -73,4 +77,37 @@ def run_claim(module: ModuleType, config, **controls) -> CheckResult:
     return CheckResult(id=module.ID, claim=module.CLAIM, metrics=measured.metrics,
                        verdict=verdict, summary=module.summary(measured, verdict),
                        figure=module.figure(measured), measured_text=module.headline(measured),
-                       theory_text=claim_theory(module, measured))
+                       theory_text=claim_theory(module, measured),
+                       provenance=provenance(module, measured.metrics, verdict))
+
+
+def provenance(module: ModuleType, metrics: dict, verdict: Verdict) -> dict:
+    """For a module that declares ``DERIVED`` (fnmatch patterns, comma separated, -> how each
+    is computed in one line from gated figures) and optionally ``SETTINGS`` (patterns of the
+    metrics that say how it measured: counts, bins, positions): every metric of ``metrics``
+    but the standard errors (which follow their figure) as ``gated`` (it has a rule),
+    ``derived`` (name -> how), ``settings``, or ``reported`` (none of these); {} for a module
+    that declares no ``DERIVED``."""
+    from fnmatch import fnmatchcase
+
+    if not hasattr(module, "DERIVED"):
+        return {}
+
+    def matches(name, key):
+        return any(fnmatchcase(name, p.strip()) for p in key.split(","))
+
+    out = {"gated": [], "derived": {}, "settings": [], "reported": []}
+    settings = ",".join(getattr(module, "SETTINGS", ())) or "\0"
+    for name in metrics:
+        if name.endswith("_se") and name[:-3] in metrics:
+            continue
+        how = next((h for key, h in module.DERIVED.items() if matches(name, key)), None)
+        if name in verdict.expected:
+            out["gated"].append(name)
+        elif how is not None:
+            out["derived"][name] = how
+        elif matches(name, settings):
+            out["settings"].append(name)
+        else:
+            out["reported"].append(name)
+    return out

@@ -21,9 +21,20 @@ standard error), the share of each mixture component among them (each image assi
 probable component) against the weights (Pearson chi-square and its p-value), and the share of
 images whose most probable component has the asked class.
 
-Gated, in every bin: the identity residual is 0 and R - R* >= 0, each within its standard errors.
-Reported: R, R*, the excess per bin, ``excess_risk_mean`` (mean over bins), the log-density gap,
-the chi-square.
+Gated, in every bin: the identity residual mean(R - R* - E), computed from the very per-sample
+R, R* and E the report shows, is 0, and R - R* >= 0, each within ``SE_MARGIN`` standard errors;
+per sample, R - R* - E equals the cross term 2 <eps_theta - eps*, eps* - eps> / d computed
+separately (``decomposition_error``, float64 rounding).  Gated besides (``denoising_audit``): the
+sampling design (equal bins of [t_min, T], each time in its bin, each bin's count); the exact
+denoiser, class-conditional denoiser and responsibilities against an independent construction at
+C10's own points; the identity of a label-using control predictor (so a swapped conditional
+reference fails on any network, label-blind ones included); the run's training data regenerated
+from its stored specification and seed against the stored law; the instruments of sample quality
+(exact log-densities and responsibilities on the generated images) against the independent
+construction, and the real draws against independent draws.  ``DERIVED`` lists the figures
+computed in one line from gated ones (``excess_risk_mean``, the mean over bins of the gated
+per-bin excess, is what the depth study reads); ``identity_resolution`` states the smallest rms
+change of eps* per dimension the identity rule detects at this sample size.
 """
 
 from __future__ import annotations
@@ -40,9 +51,20 @@ from ..analysis.denoising_risk import (
     risk_terms,
     time_bins,
 )
+from ..analysis.law_audit import P_FLOOR
 from ..stats import mean_se
 from ..training.sampling import generate
 from .claim import Measurement
+from .denoising_audit import (
+    LAW_TOL,
+    audit_points,
+    control_metrics,
+    data_metrics,
+    design_metrics,
+    instrument_metrics,
+    law_metrics,
+    stored_parameters,
+)
 from .rules import Rule
 from .trained_subject import CheckpointConfig, Subject, draw_inputs, load_subject
 
@@ -57,18 +79,20 @@ STREAM = 10
 
 
 def sizes(quick: bool) -> dict:
-    """Bins, samples per bin, generated images and sampler steps."""
-    return (dict(bins=4, per_bin=64, generated=64, steps=20) if quick
-            else dict(bins=8, per_bin=256, generated=256, steps=100))
+    """Bins, samples per bin, generated images, sampler steps, points of the law audit and
+    training images of the data audit."""
+    return (dict(bins=4, per_bin=64, generated=64, steps=20, audit=256, data=2048) if quick
+            else dict(bins=8, per_bin=256, generated=256, steps=100, audit=512, data=8192))
 
 
-def bayes_predictor(subject: Subject, sde=None):
+def bayes_predictor(subject: Subject, sde=None, label_blind: bool = False):
     """eps*(x_t, t, y) of the subject's law (of the label's class when y is given) under
-    ``sde`` (default: the run's SDE; a different one plants a wrong noise level)."""
+    ``sde`` (default: the run's SDE; a different one plants a wrong noise level);
+    ``label_blind`` plants the other control: the unconditional eps* whatever y is."""
     law, sde = subject.law, sde or subject.sde
 
     def eps_star(x_t, t, y):
-        allowed = None if y is None else law.class_mask(y.cpu())
+        allowed = None if y is None or label_blind else law.class_mask(y.cpu())
         flat = law.flat(x_t).cpu().double()
         return law.images(law.mixture.optimal_eps(flat, t.cpu().double(), sde, allowed)) \
             .to(x_t.device)
@@ -86,31 +110,44 @@ def network_predictor(subject: Subject, device: str):
     return eps_theta
 
 
-def measure_risk(subject: Subject, config: CheckpointConfig, eps_theta=None,
-                 eps_star=None) -> tuple[dict, np.ndarray]:
-    """Per-bin metrics of the decomposition (module docstring) and the bin edges.  Predictors
-    default to the subject's network and its exact Bayes predictor."""
+def design(subject: Subject, config: CheckpointConfig):
+    """C10's sampling design: the inputs (``per_bin`` times uniform in each of ``bins`` equal
+    bins of [t_min, T], bin-major), the bin edges and the bin each time was drawn for."""
     n = sizes(config.quick)
-    eps_theta = eps_theta or network_predictor(subject, config.device)
-    eps_star = eps_star or bayes_predictor(subject)
     edges = time_bins(subject.t_min, subject.sde.T, n["bins"])
     g = config.generator(STREAM)
     u = torch.rand(n["bins"], n["per_bin"], generator=g, dtype=torch.float64)
     lo = torch.tensor(edges[:-1]).unsqueeze(1)
     t = (lo + (torch.tensor(edges[1:]).unsqueeze(1) - lo) * u).reshape(-1)
-    inputs = draw_inputs(subject, len(t), g, t=t)
+    drawn = torch.arange(n["bins"]).repeat_interleave(n["per_bin"])
+    return draw_inputs(subject, len(t), g, t=t), edges, drawn
+
+
+def measure_risk(subject: Subject, config: CheckpointConfig, eps_theta=None,
+                 eps_star=None) -> tuple[dict, np.ndarray]:
+    """Per-bin metrics of the decomposition (module docstring), the design's and the
+    decomposition's consistency, and the bin edges.  Predictors default to the subject's network
+    and its exact Bayes predictor."""
+    eps_theta = eps_theta or network_predictor(subject, config.device)
+    eps_star = eps_star or bayes_predictor(subject)
+    inputs, edges, drawn = design(subject, config)
     terms = []
-    for chunk in torch.arange(len(t)).split(256):
+    for chunk in torch.arange(len(inputs.t)).split(256):
         terms.append(risk_terms(eps_theta, eps_star, inputs.x0[chunk],
                                 None if inputs.y is None else inputs.y[chunk], inputs.t[chunk],
                                 inputs.noise[chunk], subject.sde))
-    cat = {k: torch.cat([getattr(r, k) for r in terms]) for k in ("risk", "bayes", "excess",
-                                                                   "cross")}
+    r, b, e, c = (torch.cat([getattr(x, k) for x in terms])
+                  for k in ("risk", "bayes", "excess", "cross"))
     per_bin = {name: binned_means(values, inputs.t, edges) for name, values in
-               (("risk", cat["risk"]), ("bayes_risk", cat["bayes"]),
-                ("excess_risk", cat["excess"]), ("identity_residual", cat["cross"]),
-                ("risk_gap", cat["risk"] - cat["bayes"]))}
-    return risk_metrics(per_bin, edges), edges
+               (("risk", r), ("bayes_risk", b), ("excess_risk", e),
+                ("identity_residual", r - b - e), ("risk_gap", r - b))}
+    metrics = risk_metrics(per_bin, edges)
+    metrics["decomposition_error"] = float(((r - b - e - c).abs() / (r + b + e)).max())
+    metrics.update(design_metrics(edges, inputs.t, drawn, [row[2] for row in per_bin["risk"]],
+                                  sizes(config.quick)["per_bin"], subject.t_min, subject.sde.T))
+    worst_se = max(row[1] for row in per_bin["identity_residual"])
+    metrics["identity_resolution"] = math.sqrt(SE_MARGIN * worst_se / 2.0)
+    return metrics, edges
 
 
 def risk_metrics(per_bin: dict, edges: np.ndarray) -> dict:
@@ -134,18 +171,66 @@ def bins_of(metrics: dict) -> int:
     return sum(name.startswith("t_bin_") for name in metrics)
 
 
+#: Rules on the audits (``denoising_audit``): exact agreements, and two-sample statistics held
+#: at ``SE_MARGIN`` standard errors (two-sided false-alarm rate 6e-5 each) or, for the
+#: chi-square p-value of the component counts, at the false-alarm rate ``P_FLOOR``.
+AUDIT_RULES = [
+    Rule("decomposition_error", (0.0, LAW_TOL)),
+    Rule("design_edges_error", (0.0, 1e-12)), Rule("design_outside_bins", (0, 0)),
+    Rule("design_count_error", (0, 0)),
+    Rule("law_denoiser_error", (0.0, LAW_TOL)), Rule("law_conditional_error", (0.0, LAW_TOL)),
+    Rule("law_responsibility_error", (0.0, LAW_TOL)),
+    Rule("control_identity_residual", (0.0, 0.0), margin=-SE_MARGIN),
+    Rule("data_law_error", (0.0, LAW_TOL)),
+    Rule("data_logdensity_gap", (0.0, 0.0), margin=-SE_MARGIN),
+    Rule("data_mahalanobis_gap", (0.0, 0.0), margin=-SE_MARGIN),
+    Rule("data_component_p", (P_FLOOR, 1.0)), Rule("data_share_p", (P_FLOOR, 1.0)),
+    Rule("data_label_gap", (0.0, 0.0), margin=-SE_MARGIN),
+    Rule("sample_logdensity_error", (0.0, LAW_TOL)),
+    Rule("sample_responsibility_error", (0.0, LAW_TOL)),
+    Rule("real_logdensity_gap", (0.0, 0.0), margin=-SE_MARGIN),
+]
+
+
 def rules(measured: Measurement) -> list[Rule]:
     """In every measured time bin: the identity residual is 0 and R - R* >= 0, each unless the
-    data reject it at ``SE_MARGIN`` standard errors."""
+    data reject it at ``SE_MARGIN`` standard errors; and every audit rule whose metric was
+    measured (the conditional and label rules need labels)."""
     found = []
     for k in range(bins_of(measured.metrics)):
         found.append(Rule(f"identity_residual_{k}", (0.0, 0.0), margin=-SE_MARGIN))
         found.append(Rule(f"risk_gap_{k}", (0.0, None), margin=-SE_MARGIN))
-    return found
+    return found + [r for r in AUDIT_RULES if r.metric in measured.metrics]
 
 
-def measure_samples(subject: Subject, config) -> tuple[dict, dict]:
-    """Exact log-densities and component shares of generated images (module docstring)."""
+#: The figures derived in one line from gated ones (fnmatch patterns -> how).
+DERIVED = {
+    "excess_risk_mean": "mean over bins of excess_risk_k (each a term of the gated "
+                        "identity_residual_k)",
+    "risk_mean, bayes_risk_mean": "means over bins of risk_k, bayes_risk_k (terms of the gated "
+                                  "identity_residual_k; R* gated by law_*_error)",
+    "risk_[0-9]*, bayes_risk_[0-9]*, excess_risk_[0-9]*": "the terms of the gated "
+                                                           "identity_residual_k = mean(R - R* - E)",
+    "identity_resolution": "sqrt(SE_MARGIN max_k identity_residual_k_se / 2): the rms change "
+                           "of eps* per dimension the identity rule detects",
+    "control_excess_risk": "mean |eps_control - eps*|^2 / d, a term of the gated "
+                           "control_identity_residual",
+    "logdensity_real": "mean of per-image log p_0 (gated: real_logdensity_gap)",
+    "logdensity_generated": "mean of per-image log p_0 (gated: sample_logdensity_error)",
+    "logdensity_gap": "logdensity_real - logdensity_generated",
+    "component_chi2, component_chi2_p": "Pearson chi-square of the argmax responsibilities "
+                                        "(gated: sample_responsibility_error) vs the weights",
+    "class_agreement": "share of argmax responsibilities (gated) in the asked class",
+    "data_component_chi2": "the statistic of the gated data_component_p",
+}
+#: The metrics that say how C10 measured (bins, counts, points).
+SETTINGS = ("t_bin_*", "design_bins", "design_per_bin", "law_points", "data_images",
+            "component_dof")
+
+
+def measure_samples(subject: Subject, config, params: dict) -> tuple[dict, dict]:
+    """Exact log-densities and component shares of generated images (module docstring), and
+    the instruments they are computed with held against the independent construction."""
     n = sizes(config.quick)
     law = subject.law
     g = config.generator(STREAM + 1)
@@ -159,7 +244,7 @@ def measure_samples(subject: Subject, config) -> tuple[dict, dict]:
                  t_min=subject.t_min, labels=labels, guidance=1.0, sampler="ddpm",
                  steps=n["steps"], seed=config.seed, device=config.device,
                  autocast=cfg.bf16, disable=True)
-    flat = law.flat(x).double()
+    flat = law.flat(x).double().cpu()
     d = law.mixture.dim
     lp_gen = law.mixture.log_prob(flat) / d
     lp_real = law.mixture.log_prob(real) / d
@@ -175,22 +260,44 @@ def measure_samples(subject: Subject, config) -> tuple[dict, dict]:
     if labels is not None:
         agree = (law.classes[resp.argmax(1)] == labels).double()
         m["class_agreement"], m["class_agreement_se"] = mean_se(agree)
+    m.update(instrument_metrics(subject, params, flat, lp_gen, resp, lp_real,
+                                config.generator(STREAM + 3)))
     shown = {"lp_gen": lp_gen.numpy(), "lp_real": lp_real.numpy(), "counts": counts,
              "weights": law.mixture.weights.numpy()}
     return m, shown
 
 
-def measure(config: CheckpointConfig, *, bayes_sde=None) -> Measurement:
-    """The risk decomposition per time bin and the exact sample quality (module docstring);
-    not applicable when the run's data law is not known.  ``bayes_sde`` plants the negative
-    control: the Bayes predictor built for another SDE (a wrong noise level) is not E[eps | x_t]."""
+def measure_audit(subject: Subject, config: CheckpointConfig, eps_star, params: dict) -> dict:
+    """The law audit and the label control at C10's own points (a spread subset of at most
+    ``audit`` of them), and the training-data audit (``denoising_audit``)."""
+    n = sizes(config.quick)
+    inputs, _, _ = design(subject, config)
+    idx = audit_points(len(inputs.t), n["audit"])
+    y = None if inputs.y is None else inputs.y[idx]
+    metrics, ind = law_metrics(subject, params, eps_star, inputs.x_t[idx], inputs.t[idx], y)
+    metrics.update(control_metrics(subject, eps_star, risk_terms, inputs.x0[idx], y,
+                                   inputs.t[idx], inputs.noise[idx], ind))
+    metrics.update(data_metrics(subject, params, n["data"], config.generator(STREAM + 2)))
+    return metrics
+
+
+def measure(config: CheckpointConfig, *, bayes_sde=None,
+            label_blind_reference: bool = False) -> Measurement:
+    """The risk decomposition per time bin, the audits and the exact sample quality (module
+    docstring); not applicable when the run's data law is not known.  ``bayes_sde`` plants the
+    negative control: the Bayes predictor built for another SDE (a wrong noise level) is not
+    E[eps | x_t]; ``label_blind_reference`` the other: the unconditional Bayes predictor where
+    the class's was asked is not E[eps | x_t, y]."""
     subject = load_subject(config)
     if subject.law is None:
         return Measurement({}, config, not_applicable=(
             f"the run trained on {subject.train_config.data!r}, whose law is not known "
             "(train with --data digits-gmm)"))
-    metrics, edges = measure_risk(subject, config, eps_star=bayes_predictor(subject, bayes_sde))
-    sample_metrics, shown = measure_samples(subject, config)
+    eps_star = bayes_predictor(subject, bayes_sde, label_blind_reference)
+    params = stored_parameters(subject)
+    metrics, edges = measure_risk(subject, config, eps_star=eps_star)
+    metrics.update(measure_audit(subject, config, eps_star, params))
+    sample_metrics, shown = measure_samples(subject, config, params)
     metrics.update(sample_metrics)
     return Measurement(metrics, config, curves={"edges": edges, "shown": shown})
 

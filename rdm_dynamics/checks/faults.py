@@ -316,9 +316,149 @@ def _hermite_slopes_swapped(original):
     return __call__
 
 
+# --- the trained-model machinery (C8 to C10), run on the self-test's small checkpoint ----------
+
+def _conditional_ignores_class(original):
+    def _score_given(self, x, terms, allowed=None):  # the class's mask never applied
+        return original(self, x, terms, None)
+    return _score_given
+
+
+def _conditional_weights_dropped(original):
+    def _score_given(self, x, terms, allowed=None):  # inside a class: equal weights
+        if allowed is None:
+            return original(self, x, terms, None)
+        centres, V, log_coef = terms
+        return original(self, x, (centres, V, log_coef - torch.log(self.weights)), allowed)
+    return _score_given
+
+
+def _optimal_eps_variance_for_std(original):
+    def optimal_eps(self, x, t, sde, allowed=None):  # -v(t) score instead of -sqrt(v(t)) score
+        var = sde.marginal_var(torch.as_tensor(t, dtype=self.means.dtype))
+        return -(var.reshape(-1, 1) if var.ndim else var) * self.score(x, t, sde, allowed)
+    return optimal_eps
+
+
+def _mixture_diffused_std_for_var(original):
+    def _diffused(self, sde, t):  # V = m^2 lam + sqrt(v) instead of + v
+        m, V = original(self, sde, t)
+        v = V - m**2 * self.eigvals
+        return m, m**2 * self.eigvals + v.sqrt()
+    return _diffused
+
+
+def _log_det_not_halved(original):
+    def _time_terms(self, m, V):  # log w - (log det + d log 2 pi), the 1/2 forgotten
+        centres, V, log_coef = original(self, m, V)
+        return centres, V, 2 * log_coef - torch.log(self.weights)
+    return _time_terms
+
+
+def _responsibilities_wrong_axis(original):
+    def responsibilities(self, x, t=None, sde=None):  # normalised over the samples
+        log_joint = self._component_terms(x, *self._time_terms(*self._coefficients(sde, t)))[0]
+        return torch.softmax(log_joint, dim=1).T
+    return responsibilities
+
+
+def _excess_as_risk_gap(original):
+    def risk_terms(eps_theta, eps_star, x0, y, t, noise, sde):  # excess = R - R*
+        r = original(eps_theta, eps_star, x0, y, t, noise, sde)
+        return type(r)(r.risk, r.bayes, r.risk - r.bayes, r.cross)
+    return risk_terms
+
+
+def _cross_term_sign(original):
+    def risk_terms(eps_theta, eps_star, x0, y, t, noise, sde):  # 2 <eps* - eps_theta, ...>
+        r = original(eps_theta, eps_star, x0, y, t, noise, sde)
+        return type(r)(r.risk, r.bayes, r.excess, -r.cross)
+    return risk_terms
+
+
+def _linear_response_forgets_last(original):
+    def linear_response(net64, x, t, y, perturbations):  # range(L - 1): the last unit left out
+        last = len(net64.residual_units()) - 1
+        return original(net64, x, t, y, {i: r for i, r in perturbations.items() if i != last})
+    return linear_response
+
+
+def _local_error_against_reference(original):
+    from ..analysis.backbone_probes import LowpPass, reference_kernels, run_traced
+
+    def lowp_units_pass(net64, x, t, y, dtype):  # r_i = z~_i - z_i (the float64 pass's unit
+        out = original(net64, x, t, y, dtype)   # output), not U~_i(a~_i) - U_i(a~_i)
+        with reference_kernels():
+            ref = run_traced(net64, x, t, y)
+        return LowpPass(out.trace, [z - r for z, r in zip(out.trace.outputs, ref.outputs,
+                                                          strict=True)])
+    return lowp_units_pass
+
+
+def _reference_from_bf16_copy(original):
+    def float64(self):  # the float64 reference made from a bfloat16 copy of the weights
+        import copy
+
+        return copy.deepcopy(self.net).bfloat16().double().eval()
+    return float64
+
+
+def _unit_vjp_without_identity(original):
+    def unit_vjp(unit, z, c, e, cotangent):  # p dF/dz: the branch's Jacobian only
+        with torch.enable_grad():
+            a = z.detach().requires_grad_(True)
+            return torch.autograd.grad(unit(a, c, e) - a, a, cotangent)[0]
+    return unit_vjp
+
+
+def _chain_adjoint_forward(original):
+    def chain_adjoint(p_last, step, units):  # the steps applied first unit first
+        p = p_last
+        for i in range(units):
+            p = step(i, p)
+        return p
+    return chain_adjoint
+
+
+def _sampler_variance_as_std(original):
+    def __init__(self, law, seed=0, name="digits-gmm"):  # factor U diag(lam), not sqrt(lam)
+        original(self, law, seed, name)
+        m = law.mixture
+        self._factors = m.eigvecs * m.eigvals.unsqueeze(-2)
+    return __init__
+
+
+def _sampler_uniform_component(original):
+    def draw(self, index):  # the component drawn uniformly, not by weight
+        from ..noise import stream_generator
+
+        g = stream_generator(self.seed, index)
+        m = self.law.mixture
+        k = int(torch.randint(len(m.weights), (1,), generator=g))
+        eps = torch.randn(m.dim, generator=g, dtype=m.means.dtype)
+        return m.means[k] + self._factors[k] @ eps, k
+    return draw
+
+
+def _sampler_label_is_component(original):
+    def batch(self, indices):  # the label: the component's index, not its class
+        drawn = [self.draw(int(i)) for i in indices]
+        x = torch.stack([v for v, _ in drawn]).float()
+        return self.law.images(x), torch.tensor([k for _, k in drawn])
+    return batch
+
+
+def _time_bins_from_zero(original):
+    def time_bins(t_min, T, bins):  # equal bins of [0, T]
+        return original(0.0, T, bins)
+    return time_bins
+
+
 SDE, LAWS, NOISE, STACK = "rdm_dynamics.sde", "rdm_dynamics.laws", "rdm_dynamics.noise", \
     "rdm_dynamics.stack"
 ANALYSIS, STATS = "rdm_dynamics.analysis", "rdm_dynamics.stats"
+PROBES, KNOWN = f"{ANALYSIS}.backbone_probes", "rdm_dynamics.training.known_law"
+C8, C9, C10 = "trained-propagation", "trained-sensitivity", "denoising-risk"
 DENOISING = ("pf-ode", "reverse-sde")
 IID = f"{ANALYSIS}.iid_limit"
 
@@ -408,6 +548,51 @@ FAULTS: list[Fault] = [
     Fault("fit-line-drops-last-point", f"{STATS}.fit_line", _fit_line_drops_last_point,
           ("depth-limit", "pf-ode", "reverse-sde", "gate-moments", "error-propagation",
            "residual-sensitivity"), "line fit leaves out the deepest rung (off by one)"),
+] + [
+    Fault("trained-conditional-ignores-class", f"{LAWS}.GaussianMixture._score_given",
+          _conditional_ignores_class, (C10,),
+          "class-conditional denoiser: the class mask never applied (the unconditional one)"),
+    Fault("trained-class-weights-dropped", f"{LAWS}.GaussianMixture._score_given",
+          _conditional_weights_dropped, (C10,),
+          "class-conditional denoiser: equal weights for the components inside a class"),
+    Fault("trained-eps-variance-for-std", f"{LAWS}.GaussianMixture.optimal_eps",
+          _optimal_eps_variance_for_std, (C10,), "exact denoiser -v(t) score, not -sqrt(v) score"),
+    Fault("trained-diffused-std-for-var", f"{LAWS}.GaussianMixture._diffused",
+          _mixture_diffused_std_for_var, (C10,),
+          "diffused component covariances m^2 Sigma + sqrt(v) instead of + v"),
+    Fault("trained-log-det-not-halved", f"{LAWS}.GaussianMixture._time_terms",
+          _log_det_not_halved, (C10,), "component log-density without the 1/2 of log det"),
+    Fault("trained-responsibilities-wrong-axis", f"{LAWS}.GaussianMixture.responsibilities",
+          _responsibilities_wrong_axis, (C10,),
+          "responsibilities normalised over the samples, not the components"),
+    Fault("trained-excess-as-risk-gap", f"{ANALYSIS}.denoising_risk.risk_terms",
+          _excess_as_risk_gap, (C10,), "excess risk computed as R - R*"),
+    Fault("trained-cross-term-sign", f"{ANALYSIS}.denoising_risk.risk_terms", _cross_term_sign,
+          (C10,), "identity's cross term with the wrong sign"),
+    Fault("trained-linear-response-forgets-last", f"{PROBES}.linear_response",
+          _linear_response_forgets_last, (C8,),
+          "linear response summed over units 0..L-2 (the last unit's rounding left out)"),
+    Fault("trained-local-error-vs-reference", f"{PROBES}.lowp_units_pass",
+          _local_error_against_reference, (C8,),
+          "local rounding error against the float64 pass's unit output, not the unit at the "
+          "pass's own input"),
+    Fault("trained-reference-from-bf16", "rdm_dynamics.checks.trained_subject.Subject.float64",
+          _reference_from_bf16_copy, (C8,),
+          "the float64 rounding reference built from a bfloat16 copy of the weights"),
+    Fault("trained-vjp-without-identity", f"{PROBES}.unit_vjp", _unit_vjp_without_identity,
+          (C9,), "unit adjoint step p dF/dz, the identity path forgotten"),
+    Fault("trained-chain-adjoint-forward", f"{PROBES}.chain_adjoint", _chain_adjoint_forward,
+          (C9,), "adjoint propagated through the units first to last"),
+    Fault("trained-sampler-variance-as-std", f"{KNOWN}.KnownLawData.__init__",
+          _sampler_variance_as_std, (C10,),
+          "known-law sampler's factor U diag(lam) (variance used as std)"),
+    Fault("trained-sampler-uniform-component", f"{KNOWN}.KnownLawData.draw",
+          _sampler_uniform_component, (C10,), "known-law sampler draws components uniformly"),
+    Fault("trained-sampler-label-is-component", f"{KNOWN}.KnownLawData.batch",
+          _sampler_label_is_component, (C10,),
+          "known-law sampler labels an image by its component index, not its class"),
+    Fault("trained-time-bins-from-zero", f"{ANALYSIS}.denoising_risk.time_bins",
+          _time_bins_from_zero, (C10,), "C10's time bins cover [0, T], not [t_min, T]"),
 ]
 
 
@@ -429,6 +614,12 @@ def _linearised_diffusion(sq_norm):
     from .iid_depth_limit import LAW
 
     return LAW.preactivation_variance(sq_norm).sqrt()
+
+
+def _wrong_noise():
+    from ..sde import VPSDE
+
+    return VPSDE(beta_max=10.0)
 
 
 def _measure(**kwargs):
@@ -461,7 +652,16 @@ CONTROLS: list[Control] = (
                "one weight draw reused at every layer (not i.i.d. across depth)"),
        Control("iid-depth-limit:kappa-linearised", "iid-depth-limit",
                _measure(diffusion=_linearised_diffusion),
-               "the limit's kappa replaced by its linearisation q (tanh taken as the identity)")])
+               "the limit's kappa replaced by its linearisation q (tanh taken as the identity)"),
+       Control("trained-propagation:skip-unit", C8, _measure(skip_units=(0,)),
+               "unit 0's rounding error left out of the linear-response prediction"),
+       Control("trained-sensitivity:skip-vjp", C9, _measure(skip_vjp=(1,)),
+               "unit 1's Jacobian left out of its adjoint step"),
+       Control("denoising-risk:wrong-noise-level", C10, _measure(bayes_sde=_wrong_noise()),
+               "the Bayes reference built for beta_max = 10 instead of the run's SDE"),
+       Control("denoising-risk:label-blind-reference", C10,
+               _measure(label_blind_reference=True),
+               "the unconditional Bayes reference where the class's was asked")])
 
 #: The controls ``--self-test --quick`` runs: every check-specific control, and the plain
 #: control of the checks that have no specific one (the full self-test runs them all; the test

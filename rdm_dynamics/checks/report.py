@@ -15,6 +15,10 @@ applied), and ``passed`` false. A check that does not apply to what it ran on (`
 ``"applicable": false`` and a ``reason``, no metrics and no rules (so it passes vacuously and does
 not fail the run). The report lists the ``figures`` it wrote; the reports of checkpoint checks also
 name the ``checkpoint``.
+
+Where a check declares it, ``provenance`` sorts every metric but the standard errors into
+``gated`` (a rule applies), ``derived`` in one line from gated ones (name -> how), ``settings``
+(counts, bins) and ``reported`` (none of these).
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ class CheckResult:
     theory_text: str = ""
     #: Why the check does not apply to what it was run on ("" when it applies).
     not_applicable: str = ""
+    #: Which metrics are gated (a rule), derived in one line from gated ones (name -> how),
+    #: settings or reported only; {} when the check does not say (``claim.provenance``).
+    provenance: dict = field(default_factory=dict)
 
     @classmethod
     def inapplicable(cls, id: str, claim: str, reason: str) -> CheckResult:
@@ -149,7 +156,8 @@ class CheckResult:
                 "status": self.status,
                 **({} if self.applicable else {"applicable": False,
                                                "reason": self.not_applicable}),
-                **({"error": self.error, "traceback": self.traceback} if self.error else {})}
+                **({"error": self.error, "traceback": self.traceback} if self.error else {}),
+                **({"provenance": self.provenance} if self.provenance else {})}
 
 
 def _json_number(v):

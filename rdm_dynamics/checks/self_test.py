@@ -1,7 +1,9 @@
 """``verify --self-test [--quick]``: does the verifier still have teeth?
 
 Three kinds of runs, each a check run on the self-test's configuration (--depth, --seed; quick
-samples with --quick), spread over worker processes (each patch lives and dies in its worker):
+samples with --quick; the checkpoint checks C8 to C10 on a small model trained first,
+``self_test_subject.small_checkpoint``), spread over worker processes (each patch lives and dies
+in its worker):
 
 1. clean: every check the runs below use, unpatched; each must PASS (otherwise a FAIL below would
    say nothing about the fault);
@@ -17,6 +19,7 @@ fails, a control passes or a fault survives; 0 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -26,16 +29,27 @@ from collections.abc import Sequence
 from . import CheckConfig, registry
 from .claim import run_claim
 from .faults import CONTROLS, FAULTS, QUICK_CONTROLS, Fault, patched
+from .self_test_subject import small_checkpoint
 from .workers import cost
 
 __all__ = ["run_self_test", "plan"]
+
+
+def _on_checkpoint(cid: str) -> bool:
+    """Whether check ``cid`` runs on a checkpoint (the small trained model)."""
+    return cid in registry("checkpoint")
+
+
+def _modules() -> dict:
+    """The checks the self-test runs: the theory checks and the checkpoint checks, by id."""
+    return {**registry(), **registry("checkpoint")}
 
 
 def _costs() -> dict[str, float]:
     """Each check's cost (its module's ``COST``, ``workers.cost``), by id, read once per use: a
     quick self-test tries a fault's checks cheapest first and stops at the first that catches
     it; the workers take the costliest first."""
-    return {cid: cost(module) for cid, module in registry().items()}
+    return {cid: cost(module) for cid, module in _modules().items()}
 
 
 def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -57,9 +71,11 @@ def plan(quick: bool, checks: Sequence[str]) -> list[tuple[str, str, tuple[str, 
             + [("fault", n, ids) for n, ids in faults])
 
 
-def _run_check(kind: str, name: str, cid: str, config: CheckConfig):
-    """(passed, failed metrics, error) of one check run."""
-    module = registry()[cid]
+def _run_check(kind: str, name: str, cid: str, configs):
+    """(passed, failed metrics, error) of one check run; ``configs``: the theory checks'
+    configuration and the checkpoint checks' (None when none runs)."""
+    module = _modules()[cid]
+    config = configs[1] if _on_checkpoint(cid) else configs[0]
     try:
         if kind == "clean":
             result = run_claim(module, config)
@@ -110,11 +126,15 @@ def run_self_test(config: CheckConfig, *, jobs: int | None = None, out=None) -> 
     """Run the self-test (module docstring) on ``config``; print the tables to ``out``."""
     out = out or sys.stdout
     start = time.perf_counter()
-    checks = list(registry())
-    tasks = [(kind, name, ids, config, config.quick and kind == "fault")
-             for kind, name, ids in plan(config.quick, checks)]
+    checks = list(_modules())
+    planned = plan(config.quick, checks)
     jobs = jobs or min(2, os.cpu_count() or 1)
-    results = _results(tasks, jobs)
+    trained = any(_on_checkpoint(cid) for _, _, ids in planned for cid in ids)
+    with small_checkpoint(config.seed, config.quick) if trained \
+            else contextlib.nullcontext() as ckpt:
+        tasks = [(kind, name, ids, (config, ckpt), config.quick and kind == "fault")
+                 for kind, name, ids in planned]
+        results = _results(tasks, jobs)
 
     clean_failures, controls, n_runs = [], [], 0
     caught: dict[str, list[str]] = {f.name: [] for f in FAULTS}

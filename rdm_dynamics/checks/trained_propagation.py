@@ -22,9 +22,14 @@ Measured (analysis.backbone_probes), per unit and sample:
   ``linear_response_residual_units_max``, the largest per-unit mean);
 * amplification: |J_{i->out} v| / |v| for a standard normal direction v at each unit's output.
 
-Gated: the linear-response residuals in bfloat16 and float16 (the linearised stack explains the
-error).  Reported: the output errors of each precision, the unit profiles (first, last, largest),
-the units-only output errors, the largest and the first unit's amplification.
+Gated: the linear-response residuals in bfloat16 and float16 at the output and at every unit (the
+per-unit error profile of the units-only pass against its per-unit prediction: the largest
+per-unit mean, with its standard error); for the whole network cast, that its errors are
+rounding errors: bfloat16 over float16 is the ratio of their unit roundoffs, 8, within a factor 2
+(``PRECISION_RATIO``), at the output and at every unit, and the float32 stream of autocast leaves
+at most the whole bfloat16 error (``AUTOCAST_RATIO``).  Derived (``DERIVED``): the error profiles
+and output errors of every precision, through those ratios or the residuals, and the
+amplification (the depth study reads ``output_error_bf16``).
 """
 
 from __future__ import annotations
@@ -59,8 +64,39 @@ TITLE = "rounding in a trained backbone is carried forward by its linearisation"
 RESIDUAL_MAX = 0.1
 SE_BAND = 3.0
 THEORY = f"linear response residual <= {RESIDUAL_MAX:g}"
+#: Rounding errors scale with the format's unit roundoff: bfloat16 (2^-8) over float16 (2^-11)
+#: is 8, held within a factor 2 for the whole network cast, at the output and at every unit.
+PRECISION_RATIO = (4.0, 16.0)
+#: The float32 stream under bfloat16 autocast removes the stream's share of the rounding: its
+#: error is at most the whole bfloat16 network's, at the output and at every unit.
+AUTOCAST_RATIO = (0.0, 1.0)
 RULES = [Rule("linear_response_residual", (0.0, RESIDUAL_MAX), SE_BAND),
-         Rule("linear_response_residual_fp16", (0.0, RESIDUAL_MAX), SE_BAND)]
+         Rule("linear_response_residual_fp16", (0.0, RESIDUAL_MAX), SE_BAND),
+         Rule("linear_response_residual_units_max", (0.0, RESIDUAL_MAX), SE_BAND),
+         Rule("linear_response_residual_units_max_fp16", (0.0, RESIDUAL_MAX), SE_BAND),
+         Rule("precision_ratio_output", PRECISION_RATIO),
+         Rule("precision_ratio_units_min", PRECISION_RATIO),
+         Rule("precision_ratio_units_max", PRECISION_RATIO),
+         Rule("autocast_ratio_output", AUTOCAST_RATIO),
+         Rule("autocast_ratio_units_max", AUTOCAST_RATIO)]
+
+#: The figures derived in one line from gated ones (fnmatch patterns -> how).
+DERIVED = {
+    "unit_error_units_only_*": "the units-only pass's per-unit profile (first, last, max), each "
+                               "unit gated against its linear-response prediction "
+                               "(linear_response_residual_units_max*)",
+    "output_error_units_only_*": "|delta| / |out|, delta gated by linear_response_residual*",
+    "output_error_bf16, output_error_fp16, output_error_autocast":
+        "the whole network's output errors, gated through precision_ratio_output and "
+        "autocast_ratio_output",
+    "unit_error_bf16_*, unit_error_fp16_*, unit_error_autocast_*":
+        "the whole network's unit profiles (first, last, max), every unit gated through "
+        "precision_ratio_units_* and autocast_ratio_units_max",
+    "amplification_max, amplification_first": "|J v| / |v| by the forward-mode pass whose sum "
+                                              "is gated by linear_response_residual",
+}
+#: The metrics that say how C8 measured (counts, positions).
+SETTINGS = ("units", "*_unit")
 
 STREAM = 8
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,6 +153,7 @@ def precision_profiles(subject, probe: Probe, tag: str, skip_units=()) -> dict:
     perturb = {i: r for i, r in enumerate(lowp.local_errors) if i not in skip_units}
     response = linear_response(net64, x, t, y, perturb)
     out[f"units_only_{tag}"] = per_sample_norm(delta, B) / per_sample_norm(ref.output, B)
+    out[f"unit_profile_units_only_{tag}"] = relative_errors(lowp.trace.outputs, ref.outputs, B)
     out[f"residual_{tag}"] = per_sample_norm(delta - response.output, B) / per_sample_norm(delta, B)
     out[f"residual_units_{tag}"] = torch.stack([
         per_sample_norm(lo - r - c, B) / per_sample_norm(lo - r, B) for lo, r, c in
@@ -167,8 +204,17 @@ def propagation_metrics(raw: dict) -> dict:
         mean_se(raw["residual_bf16"])
     metrics["linear_response_residual_fp16"], metrics["linear_response_residual_fp16_se"] = \
         mean_se(raw["residual_fp16"])
-    metrics["linear_response_residual_units_max"] = \
-        float(raw["residual_units_bf16"].mean(1).max())
+    for tag, suffix in (("bf16", ""), ("fp16", "_fp16")):
+        per_unit = [mean_se(row) for row in raw[f"residual_units_{tag}"]]
+        worst = int(np.argmax([m for m, _ in per_unit]))
+        name = f"linear_response_residual_units_max{suffix}"
+        metrics[name], metrics[f"{name}_se"] = per_unit[worst]
+        metrics[f"{name}_unit"] = worst
+        profile = raw[f"unit_profile_units_only_{tag}"].mean(1)
+        for which, value in (("first", profile[0]), ("last", profile[-1]),
+                             ("max", profile.max())):
+            metrics[f"unit_error_units_only_{tag}_{which}"] = float(value)
+    metrics.update(ratio_metrics(raw))
     amp = raw["amplification"]
     per_unit = [mean_se(row) for row in amp]
     worst = int(np.argmax([m for m, _ in per_unit]))
@@ -177,6 +223,22 @@ def propagation_metrics(raw: dict) -> dict:
     metrics["amplification_first"], metrics["amplification_first_se"] = per_unit[0]
     metrics["units"] = amp.shape[0]
     return metrics
+
+
+def ratio_metrics(raw: dict) -> dict:
+    """The whole network's errors in bfloat16 over float16 and under autocast over bfloat16,
+    at the output (ratio of the means) and per unit (ratios of the per-unit means: the
+    smallest and largest)."""
+    def ratio(a, b):
+        return a.mean(-1) / b.mean(-1)
+
+    units = ratio(raw["units_bf16"], raw["units_fp16"])
+    auto = ratio(raw["units_autocast"], raw["units_bf16"])
+    return {"precision_ratio_output": float(ratio(raw["output_bf16"], raw["output_fp16"])),
+            "precision_ratio_units_min": float(units.min()),
+            "precision_ratio_units_max": float(units.max()),
+            "autocast_ratio_output": float(ratio(raw["output_autocast"], raw["output_bf16"])),
+            "autocast_ratio_units_max": float(auto.max())}
 
 
 def summary(measured: Measurement, verdict) -> str:

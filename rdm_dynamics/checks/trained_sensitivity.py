@@ -42,6 +42,17 @@ AGREEMENT_MAX = 1e-8
 THEORY = f"autograd = unit VJPs (<= {AGREEMENT_MAX:g})"
 STREAM = 9
 
+#: The figures derived in one line from gated ones (fnmatch patterns -> how).
+DERIVED = {
+    "sensitivity_ratio": "mean of |p_0| / |p_L|, p_0 and p_L autograd's adjoints, whose unit "
+                         "steps (adjoint_agreement_error) and chain (chain_adjoint_error) are "
+                         "gated",
+    "profile_max, profile_min": "extremes of the mean |p_i| / |p_L| over the same gated "
+                                "adjoints",
+}
+#: The metrics that say how C9 measured.
+SETTINGS = ("units", "samples")
+
 
 def sizes(quick: bool) -> dict:
     return dict(batches=2, batch=8) if quick else dict(batches=4, batch=16)
