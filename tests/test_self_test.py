@@ -106,7 +106,7 @@ def test_a_real_fault_fails_the_check_that_relies_on_it(cid, name):
     assert not result.passed and result.verdict.failed and result.error is None, result.summary
 
 
-@pytest.mark.slow  # about 50 check runs (quick settings, 2 processes): about 50 s alone, idle
+@pytest.mark.slow  # about 77 check runs (quick settings, 2 processes; a small model trained first)
 def test_verify_self_test_quick_catches_every_fault():
     """The whole library: ``python -m rdm_dynamics.verify --self-test --quick`` exits 0, every
     fault is caught by a measurement (none only by crashing a check) and every negative

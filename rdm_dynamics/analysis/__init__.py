@@ -22,6 +22,9 @@ the checks:
     backbone_probes  a trained backbone's residual units: precision passes,
                      forward-mode linear response, unit adjoints                C8, C9
     denoising_risk   the risk decomposition R = R* + excess on known-law data   C10
+    law_audit        the stored law's exact denoisers by an independent
+                     construction (torch.distributions, quadrature, autograd);
+                     training images against the stored law (two-sample tests)  C10
 
 Nothing here imports a check, the training world or a command.
 """

@@ -98,10 +98,12 @@ def _component_log_probs(weights, means, covs, x, m, v) -> torch.Tensor:
 
 
 def independent_denoiser(weights, means, covs, classes, sde, x: torch.Tensor, t: torch.Tensor,
-                         y: torch.Tensor | None = None, chunk: int = 64) -> IndependentDenoiser:
+                         y: torch.Tensor | None = None) -> IndependentDenoiser:
     """The exact denoisers and responsibilities of the stored law at (x_b, t_b) (module
-    docstring); ``x`` (B, d), ``t`` (B,), ``y`` (B,) labels or None."""
+    docstring); ``x`` (B, d), ``t`` (B,), ``y`` (B,) labels or None.  Points in chunks whose
+    covariances (points x K x d x d) hold about 2^22 numbers."""
     weights, means, covs = weights.double().cpu(), means.double().cpu(), covs.double().cpu()
+    chunk = max(1, 2**22 // (covs.shape[0] * covs.shape[1] ** 2))
     classes = classes.long().cpu()
     m, v = quadrature_mv(sde, t)
     out = {"eps": [], "cond": [], "resp": []}
@@ -139,10 +141,13 @@ def _per_image(weights, means, covs, x: torch.Tensor):
     dist = torch.distributions.MultivariateNormal(means, covariance_matrix=covs)
     joint = dist.log_prob(x[:, None, :]) + torch.log(weights)[None]  # (n, K)
     best = joint.argmax(1)
-    diff = x - means[best]
-    chol = torch.linalg.cholesky(covs)[best]
-    white = torch.linalg.solve_triangular(chol, diff[:, :, None], upper=False)[:, :, 0]
-    return torch.logsumexp(joint, 1) / d, best, white.pow(2).sum(1) / d
+    chol = torch.linalg.cholesky(covs)
+    mahalanobis = torch.empty(x.shape[0], dtype=torch.float64)
+    for k in best.unique():  # one triangular solve per component, not one factor per image
+        rows = best == k
+        white = torch.linalg.solve_triangular(chol[k], (x[rows] - means[k]).T, upper=False)
+        mahalanobis[rows] = white.pow(2).sum(0) / d
+    return torch.logsumexp(joint, 1) / d, best, mahalanobis
 
 
 def share_p(weights, means, covs, x: torch.Tensor) -> float:

@@ -9,9 +9,11 @@ Adding a claim means adding its module and one entry in :data:`CLAIM_MODULES`.
 Beside the claim modules: ``claim`` (the shape and ``run_claim``), ``rules`` (pass rules and the
 one ``judge``), ``report`` (results, table, JSON, figures), ``workers`` (running checks in this
 process or in worker processes), ``problems`` (the problems several theory checks share),
-``trained_subject`` (the trained model the checkpoint checks run on), ``faults`` and
-``self_test`` (``verify --self-test``).  Listing or running the theory checks imports none of the
-training code: the registry imports only the modules of the kind asked for.
+``trained_subject`` (the trained model the checkpoint checks run on), ``denoising_audit`` (what C10
+checks besides its identity: design, law, label control, training data), ``faults``, ``self_test``
+and ``self_test_subject`` (``verify --self-test`` and the small model it trains).  Listing or
+running the theory checks imports none of the training code: the registry imports only the
+modules of the kind asked for.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ from .denoising_audit import (
     law_metrics,
     stored_parameters,
 )
+from .report import out_of_range
 from .rules import Rule
 from .trained_subject import CheckpointConfig, Subject, draw_inputs, load_subject
 
@@ -314,7 +315,15 @@ def summary(measured: Measurement, verdict) -> str:
         f"risk {m['bayes_risk_mean']:.4f}; generated images have exact log-density "
         f"{m['logdensity_gap']:.3f} +/- {m['logdensity_gap_se']:.3f} nats per pixel below "
         f"real ones, component chi-square {m['component_chi2']:.1f} on "
-        f"{m['component_dof']} degrees of freedom (p = {m['component_chi2_p']:.2g}).")
+        f"{m['component_dof']} degrees of freedom (p = {m['component_chi2_p']:.2g}; shares "
+        f"{'consistent' if m['component_chi2_p'] >= P_FLOOR else 'inconsistent'} with the "
+        f"weights at false-alarm rate {P_FLOOR:g}, a measurement of the model); the exact "
+        f"denoiser against an independent construction: {m['law_denoiser_error']:.1e}; the "
+        f"run's training data regenerated from its specification against the stored law: "
+        f"log-density gap "
+        f"{m['data_logdensity_gap']:.1e} +/- {m['data_logdensity_gap_se']:.1e}, shares p = "
+        f"{m['data_component_p']:.2g}; the identity detects a reference off by "
+        f"{m['identity_resolution']:.2g} rms per dimension" + out_of_range(verdict))
 
 
 def headline(measured: Measurement) -> str:
