@@ -553,3 +553,19 @@ def test_the_bounds_are_measured_here():
 
 def test_the_count():
     assert len(ALL) >= 70
+
+
+def test_a_cached_subject_is_never_one_of_another_or_older_file(trained, tmp_path,  # noqa: F811
+                                                                 monkeypatch):
+    """verify --ckpt caches the loaded model per process: keyed by the file itself, so two
+    folders named alike (or a file rewritten) never share a subject."""
+    from rdm_dynamics.checks.trained_subject import CheckpointConfig, load_subject
+
+    for name, t_min in (("a", 0.001), ("b", 0.002)):
+        shutil.copytree(trained, tmp_path / name / "run")
+        edit_json(f"{name}/{CKPT}.json", train_config("t_min", t_min))(tmp_path, {})
+    seen = []
+    for name in ("a", "b", "a"):
+        monkeypatch.chdir(tmp_path / name)
+        seen.append(load_subject(CheckpointConfig("run")).t_min)
+    assert seen == [0.001, 0.002, 0.001]
