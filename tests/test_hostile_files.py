@@ -181,10 +181,16 @@ def bomb_json(path):
     return a_file(path, deep_json())
 
 
-LAUGHS = b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-    f"*{chr(97 + i)}]\n".encode() for i in range(8)) + b"steps: *i\n"
+def laughs(key: bytes = b"steps", indent: bytes = b"") -> bytes:
+    """A YAML "billion laughs": nine levels of nine aliases, 9^9 leaves in about 400 bytes,
+    all under one valid key (``key``), so that nothing else refuses the file first."""
+    levels = [b"&l0 [x, x, x, x, x, x, x, x, x]"] + [
+        b"&l%d [" % i + b", ".join([b"*l%d" % (i - 1)] * 9) + b"]" for i in range(1, 9)]
+    return indent + key + b": [" + b", ".join(levels) + b"]\n"
+
+
+LAUGHS = laughs()
+STUDY_LAUGHS = b"train:\n" + laughs(b"steps", b"  ") + b"grid:\n  - depth: [1]\n"
 DEEP_YAML = b"steps: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"
 DEEP_TOML = b"steps = " + b"[" * 50_000 + b"]" * 50_000 + b"\n"
 BIG_YAML = b"steps:\n" + b"- 1\n" * 600_000
@@ -219,6 +225,7 @@ def npz_bomb() -> bytes:
 def bombs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bombs")
     (root / "bomb.png").write_bytes(png_bomb())
+    (root / "huge.png").write_bytes(png_bomb(20000, 20000))
     (root / "bomb.npz").write_bytes(npz_bomb())
     return root
 
@@ -367,6 +374,8 @@ BOMBS = [  # class 2: bounded in size, nesting, pixels and inflation; short erro
          bomb=True, max_line=200),
     Case("train", ["--out", "o", *TINY, "--data", "imgs"], 2, "no readable PNG/JPEG",
          bomb_file("bomb.png", "imgs/bomb.png"), warnings=1, bomb=True),
+    Case("train", ["--out", "o", *TINY, "--data", "imgs"], 2, "no readable PNG/JPEG",
+         bomb_file("huge.png", "imgs/huge.png"), warnings=1, bomb=True),
     Case("train", ["--out", "o", *TINY, "--data", "bomb.npz"], 2, "decompression bomb",
          bomb_file("bomb.npz", "bomb.npz"), bomb=True),
     Case("train", ["--resume", "run", "--steps", "3"], 2, "no intact checkpoint",
@@ -385,8 +394,8 @@ BOMBS = [  # class 2: bounded in size, nesting, pixels and inflation; short erro
     Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2, "no intact checkpoint",
          both(with_run, bomb_json(f"{CKPT}.json"), bomb_json("run/ckpt-00000001.json")),
          bomb=True),
-    Case("study", ["--file", "s.yaml", "--out", "o"], 2, "aliases", a_file("s.yaml", LAUGHS),
-         bomb=True),
+    Case("study", ["--file", "s.yaml", "--out", "o"], 2, "aliases",
+         a_file("s.yaml", STUDY_LAUGHS), bomb=True),
     Case("study", ["--file", "s.toml", "--out", "o"], 2, "nests deeper than 64",
          a_file("s.toml", DEEP_TOML), bomb=True),
     Case("study", ["--file", "s.yaml", "--out", "o"], 2, "larger than 1048576 bytes",
