@@ -327,11 +327,14 @@ def _losses(log: Path) -> list[float]:
     """The losses of a run's log.jsonl (lines that do not parse within limits.py's bounds are
     skipped)."""
     losses = []
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        try:
-            entry = loads_json(line, "log line")
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and "loss" in entry:
-            losses.append(entry["loss"])
+    if not log.is_file():
+        return losses
+    with open(log, encoding="utf-8", errors="replace") as lines:  # streamed, line by line
+        for line in lines:
+            try:
+                entry = loads_json(line, "log line")
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "loss" in entry:
+                losses.append(entry["loss"])
     return losses
