@@ -431,6 +431,8 @@ LOCKS_AND_PLANS = [  # classes 3 and 4: one writer per run folder; a study's own
          with_study),
     Case("study", ["--file", "study.toml", "--out", "s", "--json", "no/such.json"], 2,
          "does not exist", with_study),
+    Case("study", ["--file", "study.toml", "--out", "s"], 2, "holds a runs.csv that no study",
+         both(with_study, a_file("s/runs.csv", b"my,table\n"))),
     Case("study", ["--file", "study.toml", "--out", "."], 2,
          "report.json that study did not write", both(with_study, a_file("report.json",
                                                                          b"[1, 2]"))),
