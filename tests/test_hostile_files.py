@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from test_bad_input import (
     SAMPLE,
@@ -580,3 +582,37 @@ def test_a_cached_subject_is_never_one_of_another_or_older_file(trained, tmp_pat
         monkeypatch.chdir(tmp_path / name)
         seen.append(load_subject(CheckpointConfig("run")).t_min)
     assert seen == [0.001, 0.002, 0.001]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(alphabet='[]{}"\\ab,:'),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(alphabet='[]{}"\\k', max_size=3), inner, max_size=3),
+    max_leaves=30)
+
+
+@given(JSON_VALUES)
+def test_the_depth_read_from_json_text_is_the_depth_of_the_parsed_value(value):
+    """Brackets inside strings (escaped quotes and backslashes included) do not count."""
+    from rdm_dynamics.limits import json_text_depth, nesting_depth
+
+    text = json.dumps(value)
+    assert json_text_depth(text) == nesting_depth(value)
+    assert json_text_depth(json.dumps(value, indent=2)) == nesting_depth(value)
+
+
+def test_wide_and_deep_json_at_the_size_limit_is_bounded():
+    """The widest JSON the size limit lets through (millions of empty containers) parses in
+    bounded time and memory; one level past the nesting limit is refused."""
+    from rdm_dynamics.limits import MAX_JSON_BYTES, MAX_NESTING, FileLimitError, loads_json
+
+    wide = "[" + "[]," * (MAX_JSON_BYTES // 3 - 1) + "0]"
+    measured = peak_rss_reset()
+    rss, began = status_kb("VmRSS"), time.perf_counter()
+    assert len(loads_json(wide)) == MAX_JSON_BYTES // 3
+    seconds, peak_mb = time.perf_counter() - began, (status_kb("VmHWM") - rss) / 1024
+    assert seconds < SECONDS and (not measured or peak_mb < MEGABYTES), (seconds, peak_mb)
+    assert loads_json("[" * MAX_NESTING + "]" * MAX_NESTING)
+    with pytest.raises(FileLimitError):
+        loads_json("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1))
