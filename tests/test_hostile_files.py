@@ -11,8 +11,9 @@ classes of issue 23.
 Every case runs the real command in this process, in a workspace of its own, and asserts (as
 ``test_bad_input`` does, whose harness pieces it uses) the exit code, one line on stderr (a
 warning line where the case says so), no traceback, no file of the user's changed; a case marked
-``bomb`` also asserts the time (< 5 s) and the peak memory (< 500 MB above the resident size
-before the command, measured by resetting the process's high-water mark, /proc/self/clear_refs).
+``bomb`` also asserts the time (< 5 s of this process's CPU time, which other processes on the
+machine do not inflate) and the peak memory (< 500 MB above the resident size before the
+command, measured by resetting the process's high-water mark, /proc/self/clear_refs).
 """
 
 from __future__ import annotations
@@ -528,9 +529,9 @@ def test_each_hostile_file_is_one_line_an_exit_code_bounded_and_no_lost_file(
         capsys.readouterr()
         measured = peak_rss_reset()
         rss = status_kb("VmRSS")
-        began = time.perf_counter()
+        began = time.process_time()
         code = COMMANDS[case.command](case.argv)
-        seconds = time.perf_counter() - began
+        seconds = time.process_time() - began
         peak_mb = (status_kb("VmHWM") - rss) / 1024
     finally:
         while HELD:
@@ -609,9 +610,9 @@ def test_wide_and_deep_json_at_the_size_limit_is_bounded():
 
     wide = "[" + "[]," * (MAX_JSON_BYTES // 3 - 1) + "0]"
     measured = peak_rss_reset()
-    rss, began = status_kb("VmRSS"), time.perf_counter()
+    rss, began = status_kb("VmRSS"), time.process_time()
     assert len(loads_json(wide)) == MAX_JSON_BYTES // 3
-    seconds, peak_mb = time.perf_counter() - began, (status_kb("VmHWM") - rss) / 1024
+    seconds, peak_mb = time.process_time() - began, (status_kb("VmHWM") - rss) / 1024
     assert seconds < SECONDS and (not measured or peak_mb < MEGABYTES), (seconds, peak_mb)
     assert loads_json("[" * MAX_NESTING + "]" * MAX_NESTING)
     with pytest.raises(FileLimitError):
