@@ -341,6 +341,11 @@ CHECKPOINT_SETTINGS = [  # class 1: a checkpoint's configuration, law and weight
          "model weights are not finite",
          both(with_run, edit_tensors(f"{CKPT}.safetensors", set_tensor(
              "model.patch_embed.weight", lambda w: w + float("inf"))))),
+    Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2, "law.weights holds NaN",
+         both(with_gmm, edit_tensors(f"{CKPT}.safetensors",
+                                     set_tensor("law.weights", lambda w: w * NAN)))),
+    Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2, "holds no data law",
+         both(with_gmm, edit_tensors(f"{CKPT}.safetensors", drop_law))),
     Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2, "t_min must lie in",
          both(with_run, edit_json(f"{CKPT}.json", train_config("t_min", 5.0)))),
     Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2, "g(t) = nan",
