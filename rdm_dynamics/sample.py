@@ -47,9 +47,10 @@ from .sde import make_sde
 from .training.checkpoint import load_checkpoint
 from .training.diffusion import ODE_ATOL, ODE_METHOD, ODE_RTOL, SAMPLER, SAMPLERS, STEPS
 from .training.images import sample_path, save_samples
+from .training.known_law import LAW_PREFIX
 from .training.sampling import NonFiniteSamples, cycle_labels, generate
 from .training.settings import TrainConfig, newest_intact_checkpoint
-from .training.validation import check_finite_weights, validate_config
+from .training.validation import check_finite_weights, validate_config, validate_law
 
 PROG = "python -m rdm_dynamics.sample"
 
@@ -191,6 +192,7 @@ def _load(args):
             raise UsageError(f"{ckpt.path} holds no training configuration")
         trained = TrainConfig.from_json(ckpt.meta["train_config"])
         validate_config(trained)  # a checkpoint is input (training.validation)
+        validate_law(ckpt.state_dict(LAW_PREFIX), trained, getattr(net, "sample_shape", None))
         check_finite_weights(net, f"the {args.weights} weights")
     except UsageError as exc:
         raise UsageError(f"--ckpt {args.ckpt}: the stored run is refused: {exc}") from None

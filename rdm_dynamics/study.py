@@ -99,6 +99,18 @@ def _plan(args):
     return study, runs
 
 
+def _foreign_table(path: Path) -> bool:
+    """Whether ``path`` exists and is not a study's runs.csv (its header starts ``id,axis.``;
+    a study killed between writing it and its report.json left it)."""
+    if not path.exists():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return not f.read(8).startswith(b"id,axis.")
+    except OSError:
+        return True
+
+
 def _finished(args, runs, records: list[dict], out: Path) -> list[dict]:
     """The records a report describes: this process's ``runs`` and, with ``--runs`` (a shard of
     the study), every other run of the study already finished in ``out`` by any process, in
@@ -133,9 +145,18 @@ def _main(argv) -> int:
     nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
     study, runs = _plan(args)
     out = Path(args.out)
-    from .checks.report import check_report_targets, format_table, render_figures, write_report
+    from .checks.report import (
+        check_report_targets,
+        format_table,
+        is_report,
+        render_figures,
+        write_report,
+    )
 
     check_report_targets(out, args.json, "study")  # never replace what the study did not write
+    if not is_report(out / "report.json") and _foreign_table(out / "runs.csv"):
+        raise UsageError(f"--out {args.out!r} holds a runs.csv that no study report belongs to: "
+                         "choose another folder (it is left as it is)")
     from .depth_study import StudyClaimConfig, StudyRunner, run_claims, run_table, study_report
     from .depth_study.sharing import report_lock
 

@@ -26,7 +26,7 @@ from ..cli import UsageError
 from ..models import ModelLoadError, load_model
 from ..noise import stream_generator
 from ..sde import SDE, expand_as_batch
-from ..training.checkpoint import CheckpointError, load_checkpoint
+from ..training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from ..training.data import DataError, load_dataset
 from ..training.diffusion import prediction_to_eps
 from ..training.known_law import LAW_PREFIX, KnownLaw
@@ -118,8 +118,24 @@ def checkpoint_config(ckpt: str, *, seed: int = 0, device: str = "cpu",
                             gate=subject.net.config.get("gate", ""))
 
 
-@functools.lru_cache(maxsize=4)
+def _version(ckpt: str) -> tuple | None:
+    """What identifies the checkpoint ``ckpt`` names now (its JSON file, resolved, with its size
+    and modification time), so that a cached subject is never one of another or older file."""
+    path = Path(ckpt).resolve()
+    found = latest_checkpoint(path) if path.is_dir() else path.with_suffix(".json")
+    try:
+        st = found.stat() if found is not None else None
+    except OSError:
+        return None
+    return None if st is None else (str(found), st.st_mtime_ns, st.st_size)
+
+
 def _load(ckpt: str, device: str) -> Subject:
+    return _load_version(ckpt, device, _version(ckpt))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_version(ckpt: str, device: str, version: tuple | None) -> Subject:
     try:  # a checkpoint is input: validated as the command line is (training.validation)
         c = load_checkpoint(ckpt)
         cfg = TrainConfig.from_json(c.meta.get("train_config") or {})

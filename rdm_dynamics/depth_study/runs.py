@@ -35,6 +35,7 @@ import yaml
 from ..cli import UsageError
 from ..files import atomic_write_bytes, atomic_write_json
 from ..limits import load_json, loads_json
+from ..locks import RUN_LOCK, acquire
 from ..training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from ..training.settings import FLAG_ONLY, SETTINGS, read_mapping_file
 from .plan import MeasureConfig, RunSpec
@@ -151,8 +152,10 @@ class StudyRunner:
         else:
             if spec.folder.exists() and config.is_file():
                 # this study started the run and it died before its first checkpoint: what the
-                # folder holds (a log, a sample grid) is this study's own, and train starts anew
-                shutil.rmtree(spec.folder)
+                # folder holds (a log, a sample grid) is this study's own, and train starts anew,
+                # unless a train still writes there (its lock: LockHeld names it)
+                with acquire(spec.folder / RUN_LOCK):
+                    shutil.rmtree(spec.folder)
             text = yaml.safe_dump(settings, sort_keys=False)
             config.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(config, text.encode())
@@ -324,11 +327,14 @@ def _losses(log: Path) -> list[float]:
     """The losses of a run's log.jsonl (lines that do not parse within limits.py's bounds are
     skipped)."""
     losses = []
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        try:
-            entry = loads_json(line, "log line")
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and "loss" in entry:
-            losses.append(entry["loss"])
+    if not log.is_file():
+        return losses
+    with open(log, encoding="utf-8", errors="replace") as lines:  # streamed, line by line
+        for line in lines:
+            try:
+                entry = loads_json(line, "log line")
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "loss" in entry:
+                losses.append(entry["loss"])
     return losses

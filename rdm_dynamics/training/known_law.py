@@ -17,7 +17,9 @@ component j of class c is (n_c / n) pi_{c,j}.  Each covariance is then put in th
 
 ``min_var`` > 0 is a pixel-noise floor: the digits' border pixels never vary, and a singular
 covariance would have no density.  The law is a function of (size, components, covariance, rank,
-min_var, seed) and the scikit-learn digits only.
+min_var, seed) and the scikit-learn digits only, to rounding: refitted under another BLAS build or
+thread count its entries may differ from a stored law's by about one ulp, so the checks read the
+law a checkpoint stores (validated: ``training.validation.validate_law``) rather than refit it.
 
 Training data.  :class:`KnownLawData` draws sample j as a function of (seed, j) alone, and its
 :class:`FreshSchedule` hands step k the indices k B .. (k+1) B - 1: every step sees fresh images

@@ -253,10 +253,11 @@ def _prepare_out(run: Run, start: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            if loads_json(line)["step"] <= start:  # a line nested too deep is dropped
-                keep.append(line)
+    with open(path, encoding="utf-8", errors="replace") as lines:  # streamed, line by line
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                if loads_json(line)["step"] <= start:  # a line nested too deep is dropped
+                    keep.append(line.rstrip("\n"))
     atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
 
 

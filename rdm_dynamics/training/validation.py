@@ -24,11 +24,10 @@ from __future__ import annotations
 import torch
 
 from ..cli import UsageError
-from ..laws import GaussianMixture
 from ..limits import cut
 from ..sde import SDE, SDES, make_sde
 from .diffusion import PREDICTIONS, SAMPLERS
-from .known_law import COVARIANCES, NAME, NUM_CLASSES, KnownLaw
+from .known_law import COVARIANCES, NAME, NUM_CLASSES, KnownLaw, law_from_tensors
 from .settings import TrainConfig, check
 
 __all__ = ["validate_config", "build_sde", "validate_law", "check_finite_weights"]
@@ -126,8 +125,7 @@ def validate_law(tensors: dict[str, torch.Tensor], cfg: TrainConfig,
                          f"(weights {list(w.shape)}, means {list(mu.shape)}, covs "
                          f"{list(cov.shape)}, classes {list(cls.shape)})")
     _check_weights_and_covs(w.double(), cov.double(), cls)
-    return KnownLaw(GaussianMixture(w.double(), mu.double(), cov.double()), cls.long(),
-                    tuple(dims))
+    return law_from_tensors(tensors)
 
 
 def _check_weights_and_covs(w: torch.Tensor, cov: torch.Tensor, cls: torch.Tensor) -> None:
