@@ -120,7 +120,14 @@ def _main(argv) -> int:
         raise UsageError(f"--out {args.out!r} is a file, not a folder")
 
     from .checks.report import format_table, render_figures, write_report
-    from .depth_study import StudyClaimConfig, StudyRunner, run_claims, run_table, study_report
+    from .depth_study import (
+        StudyClaimConfig,
+        StudyRunner,
+        cell_table,
+        run_claims,
+        run_table,
+        study_report,
+    )
 
     runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
                          nproc_per_run=nproc,
@@ -133,7 +140,9 @@ def _main(argv) -> int:
         report = study_report(study, results, records, device=args.device,
                               seconds=time.perf_counter() - began)
         figures = {} if args.no_figures else render_figures(results)
-        write_report(out, report, figures, args.json, extra={"runs.csv": run_table(records)})
+        write_report(out, report, figures, args.json,
+                     extra={"runs.csv": run_table(records),
+                            "cells.md": cell_table(records).encode()})
     except KeyboardInterrupt:
         runner.stop_children()
         raise Interrupted(f"interrupted; finished runs are kept in {out}/measurements, run the "

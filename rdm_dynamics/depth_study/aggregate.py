@@ -105,14 +105,16 @@ def log_slope_over_seeds(ladders: Sequence[Sequence[tuple[float, float]]], *,
 
 def mean_by_depth(seeds: dict[int, dict[int, Record]],
                   value: Callable[[Record], float]) -> dict[int, tuple[float, float]]:
-    """depth -> (mean over seeds, standard error) of ``value(record)``, finite values only."""
+    """depth -> (mean over seeds, standard error) of ``value(record)``, finite values only
+    ((inf, NaN) where every value is +inf: a figure that overflowed in every seed)."""
     depths = sorted({d for ladder in seeds.values() for d in ladder})
     out = {}
     for d in depths:
-        vals = np.array([value(ladder[d]) for ladder in seeds.values() if d in ladder], float)
-        vals = vals[np.isfinite(vals)]
+        raw = np.array([value(ladder[d]) for ladder in seeds.values() if d in ladder], float)
+        vals = raw[np.isfinite(raw)]
         if len(vals) == 0:
-            out[d] = (math.nan, math.nan)
+            everywhere_inf = len(raw) > 0 and bool(np.all(raw == math.inf))
+            out[d] = (math.inf if everywhere_inf else math.nan, math.nan)
         elif len(vals) == 1:
             out[d] = (float(vals[0]), math.nan)
         else:
