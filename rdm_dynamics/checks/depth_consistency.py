@@ -231,7 +231,7 @@ def summary(measured: Measurement, verdict) -> str:
         missing = " and ".join(w for w, cs in (("an rdm cell with smooth initialisation",
                                                 hypothesis), ("an iid control cell", control))
                                if not cs)
-        return (f"C11 cannot be stated on this study: it has no {missing}; it needs depths N, "
+        return (f"C11 cannot be stated on this study: it lacks {missing}; it needs depths N, "
                 f"2N (and 4N for an order) under both initialisations.")
     words = []
     for lab in hypothesis:
