@@ -232,7 +232,7 @@ def test_a_deep_study_end_to_end(tmp_path):
 def test_the_gpu_deep_preset_runs_on_the_cpu(tmp_path):
     result = _study("--preset", "gpu-deep", "--device", "cpu", "--max-steps", "2",
                     "--set", "compile=false", "--set", "batch_size=8",
-                    "--runs", "depth-8_gate-[pr]*_lr-0.001_*seed-0", "--no-figures",
+                    "--runs", "depth-8_gate-[pr][ld]*_lr-0.001_*seed-0", "--no-figures",
                     "--out", str(tmp_path / "g"), timeout=900)
     assert result.returncode in (0, 1), result.stderr
     records = [json.loads(p.read_text()) for p in (tmp_path / "g/measurements").glob("*.json")]
