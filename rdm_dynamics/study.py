@@ -157,7 +157,14 @@ def _main(argv) -> int:
     if not is_report(out / "report.json") and _foreign_table(out / "runs.csv"):
         raise UsageError(f"--out {args.out!r} holds a runs.csv that no study report belongs to: "
                          "choose another folder (it is left as it is)")
-    from .depth_study import StudyClaimConfig, StudyRunner, run_claims, run_table, study_report
+    from .depth_study import (
+        StudyClaimConfig,
+        StudyRunner,
+        cell_table,
+        run_claims,
+        run_table,
+        study_report,
+    )
     from .depth_study.sharing import report_lock
 
     runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
@@ -174,7 +181,8 @@ def _main(argv) -> int:
                                   seconds=time.perf_counter() - began)
             figures = {} if args.no_figures else render_figures(results)
             write_report(out, report, figures, args.json,
-                         extra={"runs.csv": run_table(records)})
+                         extra={"runs.csv": run_table(records),
+                                "cells.md": cell_table(records).encode()})
     except KeyboardInterrupt:
         runner.stop_children()
         raise Interrupted(f"interrupted; finished runs are kept in {out}/measurements, run the "

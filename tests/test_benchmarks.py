@@ -140,3 +140,16 @@ def test_gpu_suite_skips_stages_past_its_budget(tmp_path):
     saved = json.loads((tmp_path / "suite.json").read_text())["stages"]
     assert [saved[k]["status"] for k in ("verify_x", "verify_y", "train")] == \
         ["skipped", "ok", "failed"]
+
+
+def test_train_step_floor_writes_its_figures(tmp_path):
+    path = tmp_path / "step.json"
+    assert load("train_step_floor").main(["--models", "mlp,dit", "--depths", "2", "--batch", "2",
+                                          "--reps", "1", "--warmup", "0", "--matmul", "64",
+                                          "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["peak_gflop_per_s"] > 0
+    assert [(r["model"], r["units"]) for r in out["rows"]] == [("RDM-MLP-T", 2),
+                                                               ("RDM-DiT-T/2", 4)]
+    for r in out["rows"]:
+        assert r["gflop"] > 0 and r["ops"] > 0 and 0 < r["share_of_peak"]

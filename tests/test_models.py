@@ -24,6 +24,7 @@ from rdm_dynamics.models.layers import frames_to_sequences, sequences_to_frames
 SMALL = {  # the smallest useful shape of each backbone
     "RDM-DiT-T/2": {"depth": 2, "width": 32, "heads": 2},
     "RDM-UNet-T": {"width": 16, "heads": 2},
+    "RDM-MLP-T": {"depth": 3, "width": 16},
 }
 BACKBONES = list(SMALL)
 

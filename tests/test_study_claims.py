@@ -112,50 +112,108 @@ def test_c11_without_a_control_cannot_pass(tmp_path):
     assert "iid control cell" in result.summary
 
 
-def _record(gate, depth, seed, *, excess, fd, bf16, sens, status="done", data="digits-gmm"):
-    return {"id": f"{gate}-{depth}-{seed}", "depth": depth, "train_status": status,
-            "axes": {"gate": gate, "depth": depth, "seed": seed, "data": data},
-            "quality": {"fd_ratio": fd},
+def _record(gate, depth, seed, *, excess, fd, bf16, sens, status="done", data="digits-gmm",
+            norm=None):
+    axes = {"gate": gate, "depth": depth, "seed": seed, "data": data}
+    if norm is not None:
+        axes["norm"] = norm
+    return {"id": f"{gate}-{depth}-{seed}-{norm}", "depth": depth, "train_status": status,
+            "axes": axes, "quality": {"fd_ratio": fd}, "step0": {"units": depth},
             "checks": {"denoising-risk": {"metrics": {"excess_risk_mean": excess}},
                        "trained-propagation": {"metrics": {"output_error_bf16": bf16}},
                        "trained-sensitivity": {"metrics": {"sensitivity_ratio": sens}}}}
 
 
-def _scaling(rdm_slope=0.0, plain_slope=1.0, rdm_status="done"):
+LADDER = (4, 16, 64, 256)
+RDM, PLAIN = "digits-gmm,rdm", "digits-gmm,plain,no-norm"
+
+
+def _scaling(rdm_break=None, plain_break=64, rdm_bf16_slope=0.3, rdm_status="done",
+             ladder=LADDER):
+    """Records of a deep study with known answers: each gate's excess risk is flat (0.1, with
+    seed-to-seed noise of 5%) and triples from its planted break depth on; rdm's bf16 error
+    grows as depth^rdm_bf16_slope; ``rdm_status`` is the status of rdm's deepest seed-0 run."""
     out = []
     rng = np.random.default_rng(0)
     for seed in (0, 1, 2):
-        for d in (2, 4, 8, 16):
-            wiggle = math.exp(0.05 * rng.standard_normal())  # seed-to-seed noise
-            out.append(_record("rdm", d, seed, excess=0.1 * wiggle * d ** rdm_slope,
-                               fd=2 * wiggle, bf16=0.01 * wiggle, sens=1.5 * wiggle,
-                               status=rdm_status if d == 16 and seed == 0 else "done"))
-            out.append(_record("plain", d, seed, excess=0.1 * wiggle * d ** plain_slope,
-                               fd=2 * wiggle * d ** plain_slope, bf16=0.01 * d, sens=d))
+        for d in ladder:
+            w = math.exp(0.05 * rng.standard_normal())
+            rdm = 0.1 * w * (3 if rdm_break and d >= rdm_break else 1)
+            out.append(_record("rdm", d, seed, excess=rdm, fd=2 * w,
+                               bf16=0.01 * w * d ** rdm_bf16_slope, sens=1.5 * w,
+                               status=rdm_status if d == ladder[-1] and seed == 0 else "done"))
+            plain = 0.1 * w * (3 if plain_break and d >= plain_break else 1)
+            out.append(_record("plain", d, seed, excess=plain, fd=2 * w, bf16=0.01 * d,
+                               sens=d, norm=False))
     return out
 
 
-def test_c12_passes_when_rdm_holds_and_plain_degrades():
+def test_c12_passes_when_rdm_holds_and_the_unnormalised_net_breaks():
     result = c12(_scaling())
     assert result.passed, result.summary
-    assert result.metrics["slope_excess_risk[digits-gmm,plain]"] == pytest.approx(1.0, abs=0.1)
-    assert abs(result.metrics["slope_excess_risk[digits-gmm,rdm]"]) < 0.05
+    m = result.metrics
+    assert m[f"break_found[{RDM}]"] == 0 and m[f"break_depth[{PLAIN}]"] == 64
+    assert m[f"units_max[{RDM}]"] == 256
+    assert m[f"slope_bf16_error[{RDM}]"] == pytest.approx(0.3, abs=0.05)
+    assert "break none" in result.measured_text and "break 64" in result.measured_text
 
 
 @pytest.mark.parametrize("case,failed", [
-    (dict(rdm_slope=0.5), "slope_excess_risk[digits-gmm,rdm]"),
-    (dict(plain_slope=0.0), "slope_excess_risk[digits-gmm,plain]"),
-    (dict(rdm_status="diverged"), "diverged_runs[digits-gmm,rdm]"),
+    (dict(rdm_break=64), f"break_found[{RDM}]"),              # the planted break is found
+    (dict(plain_break=None), f"break_found[{PLAIN}]"),
+    (dict(rdm_status="diverged"), f"break_found[{RDM}]"),      # a divergence is a break
+    (dict(rdm_bf16_slope=1.0), f"slope_bf16_error[{RDM}]"),
+    (dict(ladder=(2, 4, 8, 16, 32)), f"units_max[{RDM}]"),    # not the deep regime
 ])
 def test_c12_fails_on_each_broken_statement(case, failed):
     result = c12(_scaling(**case))
     assert not result.passed and failed in result.verdict.failed
 
 
-def test_c12_needs_both_gates():
-    result = c12([r for r in _scaling() if r["axes"]["gate"] == "rdm"])
-    assert not result.passed and "plain_cells" in result.verdict.failed
+def test_c12_needs_an_rdm_and_an_unnormalised_plain_cell():
+    normalised = [{**r, "axes": {k: v for k, v in r["axes"].items() if k != "norm"}}
+                  for r in _scaling()]  # pre-norm plain: reported, not the hypothesis's
+    result = c12(normalised)
+    assert not result.passed and "plain_no_norm_cells" in result.verdict.failed
     assert "cannot be stated" in result.summary
+
+
+@pytest.mark.parametrize("series,diverged,expected", [
+    ({4: (0.2, 0.01), 16: (0.1, 0.01), 64: (0.1, 0.01)}, {}, (None, 16)),  # shallow: capacity
+    ({4: (0.1, 0.001), 16: (0.105, 0.001)}, {}, (None, 4)),       # 2 SE but under 10%
+    ({4: (0.1, 0.05), 16: (0.13, 0.05)}, {}, (None, 4)),          # 30% but within 2 SE
+    ({4: (0.1, 0.001), 16: (0.13, 0.001), 64: (0.5, 0.01)}, {}, (16, 4)),  # the smallest
+    ({4: (0.1, 0.01), 16: (0.1, 0.01), 64: (math.nan, math.nan)}, {64: 3}, (64, 4)),
+    ({4: (math.nan, math.nan)}, {4: 3}, (4, None)),               # nothing trained at all
+])
+def test_break_depth_definition(series, diverged, expected):
+    assert depth_scaling.break_depth(series, diverged) == expected
+
+
+def _swept(all_diverge_at_256=False):
+    """Each cell at three learning rates: 3e-3 is best (0.1, 1e-3 gives 0.12) except at 256,
+    where it diverges and 1e-3 holds at 0.1 (the cell holds at its best learning rate), unless
+    every rate diverges there."""
+    records = []
+    for r in _scaling(plain_break=16):
+        for lr, excess in ((1e-3, 0.12 if r["depth"] < 256 else 0.1), (3e-3, 0.1),
+                           (1e-2, 0.3)):
+            rec = {**r, "id": f"{r['id']}-{lr}", "axes": {**r["axes"], "lr": lr},
+                   "checks": {**r["checks"], "denoising-risk": {"metrics": {
+                       "excess_risk_mean": r["checks"]["denoising-risk"]["metrics"][
+                           "excess_risk_mean"] * excess / 0.1}}}}
+            if r["depth"] == 256 and (lr != 1e-3 or all_diverge_at_256):
+                rec["train_status"] = "diverged"
+            records.append(rec)
+    return records
+
+
+def test_c12_takes_each_depth_at_its_best_learning_rate():
+    m = c12(_swept()).metrics
+    assert [m[f"best_lr[{RDM},depth={d}]"] for d in LADDER] == [3e-3, 3e-3, 3e-3, 1e-3]
+    assert m[f"best_lr_transfers[{RDM}]"] == 0 and m[f"break_found[{RDM}]"] == 0
+    assert m[f"break_depth[{PLAIN}]"] == 16
+    assert c12(_swept(all_diverge_at_256=True)).metrics[f"break_depth[{RDM}]"] == 256
 
 
 def test_c12_not_applicable_checks_give_no_figure():
@@ -163,50 +221,38 @@ def test_c12_not_applicable_checks_give_no_figure():
     for r in records:
         r["checks"]["denoising-risk"]["applicable"] = False
     result = c12(records)
-    assert "slope_excess_risk[digits-gmm,rdm]" not in result.metrics
-    assert math.isfinite(result.metrics["slope_fd_ratio[digits-gmm,plain]"])  # plain judged on FD
+    assert f"slope_excess_risk[{RDM}]" not in result.metrics
+    assert math.isfinite(result.metrics[f"slope_fd_ratio[{RDM}]"])  # judged on the FD ratio
 
 
-def test_c12_reports_and_draws_the_best_learning_rate_when_it_is_swept():
-    """Constructed sweep: at depth d the excess risk is lowest at lr = 1e-3 / d for rdm (the best
-    lr moves with depth) and at 1e-3 at every depth for plain (it transfers)."""
-    records = []
-    for gate in ("rdm", "plain"):
-        for seed in (0, 1):
-            for d in (2, 4, 8):
-                best = 1e-3 / d if gate == "rdm" else 1e-3
-                for lr in (1e-3 / 8, 1e-3 / 4, 1e-3 / 2, 1e-3):
-                    r = _record(gate, d, seed, excess=0.1 + abs(math.log(lr / best)),
-                                fd=2.0, bf16=0.01, sens=1.5)
-                    r["axes"]["lr"] = lr
-                    r["id"] += f"-{lr}"
-                    records.append(r)
-    result = c12(records)
-    m = result.metrics
-    assert [m[f"best_lr[digits-gmm,rdm,depth={d}]"] for d in (2, 4, 8)] == \
-        pytest.approx([1e-3 / 2, 1e-3 / 4, 1e-3 / 8])
-    assert m["best_lr_transfers[digits-gmm,rdm]"] == 0
-    assert m["best_lr_transfers[digits-gmm,plain]"] == 1
+def test_c12_figure_reads_at_a_glance():
+    """One panel per figure family and the best learning rate; depth ticks at the ladder's
+    depths as plain integers; one legend beside the panels, none over the data; the break
+    marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure()
-    result.figure(fig)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert len(fig.axes) == len(depth_scaling.FIGURES) + 1 and "best learning rate" in titles[-1]
-    assert len(fig.axes[-1].get_lines()) == 2  # one line per cell without lr
-    plain = next(line for line in fig.axes[-1].get_lines() if "plain" in line.get_label())
-    assert list(plain.get_ydata()) == pytest.approx([1e-3] * 3)
+    fig = Figure(layout="constrained")
+    c12(_swept()).figure(fig)
+    panels = len(depth_scaling.FIGURES) - len(depth_scaling.QUALITY) + 1 + 1
+    assert len(fig.axes) == panels and "best learning rate" in fig.axes[-1].get_title()
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "16", "64", "256"]
+        assert ax.get_legend() is None
+    assert len(fig.legends) == 1
+    marks = [line for line in fig.axes[0].get_lines() if line.get_marker() == "X"]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [16]
 
 
 def test_c12_draws_no_learning_rate_panel_without_a_sweep():
     from matplotlib.figure import Figure
 
-    fig = Figure()
+    fig = Figure(layout="constrained")
     c12(_scaling()).figure(fig)
-    assert len(fig.axes) == len(depth_scaling.FIGURES)
+    assert len(fig.axes) == len(depth_scaling.FIGURES) - len(depth_scaling.QUALITY) + 1
 
 
 def test_the_study_claims_are_the_registry_of_kind_study():

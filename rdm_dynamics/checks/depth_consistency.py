@@ -14,9 +14,11 @@ the architecture, tau_j = j / n within a group of n units), only in groups whose
 from N to 2N.
 
 * distance d(N) = max_j |theta^(2N)_(2j) - theta^(N)_j| / |theta^(N)_j|  (the 2N model at
-  tau = j / N against the N model there, relative to the unit's own norm);
+  tau = j / N against the N model there, relative to the unit's own norm); on a ladder without
+  2N (the deep ladder's factor 4) the next multiple kN on it, unit kj against unit j;
 * its order: minus the slope of log d against log N on each seed's ladder, mean over seeds with
-  its standard error (``depth_study.aggregate``);
+  its standard error (``depth_study.aggregate``), reported against the 1 of the linear theory
+  (an O(1/N) discretisation error of a smooth depth flow: ``LINEAR_ORDER``);
 * smoothness s(L) = max_j |theta_(j+1) - theta_j| / |theta_j| of each run;
 * the sum of the rdm gates, sum_i mean_c |alpha_i|, of each rdm run (1 at initialisation, where
   alpha_i = 1/L).
@@ -41,6 +43,8 @@ from ..depth_study.aggregate import (
     by_cell,
     cell_label,
     cell_style,
+    depth_axis,
+    legend_beside,
     log_slope_over_seeds,
     mean_by_depth,
 )
@@ -54,6 +58,8 @@ THEORY = "smooth: d(N) falls; iid: does not"
 
 SE_BAND = 2.0
 CONTROL_ORDER_MAX = 0.5
+#: The order of the N-vs-2N distance in the linear theory (reported beside the fitted order).
+LINEAR_ORDER = 1.0
 GATE_SUM_RANGE = (0.2, 5.0)
 
 
@@ -75,14 +81,16 @@ def unit_weights(folder: str | Path):
 
 
 def pair_distance(small: dict, large: dict) -> float:
-    """d(N): max over doubled groups of |theta^(2N)_(2j) - theta^(N)_j| / |theta^(N)_j|."""
+    """d(N): max over groups of |theta^(kN)_(kj) - theta^(N)_j| / |theta^(N)_j|, k the integer
+    ratio of the group's sizes (2 on a doubling ladder)."""
     worst = math.nan
     for key, units in small.items():
         big = large.get(key)
-        if big is None or len(big) != 2 * len(units):
+        if big is None or len(big) <= len(units) or len(big) % len(units):
             continue
+        k = len(big) // len(units)
         for j, theta in enumerate(units):
-            d = float((big[2 * j] - theta).norm() / theta.norm().clamp_min(1e-300))
+            d = float((big[k * j] - theta).norm() / theta.norm().clamp_min(1e-300))
             worst = d if math.isnan(worst) else max(worst, d)
     return worst
 
@@ -105,14 +113,22 @@ def is_control(cell: tuple) -> bool:
     return dict(cell).get("init", "iid") == "iid"
 
 
+def partner(n: int, depths) -> int | None:
+    """The depth N is compared with: 2N if the ladder has it, else the smallest multiple kN on
+    it (a ladder of factor 4 compares N with 4N); None if there is none."""
+    multiples = [m for m in sorted(depths) if m > n and m % n == 0]
+    return 2 * n if 2 * n in multiples else (multiples[0] if multiples else None)
+
+
 def ladder_distances(seeds: dict, weights: dict) -> tuple[list[list], dict[int, list[float]]]:
     """The (N, d(N)) pairs of each seed's ladder, and depth N -> d(N) over seeds."""
     ladders, distances = [], {}
     for ladder in seeds.values():
         pairs = []
         for n in sorted(ladder):
-            if 2 * n in ladder:
-                d = pair_distance(weights[ladder[n]["id"]][0], weights[ladder[2 * n]["id"]][0])
+            m = partner(n, ladder)
+            if m is not None:
+                d = pair_distance(weights[ladder[n]["id"]][0], weights[ladder[m]["id"]][0])
                 if math.isfinite(d):
                     pairs.append((n, d))
                     distances.setdefault(n, []).append(d)
@@ -215,12 +231,13 @@ def summary(measured: Measurement, verdict) -> str:
         missing = " and ".join(w for w, cs in (("an rdm cell with smooth initialisation",
                                                 hypothesis), ("an iid control cell", control))
                                if not cs)
-        return (f"C11 cannot be stated on this study: it has no {missing}; it needs depths N, "
+        return (f"C11 cannot be stated on this study: it lacks {missing}; it needs depths N, "
                 f"2N (and 4N for an order) under both initialisations.")
     words = []
     for lab in hypothesis:
         words.append(f"with rdm gates and smooth initialisation ({lab}) the N-vs-2N weight "
-                     f"distance falls at order {_order_text(by_label[lab])}")
+                     f"distance falls at order {_order_text(by_label[lab])} (linear theory: "
+                     f"{LINEAR_ORDER:g})")
     for lab in control:
         words.append(f"with i.i.d. initialisation ({lab}) at order {_order_text(by_label[lab])}")
     outcome = "the claim holds" if verdict.passed else \
@@ -248,14 +265,17 @@ def figure(measured: Measurement):
                     ax.errorbar(depths, [series[d][0] for d in depths],
                                 yerr=[np.nan_to_num(series[d][1]) for d in depths],
                                 capsize=3, label=label, **style)
-        ax1.set(xscale="log", yscale="log", xlabel="N", title="max_j |theta(2N)_2j - theta(N)_j|"
-                " / |theta(N)_j|")
-        ax2.set(xscale="log", yscale="log", xlabel="depth",
-                title="smoothness max_j |theta_j+1 - theta_j| / |theta_j|")
-        ax3.set(xscale="log", xlabel="depth", title="sum of rdm gates (1 at init)")
+        ns = [n for c in cells.values() for n in c["distances"]]
+        depths = [d for c in cells.values() for d in c["smoothness"]]
+        depth_axis(ax1, ns, "N")
+        ax1.set(yscale="log", title="max_j |theta(kN)_kj - theta(N)_j| / |theta(N)_j|")
+        depth_axis(ax2, depths)
+        ax2.set(yscale="log", title="smoothness max_j |theta_j+1 - theta_j| / |theta_j|")
+        depth_axis(ax3, depths)
+        ax3.set(title="sum of rdm gates (1 at init)")
         ax3.axhline(1.0, color="grey", lw=0.8, ls=":")
         for ax in (ax1, ax2, ax3):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        fig.set_size_inches(15, 4.2)
+            ax.title.set_fontsize(9)
+        legend_beside(fig, (ax1, ax2, ax3))
+        fig.set_size_inches(14, 4.0)
     return draw

@@ -36,7 +36,7 @@ from .plan import PRESETS, Study, load_study, plan, preset_path
 from .runs import StudyRunner
 
 __all__ = ["PRESETS", "Study", "load_study", "plan", "preset_path", "StudyRunner",
-           "StudyClaimConfig", "run_claims", "run_table", "study_report"]
+           "StudyClaimConfig", "run_claims", "run_table", "cell_table", "study_report"]
 
 
 def run_claims(config: StudyClaimConfig) -> list[CheckResult]:
@@ -74,6 +74,45 @@ def run_table(records: list[dict]) -> bytes:
         writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v)
                          for k, v in row.items()})
     return buf.getvalue().encode()
+
+
+def _cell(value: tuple[float, float], digits: int = 3, se: bool = True) -> str:
+    mean, err = value
+    if not math.isfinite(mean):
+        return "inf" if mean == math.inf else "-"
+    text = f"{mean:.{digits}g}"
+    return f"{text} +/- {err:.2g}" if se and math.isfinite(err) else text
+
+
+def cell_table(records: list[dict]) -> str:
+    """C12's figures as a Markdown table: per cell (at its best learning rate) and depth, the
+    excess risk (else FD ratio) with its standard error over seeds, the best learning rate,
+    the bf16 output error, the trained sensitivity, the step-0 growth and sensitivity and the
+    runs that diverged; then each cell's break depth."""
+    from ..checks import depth_scaling as c12
+
+    measured = c12.measure(StudyClaimConfig(records))
+    tables, best, metrics = (measured.curves["table"], measured.curves["best_lr"],
+                             measured.metrics)
+    quality = measured.curves["quality"]
+    lines = [f"| cell | depth | {quality.replace('_', ' ')} | best lr | bf16 error | "
+             "sensitivity | growth at step 0 | sensitivity at step 0 | diverged |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    breaks = []
+    for cell in c12._ordered(tables):
+        label, seeds = c12.cell_label(cell), measured.curves["cells"][cell]
+        for d in sorted(tables[cell][quality]):
+            row = tables[cell]
+            diverged = sum(ladder[d].get("train_status") == "diverged"
+                           for ladder in seeds.values() if d in ladder)
+            lr = best.get(cell, {}).get(d)
+            lines.append(f"| {label} | {d} | {_cell(row[quality][d])} | "
+                         f"{'-' if lr is None else f'{lr:g}'} | {_cell(row['bf16_error'][d], 2)} "
+                         f"| {_cell(row['sensitivity'][d], 3, False)} | "
+                         f"{_cell(row['growth_step0'][d], 3, False)} | "
+                         f"{_cell(row['sensitivity_step0'][d], 3, False)} | {diverged} |")
+        breaks.append(f"{label}: {c12._break_text(metrics, label)}")
+    return "\n".join(lines) + "\n\nbreak depth: " + "; ".join(breaks) + "\n"
 
 
 def study_report(study: Study, results: list[CheckResult], records: list[dict], *,

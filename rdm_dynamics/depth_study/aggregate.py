@@ -22,7 +22,8 @@ import numpy as np
 
 from ..stats import fit_line, mean_se
 
-__all__ = ["StudyClaimConfig", "cell_of", "cell_label", "cell_style", "by_cell",
+__all__ = ["StudyClaimConfig", "cell_of", "cell_label", "cell_style", "by_cell", "best_lr_view",
+           "depth_axis", "legend_beside",
            "log_slope_over_seeds", "mean_by_depth"]
 
 #: A run's record (``runs.StudyRunner.run_one``): its id, axes, depth, training status, the
@@ -46,8 +47,12 @@ def cell_of(record: Record) -> tuple:
 
 
 def cell_label(cell: tuple) -> str:
-    """A short name of a cell for metric keys and legends: its values, comma separated."""
-    return ",".join(str(v) for _, v in cell) or "all"
+    """A short name of a cell for metric keys and legends: its values, comma separated (the
+    ``norm`` axis as ``norm`` or ``no-norm``)."""
+    def word(k, v):
+        return ("norm" if v else "no-norm") if k == "norm" else str(v)
+
+    return ",".join(word(k, v) for k, v in cell) or "all"
 
 
 #: The colour of each gate in the study's figures (other gates: black).
@@ -100,16 +105,79 @@ def log_slope_over_seeds(ladders: Sequence[Sequence[tuple[float, float]]], *,
 
 def mean_by_depth(seeds: dict[int, dict[int, Record]],
                   value: Callable[[Record], float]) -> dict[int, tuple[float, float]]:
-    """depth -> (mean over seeds, standard error) of ``value(record)``, finite values only."""
+    """depth -> (mean over seeds, standard error) of ``value(record)``, finite values only
+    ((inf, NaN) where every value is +inf: a figure that overflowed in every seed)."""
     depths = sorted({d for ladder in seeds.values() for d in ladder})
     out = {}
     for d in depths:
-        vals = np.array([value(ladder[d]) for ladder in seeds.values() if d in ladder], float)
-        vals = vals[np.isfinite(vals)]
+        raw = np.array([value(ladder[d]) for ladder in seeds.values() if d in ladder], float)
+        vals = raw[np.isfinite(raw)]
         if len(vals) == 0:
-            out[d] = (math.nan, math.nan)
+            everywhere_inf = len(raw) > 0 and bool(np.all(raw == math.inf))
+            out[d] = (math.inf if everywhere_inf else math.nan, math.nan)
         elif len(vals) == 1:
             out[d] = (float(vals[0]), math.nan)
         else:
             out[d] = mean_se(vals)
     return out
+
+
+def _lr_score(records: list[Record], value: Callable[[Record], float]) -> tuple[int, float]:
+    """How good one learning rate is at one depth of one cell: (runs diverged, mean of the
+    finite values over seeds, inf if none); lower is better."""
+    diverged = sum(r.get("train_status") == "diverged" for r in records)
+    values = [v for v in (value(r) for r in records) if math.isfinite(v)]
+    return diverged, (float(np.mean(values)) if values else math.inf)
+
+
+def best_lr_view(records: Iterable[Record],
+                 value: Callable[[Record], float]) -> tuple[list[Record], dict]:
+    """Each (cell without the learning rate, depth) at its best learning rate.
+
+    The best learning rate is the one whose runs diverged least, then whose mean ``value`` over
+    seeds is lowest.  Returns the records of the best learning rates with ``lr`` taken out of
+    their axes (so that ``by_cell`` groups a gate's depths into one ladder, and ``best_lr``
+    added), and {(cell, depth): best lr}.  Records are returned unchanged when the learning rate
+    is not an axis of the study."""
+    records = list(records)
+    if not any("lr" in r["axes"] for r in records):
+        return records, {}
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        cell = tuple(sorted((k, v) for k, v in r["axes"].items()
+                            if k not in ("lr", "seed", "depth")))
+        groups[(cell, int(r["depth"]))][r["axes"].get("lr")].append(r)
+    view, best = [], {}
+    for (cell, depth), by_lr in groups.items():
+        lr = min(by_lr, key=lambda x: (*_lr_score(by_lr[x], value), x))
+        best[(cell, depth)] = lr
+        view += [{**r, "axes": {k: v for k, v in r["axes"].items() if k != "lr"},
+                  "best_lr": lr} for r in by_lr[lr]]
+    return view, best
+
+
+def depth_axis(ax, depths: Iterable[int], label: str = "depth") -> None:
+    """A log depth axis with ticks at the ladder's depths, labelled as plain integers."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ticks = sorted({int(d) for d in depths})
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def legend_beside(fig, axes) -> None:
+    """One legend for the whole figure, to the right of the axes (never over the data): the
+    entries of every panel, each label once (the figure's layout must be constrained, as
+    ``checks.report`` makes it)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside right center",
+                   fontsize=7, frameon=False)

@@ -5,15 +5,16 @@ A study file (TOML or YAML, like the ``--config`` file of ``train``) has three p
     [train]        a flat mapping of training settings (TrainConfig names): the one recipe
     [[grid]]       one or more blocks; each maps axis names to lists of values, and the block's
                    runs are the product of its axes.  An axis is any training setting (gate,
-                   seed, init, lr, data, ...) or ``depth``, the backbone's depth option
-                   (``models.depth_option``: DiT blocks, U-Net blocks per level).
+                   seed, init, lr, data, ...), ``depth``, the backbone's depth option
+                   (``models.depth_option``: DiT blocks, U-Net blocks per level, MLP units),
+                   or ``norm`` (true/false: the gates with or without their normalisation).
     [measure]      how each trained run is measured (``MeasureConfig``)
 
 Runs of several blocks that coincide are one run.  Each run is an ordinary training run folder,
 ``<out>/runs/<id>``, ``id`` naming the run's axis values (``data-digits-gmm_depth-4_gate-rdm``).
-The presets ``smoke``, ``cpu``, ``gpu`` and ``gpu-large`` are such files, shipped in
-``rdm_dynamics/depth_study/presets/<name>.toml`` (``--show-preset NAME`` prints one); a user
-copies one and edits it.
+The presets ``smoke``, ``cpu``, ``gpu``, ``gpu-large``, ``deep`` and ``gpu-deep`` are such
+files, shipped in ``rdm_dynamics/depth_study/presets/<name>.toml`` (``--show-preset NAME``
+prints one); a user copies one and edits it.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ __all__ = ["PRESETS", "PRESET_DIR", "MeasureConfig", "Study", "RunSpec", "load_s
            "preset_path", "plan", "measure_config", "MEASURE_KINDS"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-PRESETS = ("smoke", "cpu", "gpu", "gpu-large")
+PRESETS = ("smoke", "cpu", "gpu", "gpu-large", "deep", "gpu-deep")
 
 #: Training settings a study sets itself for every run (the run folder, quiet progress).
 MANAGED = ("out", "progress")
+#: Axes that are architecture options (``model_options``) rather than training settings:
+#: ``norm``, every gate with (true) or without (false) its normalisation (``models.gates``).
+MODEL_AXES = ("norm",)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,13 @@ class MeasureConfig:
     sample_steps: int = 50
     #: classifier-free guidance of those samples
     guidance: float = 1.0
+    #: the checks to run (verify --only: ids or claims, comma separated; "" runs them all)
+    only: str = ""
+    #: C8's bf16 output error computed by the study itself (``propagation.bf16_output_error``),
+    #: for a study whose ``only`` leaves C8 out
+    bf16_error: bool = False
+    #: signal propagation at step 0 of every run (``propagation.step0_figures``)
+    step0: bool = True
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -77,7 +88,7 @@ class MeasureConfig:
 
 
 #: The type of each measure setting (read from the command line by ``coerce_as``).
-MEASURE_KINDS = {f.name: {"bool": bool, "int": int, "float": float}[f.type]
+MEASURE_KINDS = {f.name: {"bool": bool, "int": int, "float": float, "str": str}[f.type]
                  for f in dataclasses.fields(MeasureConfig)}
 
 
@@ -129,6 +140,11 @@ def _axis_values(block: int, axis: str, values) -> list:
                              f"got {values!r}")
         if len(set(values)) != len(values):
             raise UsageError(f"grid block {block}: depth lists a value twice")
+        return list(values)
+    if axis == "norm":
+        if not all(isinstance(v, bool) for v in values) or len(set(values)) != len(values):
+            raise UsageError(f"grid block {block}: norm must list true and/or false once each, "
+                             f"got {values!r}")
         return list(values)
     if axis not in SETTINGS or axis in MANAGED:
         raise UsageError(f"grid block {block}: {axis!r} is not a training setting a study can "
@@ -190,29 +206,50 @@ def run_id(axes: dict) -> str:
     return "_".join(f"{k}-{_slug(v)}" for k, v in sorted(axes.items()))
 
 
+def _check_architecture(cfg: TrainConfig, checked: set) -> None:
+    """Build the run's architecture once, without memory (the meta device), so that a depth or
+    an option the backbone refuses (``norm`` on rezero, more units than it has) is refused
+    before any run starts: ValueError.  Custom factories are left to the run."""
+    import torch
+
+    from ..models import build_model
+
+    key = json.dumps([cfg.model, cfg.gate, cfg.image_size, cfg.model_options], sort_keys=True,
+                     default=str)
+    if cfg.model_factory or key in checked:
+        return
+    with torch.device("meta"):
+        build_model(cfg.model, gate=cfg.gate, input_size=cfg.image_size or 8,
+                    **cfg.model_options)
+    checked.add(key)
+
+
 def plan(study: Study, out: str | Path, overrides: dict | None = None) -> list[RunSpec]:
     """Every run of the study, in grid order, without repeats; ``overrides`` (settings such as
     device) apply to every run.  UsageError for a grid that makes an invalid configuration."""
     runs: dict[str, RunSpec] = {}
+    checked: set = set()
     axis_names = sorted({a for block in study.grids for a in block})
     for block in study.grids:
         keys = list(block)
         for values in itertools.product(*(block[k] for k in keys)):
             axes = dict(zip(keys, values, strict=True))
             settings = {**study.train, **(overrides or {})}
-            settings.update({k: v for k, v in axes.items() if k != "depth"})
+            settings.update({k: v for k, v in axes.items() if k not in ("depth", *MODEL_AXES)})
             model = settings.get("model", TrainConfig().model)
             try:
                 option = depth_option(model)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             settings["model_options"] = {**settings.get("model_options", {}),
-                                         option: axes["depth"]}
+                                         option: axes["depth"],
+                                         **{k: axes[k] for k in MODEL_AXES if k in axes}}
             rid = run_id({k: axes.get(k, "") for k in axis_names if k in axes})
             try:
                 cfg = TrainConfig(**{k: coerce(k, v) for k, v in settings.items()},
                                   out=str(Path(out) / "runs" / rid), progress=False)
                 check(cfg)
+                _check_architecture(cfg, checked)
             except (ValueError, TypeError) as exc:
                 raise UsageError(f"run {rid}: {exc}") from None
             runs.setdefault(rid, RunSpec(rid, axes, cfg))

@@ -20,6 +20,7 @@ CPU threads.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -182,6 +183,8 @@ class StudyRunner:
                 "--jobs", str(self.threads), "--no-figures"]
         if self.measure.quick:
             args.append("--quick")
+        if self.measure.only:
+            args += ["--only", self.measure.only]
         code = self._child(args, f"{spec.id}.check")
         report = folder / "report.json"
         if code not in (0, 1) or not report.is_file():
@@ -245,6 +248,23 @@ class StudyRunner:
                 "fd_floor_se": floor["real_fd_se"], "fd_ratio": fd / floor_fd,
                 "fd_ratio_se": m["fd_se"] / floor_fd, "accuracy": m.get("accuracy", math.nan)}
 
+    def step0(self, spec: RunSpec) -> dict:
+        """The run's signal propagation at initialisation (``propagation.step0_figures``), on
+        the CPU with this process's share of the threads; {} when not measured."""
+        from .propagation import step0_figures
+
+        if not self.measure.step0:
+            return {}
+        cfg = dataclasses.replace(spec.config, device="cpu", bf16=False, compile=False)
+        return step0_figures(cfg)
+
+    def bf16_error(self, spec: RunSpec) -> dict:
+        """C8's bf16 output error of the trained run (``propagation.bf16_output_error``)."""
+        from .propagation import bf16_output_error
+
+        return bf16_output_error(spec.folder, seed=spec.config.seed, device=self.device,
+                                 quick=self.measure.quick)
+
     # -- the whole study ---------------------------------------------------------------------
 
     def run_one(self, spec: RunSpec, wait: float = 0.0) -> dict | None:
@@ -264,10 +284,12 @@ class StudyRunner:
             return self._train_and_measure(spec)
 
     def _train_and_measure(self, spec: RunSpec) -> dict:
+        step0 = self.step0(spec)
         self.log(f"{spec.id}: training to step {spec.config.steps}")
         status = self.train(spec)
         record = {"id": spec.id, "axes": spec.axes, "depth": spec.depth,
-                  "digest": spec.digest(), "train_status": status, "steps": spec.config.steps}
+                  "digest": spec.digest(), "train_status": status, "steps": spec.config.steps,
+                  **({"step0": step0} if step0 else {})}
         if status == "done":
             ckpt = load_checkpoint(latest_checkpoint(spec.folder))
             log = spec.folder / "log.jsonl"
@@ -275,6 +297,8 @@ class StudyRunner:
             record.update(step=ckpt.step, final_loss=losses[-1] if losses else math.nan,
                           checks=self.check(spec) if self.measure.checks else {},
                           quality=self.quality(ckpt))
+            if self.measure.bf16_error:
+                record["propagation"] = self.bf16_error(spec)
         path = measurement_path(self.out, spec.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)

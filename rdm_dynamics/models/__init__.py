@@ -1,5 +1,5 @@
-"""Trainable Neural-RDM backbones: gated residual transformers (flow-shaped) and U-Nets
-(U-shaped), for images (B, C, H, W) and videos (B, T, C, H, W).
+"""Trainable Neural-RDM backbones: gated residual transformers and residual MLPs (flow-shaped)
+and U-Nets (U-shaped), for images (B, C, H, W) and videos (B, T, C, H, W).
 
     model = build_model("RDM-DiT-T/2", gate="rdm", input_size=8, in_channels=1, num_classes=10)
     out = model(x, t, y)          # same shape as x; t (B,) in [0, 1]; y (B,) or None (null label)
@@ -35,19 +35,21 @@ from .backbone import GatedBackbone
 from .depth_init import INITS, initialize, smooth_in_depth_
 from .dit import DIT_CONFIGS, RDMDiT
 from .gates import GATE_KINDS, ResidualUnit
+from .mlp import MLP_CONFIGS, RDMMLP
 from .unet import UNET_CONFIGS, RDMUNet
 
 __all__ = ["build_model", "model_builder", "load_model", "ModelLoadError", "MODEL_CONFIGS",
            "GATE_KINDS", "BACKBONES", "INITS", "initialize", "smooth_in_depth_", "depth_option",
-           "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet"]
+           "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet", "RDMMLP"]
 
-BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet}
+BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet, "mlp": RDMMLP}
 
-MODEL_CONFIGS: dict[str, dict] = {**DIT_CONFIGS, **UNET_CONFIGS}
+MODEL_CONFIGS: dict[str, dict] = {**DIT_CONFIGS, **UNET_CONFIGS, **MLP_CONFIGS}
 
 #: The architecture option that sets each backbone's depth: the transformer's blocks, the
-#: U-Net's blocks per level (the number of residual units grows in proportion to it).
-DEPTH_OPTIONS = {"dit": "depth", "unet": "blocks_per_level"}
+#: U-Net's blocks per level (the number of residual units grows in proportion to it), the
+#: residual MLP's units.
+DEPTH_OPTIONS = {"dit": "depth", "unet": "blocks_per_level", "mlp": "depth"}
 
 
 def depth_option(name: str) -> str:

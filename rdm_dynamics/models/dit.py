@@ -92,13 +92,16 @@ class RDMDiT(GatedBackbone):
         patch_size, depth, width, heads, mlp_ratio: the transformer's shape (``depth`` blocks of
             two units each).
         rdm_alpha_init, rdm_beta_init, rdm_time_conditioned: options of the ``rdm`` gate.
+        norm: None builds each gate as defined; True/False with or without its normalisation
+            (``gates.make_gate``; the head keeps its LayerNorm).
     """
 
     def __init__(self, *, input_size: int = 32, in_channels: int = 4, num_classes: int = 1000,
                  frames: int | None = None, class_dropout_prob: float = 0.1, gate: str = "rdm",
                  patch_size: int = 2, depth: int = 12, width: int = 768, heads: int = 12,
                  mlp_ratio: float = 4.0, rdm_alpha_init: str | float = "rdm",
-                 rdm_beta_init: float = 0.0, rdm_time_conditioned: bool = False):
+                 rdm_beta_init: float = 0.0, rdm_time_conditioned: bool = False,
+                 norm: bool | None = None):
         super().__init__(input_size=input_size, in_channels=in_channels, frames=frames)
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
@@ -117,7 +120,7 @@ class RDMDiT(GatedBackbone):
         def gate_factory():
             return make_gate(gate, width, width, rdm_alpha_init=rdm_alpha_init,
                              rdm_beta_init=rdm_beta_init,
-                             rdm_time_conditioned=rdm_time_conditioned)
+                             rdm_time_conditioned=rdm_time_conditioned, norm=norm)
 
         def attention(i):  # video: even blocks attend over space, odd blocks over time
             if self.frames is not None and i % 2 == 1:

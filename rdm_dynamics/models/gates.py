@@ -12,7 +12,9 @@ embedding alone.  With F the unit's residual branch (attention, MLP or convoluti
     rdm         z' = z + alpha * F(m(N z)) + beta        alpha, beta: learnable, per channel
 
 ``*`` is per channel.  N is a normalisation without affine parameters (LayerNorm over the channels
-of a token, GroupNorm for maps) and N' the same with them.  m is the adaptive modulation through
+of a token, GroupNorm for maps) and N' the same with them.  Every gate with a normalisation can
+be built without it (``make_gate(..., norm=False)``: N = N' = identity); plain then is the
+textbook residual unit z + F(m(z)) of C5's theory.  m is the adaptive modulation through
 which the conditioning reaches every branch, the same for every gate:
 
     m(h) = h * (1 + s(c)) + u(c),     [u, s] = W_m SiLU(c) + b_m,   W_m = b_m = 0 at init,
@@ -110,18 +112,30 @@ class Gate(nn.Module):
         cond_dim: the dimension Dc of the conditioning vectors c and e.
         channels_last: tokens (..., D) if True, feature maps (B, C, H, W) if False.
         norm_groups: GroupNorm groups for maps (gcd with C is used).
+        norm: build the gate's normalisation N (or N'); False replaces it by the identity, so
+            that plain becomes the textbook residual unit z + F(m(z)).  Gates without one
+            (``has_norm`` False: rezero) ignore it; ``make_gate`` refuses to set it for them.
     """
 
     kind = ""
     modulation_chunks = 2  # shift u and scale s of m
+    #: whether the gate has a normalisation that the ``norm`` option can remove
+    has_norm = True
 
     def __init__(self, channels: int, cond_dim: int, *, channels_last: bool = True,
-                 norm_groups: int = 32):
+                 norm_groups: int = 32, norm: bool = True):
         super().__init__()
         self.channels, self.channels_last = channels, channels_last
         self.channel_shape = (channels,) if channels_last else (channels, 1, 1)
         self.modulation = Modulation(cond_dim, channels, self.modulation_chunks)
         self.norm_groups = norm_groups
+        self.normalised = bool(norm) and self.has_norm
+
+    def own_norm(self, affine: bool) -> nn.Module:
+        """The gate's normalisation (``make_norm``), or the identity when built without it."""
+        if not self.normalised:
+            return nn.Identity()
+        return make_norm(self.channels, self.channels_last, affine=affine, groups=self.norm_groups)
 
     def modulate(self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """m(h) = h * (1 + s) + u, with s, u per sample and channel."""
@@ -148,7 +162,7 @@ class PlainGate(Gate):
 
     def __init__(self, channels, cond_dim, **kwargs):
         super().__init__(channels, cond_dim, **kwargs)
-        self.norm = make_norm(channels, self.channels_last, affine=False, groups=self.norm_groups)
+        self.norm = self.own_norm(affine=False)
 
     def forward(self, z, branch, c, e):
         return z + branch(self.modulate(self.norm(z), *self.modulation(c)))
@@ -161,7 +175,7 @@ class PostNormGate(Gate):
 
     def __init__(self, channels, cond_dim, **kwargs):
         super().__init__(channels, cond_dim, **kwargs)
-        self.norm = make_norm(channels, self.channels_last, affine=True, groups=self.norm_groups)
+        self.norm = self.own_norm(affine=True)
 
     def forward(self, z, branch, c, e):
         return self.norm(z + branch(self.modulate(z, *self.modulation(c))))
@@ -172,6 +186,7 @@ class ReZeroGate(Gate):
     (Bachlechner et al. 2021; no normalisation, as in ReZero)."""
 
     kind = "rezero"
+    has_norm = False
 
     def __init__(self, channels, cond_dim, **kwargs):
         super().__init__(channels, cond_dim, **kwargs)
@@ -197,7 +212,7 @@ class AdaLNZeroGate(Gate):
 
     def __init__(self, channels, cond_dim, **kwargs):
         super().__init__(channels, cond_dim, **kwargs)
-        self.norm = make_norm(channels, self.channels_last, affine=False, groups=self.norm_groups)
+        self.norm = self.own_norm(affine=False)
 
     def forward(self, z, branch, c, e):
         shift, scale, gate = self.modulation(c)
@@ -225,7 +240,7 @@ class RDMGate(Gate):
         resolve_alpha_init(alpha_init, 1)  # fail at build time on an unknown schedule
         self.alpha_init, self.beta_init = alpha_init, float(beta_init)
         self.time_conditioned = bool(time_conditioned)
-        self.norm = make_norm(channels, self.channels_last, affine=False, groups=self.norm_groups)
+        self.norm = self.own_norm(affine=False)
         self.alpha = nn.Parameter(torch.empty(self.channel_shape))
         self.beta = nn.Parameter(torch.empty(self.channel_shape))
         self.time_gates = Modulation(cond_dim, channels, 2) if self.time_conditioned else None
@@ -273,10 +288,19 @@ def gate_class(kind: str) -> type[Gate]:
 
 def make_gate(kind: str, channels: int, cond_dim: int, *, channels_last: bool = True,
               norm_groups: int = 32, rdm_alpha_init: str | float = "rdm",
-              rdm_beta_init: float = 0.0, rdm_time_conditioned: bool = False) -> Gate:
-    """Build a gate by name (one of ``GATE_KINDS``); the ``rdm_*`` options apply to ``rdm`` only."""
+              rdm_beta_init: float = 0.0, rdm_time_conditioned: bool = False,
+              norm: bool | None = None) -> Gate:
+    """Build a gate by name (one of ``GATE_KINDS``); the ``rdm_*`` options apply to ``rdm`` only.
+
+    ``norm`` None builds the gate as it is defined; True or False with or without its
+    normalisation (ValueError for a gate that has none, or a value that is not a bool).
+    """
     gate = gate_class(kind)
-    common = {"channels_last": channels_last, "norm_groups": norm_groups}
+    if norm is not None and (not isinstance(norm, bool) or not gate.has_norm):
+        why = "has no normalisation" if isinstance(norm, bool) else "takes true or false"
+        raise ValueError(f"gate {kind!r}: norm={norm!r} is not an option ({kind} {why})")
+    common = {"channels_last": channels_last, "norm_groups": norm_groups,
+              "norm": True if norm is None else norm}
     if kind == "rdm":
         return RDMGate(channels, cond_dim, alpha_init=rdm_alpha_init, beta_init=rdm_beta_init,
                        time_conditioned=rdm_time_conditioned, **common)
