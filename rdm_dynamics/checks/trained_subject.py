@@ -81,6 +81,9 @@ class Subject:
     step: int
     path: Path
     labelled: bool  # trained with class labels
+    #: clean images and labels for a model stored without its data (a diffusers folder:
+    #: ``model_folder.clean_draws``); None: the run's law or dataset
+    clean: object = None
 
     @property
     def prediction(self) -> str:
@@ -119,6 +122,11 @@ def checkpoint_config(ckpt: str, *, seed: int = 0, device: str = "cpu",
 
 @functools.lru_cache(maxsize=4)
 def _load(ckpt: str, device: str) -> Subject:
+    from .model_folder import folder_subject  # a diffusers save_pretrained folder (issue 22)
+
+    subject = folder_subject(ckpt, device)
+    if subject is not None:
+        return subject
     try:
         c = load_checkpoint(ckpt)
         cfg = TrainConfig.from_json(c.meta.get("train_config") or {})
@@ -153,6 +161,8 @@ class Inputs:
 
 
 def _clean_images(subject: Subject, n: int, generator: torch.Generator):
+    if subject.clean is not None:
+        return subject.clean(n, generator)
     if subject.law is not None:
         x, k = subject.law.mixture.sample(n, generator, with_components=True)
         return subject.law.images(x), subject.law.classes[k]

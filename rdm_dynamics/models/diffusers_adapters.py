@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .dit import DIT_SIZES
-from .unit_adapters import adapt_units, add_rdm_gates, unit_views
+from .unit_adapters import adapt_units, add_rdm_gates, contiguous_tangents, unit_views
 
 __all__ = ["DIFFUSERS_RANGE", "DiffusersMissing", "require_diffusers", "DiffusersBackbone",
            "DiffusersDiT", "DiffusersUNet", "DIFFUSERS_CONFIGS", "DIFFUSERS_BACKBONES",
@@ -205,6 +205,8 @@ class DiffusersBackbone(nn.Module):
         for m in model.modules():  # label dropout is the objective's (reproducible) business
             if type(m).__name__ == "LabelEmbedding":
                 m.dropout_prob = 0.0
+            if isinstance(m, nn.GroupNorm):  # forward-mode AD through strided states (C8)
+                m.register_forward_pre_hook(contiguous_tangents)
         x = torch.zeros(1, self.in_channels, self.input_size, self.input_size)
         units, shapes = _trace_order(self, find_units(model), x, torch.full((1,), 0.5), None)
         if not units:
@@ -303,3 +305,90 @@ DIFFUSERS_CONFIGS = {
     "diffusers-unet-T": {"backbone": "diffusers-unet", "width": 32, "levels": 2,
                          "layers_per_block": 1, "norm_groups": 8, "head_dim": 8},
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# A diffusers save_pretrained folder
+# ------------------------------------------------------------------------------------------------
+
+MODEL_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+#: Where a pipeline keeps its denoiser (model_index.json beside them).
+PIPELINE_PARTS = ("transformer", "unet")
+
+
+def _json(path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path.name} cannot be read as JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return value
+
+
+def model_folder(path) -> object | None:
+    """The folder holding a diffusers model's ``config.json`` (``path`` itself, or the
+    ``transformer``/``unet`` part of a pipeline folder), or None if ``path`` looks like neither."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model_index.json").is_file():
+        return next((path / p for p in PIPELINE_PARTS if (path / p / "config.json").is_file()),
+                    path)
+    return None
+
+
+def scheduler_time(folder) -> tuple[DDPMTime, str]:
+    """The DDPM time of the scheduler saved with the model (``scheduler_config.json`` in the
+    folder, or in the pipeline's ``scheduler/``), and where it came from; diffusers' DDPM
+    defaults (1000 linear steps, 1e-4 to 0.02, epsilon) when there is none."""
+    for candidate in (folder / "scheduler_config.json",
+                      folder.parent / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            return DDPMTime.from_scheduler_config(_json(candidate)), str(candidate)
+    return DDPMTime(), "DDPMScheduler defaults (no scheduler_config.json found)"
+
+
+def _num_classes(name: str, config: dict) -> int | None:
+    if name == "UNet2DModel":
+        return config.get("num_class_embeds")
+    if name == "DiTTransformer2DModel" or config.get("norm_type") == "ada_norm_zero":
+        return config.get("num_embeds_ada_norm")
+    return None
+
+
+def load_folder(path) -> tuple[DiffusersBackbone, DDPMTime, str]:
+    """A diffusers ``save_pretrained`` folder as a backbone (float32, eval mode), with its DDPM
+    time and where that came from.  ``_class_name`` must be one of SUPPORTED_CLASSES (the class
+    is taken from that fixed list, never imported by the name in the file) and the weights
+    safetensors; loaded offline by the class's own ``from_pretrained``.  ValueError (one line)
+    for anything else."""
+    folder = model_folder(path)
+    if folder is None or not (folder / "config.json").is_file():
+        raise ValueError(f"{path} is not a diffusers model folder (no config.json)")
+    config = _json(folder / "config.json")
+    name = config.get("_class_name")
+    if name not in SUPPORTED_CLASSES:
+        raise ValueError(f"{folder / 'config.json'}: _class_name {name!r} is not supported "
+                         f"(supported: {', '.join(SUPPORTED_CLASSES)})")
+    if not (folder / MODEL_FILES[1]).is_file():
+        raise ValueError(f"{folder} has no {MODEL_FILES[1]} (only safetensors weights are read)")
+    time, source = scheduler_time(folder)
+    diffusers = require_diffusers()
+    cls = {n: getattr(diffusers, n) for n in SUPPORTED_CLASSES}[name]
+    try:
+        model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{folder}: diffusers cannot load this {name}: {first}") from None
+    net = DiffusersBackbone(model.float().eval(), num_classes=_num_classes(name, config),
+                            time=time, native_gate="adaln-zero" if "Transformer" in name
+                            and _num_classes(name, config) else "plain")
+    net.config["name"] = f"diffusers:{name}"
+    return net.eval(), time, source

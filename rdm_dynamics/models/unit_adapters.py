@@ -38,7 +38,7 @@ from torch import nn
 from .gates import resolve_alpha_init
 
 __all__ = ["CallArgs", "UnitView", "adapt_units", "unit_views", "add_rdm_gates", "RDMUnitGate",
-           "STATE_KEYWORDS"]
+           "STATE_KEYWORDS", "contiguous_tangents"]
 
 #: Keyword names under which a unit may receive its state when no positional argument is given.
 STATE_KEYWORDS = ("hidden_states", "input_tensor", "x", "sample")
@@ -97,9 +97,28 @@ class UnitView(nn.Module):
         self.unit = unit
 
     def forward(self, z: torch.Tensor, c: CallArgs, e: CallArgs | None = None) -> torch.Tensor:
+        z = _contiguous_dual(z)
         u = type(self.unit).forward(self.unit, z, *c.args, **c.kwargs)
         gate = getattr(self.unit, "rdm_gate", None)
         return u if gate is None else gate(z, u)
+
+
+def _contiguous_dual(z: torch.Tensor) -> torch.Tensor:
+    """A dual number z with contiguous primal and tangent (the same values): some kernels' forward
+    derivatives (GroupNorm) view them and fail on strided ones (the probes' C8 pass)."""
+    import torch.autograd.forward_ad as fwAD
+
+    primal, tangent = fwAD.unpack_dual(z)
+    if tangent is None or (tangent.is_contiguous() and primal.is_contiguous()):
+        return z
+    return fwAD.make_dual(primal.contiguous(), tangent.contiguous())
+
+
+def contiguous_tangents(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: every argument with a contiguous forward-mode tangent
+    (:func:`_contiguous_dual`); register it on the GroupNorms of a model whose maps may leave a
+    strided state (diffusers' attention returns channels-last strides)."""
+    return tuple(_contiguous_dual(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 class _Route:
