@@ -15,6 +15,7 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..training.known_law import LAW_PREFIX, KnownLaw, law_from_tensors
 from ..training.settings import TrainConfig
 
 __all__ = ["CheckpointConfig", "Subject", "load_subject", "checkpoint_config", "Inputs",
-           "draw_inputs"]
+           "draw_inputs", "in_memory_subject"]
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,26 @@ def _load(ckpt: str, device: str) -> Subject:
     return Subject(net.requires_grad_(False), cfg, sde, law, c.step, c.path, labelled)
 
 
+#: Subjects handed over in memory (``rdm_dynamics.probe.check_model``), by key.
+_IN_MEMORY: dict[tuple[str, str], Subject] = {}
+
+
+@contextlib.contextmanager
+def in_memory_subject(key: str, subject: Subject, device: str):
+    """Within the block, ``subject`` is the one ``load_subject`` returns for ``ckpt=key`` on
+    ``device``."""
+    _IN_MEMORY[(key, device)] = subject
+    try:
+        yield key
+    finally:
+        _IN_MEMORY.pop((key, device), None)
+
+
 def load_subject(config: CheckpointConfig) -> Subject:
     """The checkpoint's model, SDE and data law (module docstring); UsageError if it cannot be
     loaded."""
+    if (config.ckpt, config.device) in _IN_MEMORY:
+        return _IN_MEMORY[(config.ckpt, config.device)]
     return _load(config.ckpt, config.device)
 
 

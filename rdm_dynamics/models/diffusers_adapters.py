@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .dit import DIT_SIZES
-from .unit_adapters import adapt_units, add_rdm_gates, contiguous_tangents, unit_views
+from .unit_adapters import adapt_units, add_rdm_gates, contiguous_tangents, trace_order, unit_views
 
 __all__ = ["DIFFUSERS_RANGE", "DiffusersMissing", "require_diffusers", "DiffusersBackbone",
            "DiffusersDiT", "DiffusersUNet", "DIFFUSERS_CONFIGS", "DIFFUSERS_BACKBONES",
@@ -143,25 +143,6 @@ class DDPMTime:
         return torch.cumsum(b**2 / (2 * (1 - b)), 0) + k * spread / (2 * self.N**2)
 
 
-def _trace_order(net: nn.Module, candidates: list[nn.Module], x, t, y):
-    """The candidates that run, in the order they run, with their input shapes; ValueError if one
-    runs more than once."""
-    calls = []
-    hooks = [m.register_forward_pre_hook(lambda m, a, k: calls.append((m, a[0] if a else
-                                         next(iter(k.values())))), with_kwargs=True)
-             for m in candidates]
-    try:
-        with torch.no_grad():
-            net(x, t, y)
-    finally:
-        for h in hooks:
-            h.remove()
-    seen = [id(m) for m, _ in calls]
-    if len(seen) != len(set(seen)):
-        raise ValueError("a residual unit runs more than once in one forward pass")
-    return [m for m, _ in calls], [tuple(a.shape) for _, a in calls]
-
-
 def find_units(model: nn.Module) -> list[nn.Module]:
     """The residual-unit candidates of a supported diffusers model (module docstring), in
     declaration order (the forward order is traced by :class:`DiffusersBackbone`)."""
@@ -183,6 +164,13 @@ def find_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
+def native_gate(model: nn.Module) -> str:
+    """The toolkit's name of a diffusers model's own unit structure: ``adaln-zero`` for blocks
+    with adaLN-Zero (DiT), else ``plain`` (pre-norm units z + F(z))."""
+    return "adaln-zero" if getattr(model.config, "norm_type", None) == "ada_norm_zero" \
+        else "plain"
+
+
 class DiffusersBackbone(nn.Module):
     """A diffusers model as a toolkit backbone (module docstring).
 
@@ -191,13 +179,12 @@ class DiffusersBackbone(nn.Module):
         num_classes: its labels 0..num_classes-1 and the null label num_classes (None:
             unconditional).
         time: the DDPM time the model's timestep input means.
-        gate: ``native`` (the model as it is: its ``config["gate"]`` names its own structure) or
+        gate: ``native`` (the model as it is: ``config["gate"]`` is :func:`native_gate`) or
             ``rdm`` (an rdm gate around every unit, alpha starting at ``rdm_alpha_init``).
     """
 
     def __init__(self, model: nn.Module, *, num_classes: int | None, time: DDPMTime,
-                 gate: str = "native", native_gate: str = "plain",
-                 rdm_alpha_init: str | float = "rdm"):
+                 gate: str = "native", rdm_alpha_init: str | float = "rdm"):
         super().__init__()
         self.model, self.num_classes, self.time = model, num_classes, time
         self.in_channels = int(model.config.in_channels)
@@ -208,14 +195,14 @@ class DiffusersBackbone(nn.Module):
             if isinstance(m, nn.GroupNorm):  # forward-mode AD through strided states (C8)
                 m.register_forward_pre_hook(contiguous_tangents)
         x = torch.zeros(1, self.in_channels, self.input_size, self.input_size)
-        units, shapes = _trace_order(self, find_units(model), x, torch.full((1,), 0.5), None)
+        units, shapes = trace_order(self, find_units(model), x, torch.full((1,), 0.5), None)
         if not units:
             raise ValueError(f"{type(model).__name__} has no residual units")
         self._units = units
         adapt_units(units)
         if gate == "rdm":
             add_rdm_gates(units, shapes, rdm_alpha_init)
-        self.config = {"gate": native_gate if gate == "native" else gate,
+        self.config = {"gate": native_gate(model) if gate == "native" else gate,
                        "input_size": self.input_size, "in_channels": self.in_channels,
                        "num_classes": num_classes, "frames": None}
 
@@ -268,7 +255,7 @@ class DiffusersDiT(DiffusersBackbone):
             in_channels=in_channels, out_channels=in_channels, num_layers=depth,
             sample_size=input_size, patch_size=patch_size, num_embeds_ada_norm=num_classes)
         super().__init__(model, num_classes=num_classes, time=DDPMTime(num_train_timesteps),
-                         gate=mode, native_gate="adaln-zero", rdm_alpha_init=rdm_alpha_init)
+                         gate=mode, rdm_alpha_init=rdm_alpha_init)
 
 
 class DiffusersUNet(DiffusersBackbone):
@@ -293,7 +280,7 @@ class DiffusersUNet(DiffusersBackbone):
             norm_num_groups=norm_groups, attention_head_dim=head_dim,
             num_class_embeds=num_classes + 1)
         super().__init__(model, num_classes=num_classes, time=DDPMTime(num_train_timesteps),
-                         gate=mode, native_gate="plain", rdm_alpha_init=rdm_alpha_init)
+                         gate=mode, rdm_alpha_init=rdm_alpha_init)
 
 
 DIFFUSERS_BACKBONES = {"diffusers-dit": DiffusersDiT, "diffusers-unet": DiffusersUNet}
@@ -388,7 +375,6 @@ def load_folder(path) -> tuple[DiffusersBackbone, DDPMTime, str]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{folder}: diffusers cannot load this {name}: {first}") from None
     net = DiffusersBackbone(model.float().eval(), num_classes=_num_classes(name, config),
-                            time=time, native_gate="adaln-zero" if "Transformer" in name
-                            and _num_classes(name, config) else "plain")
+                            time=time)
     net.config["name"] = f"diffusers:{name}"
     return net.eval(), time, source

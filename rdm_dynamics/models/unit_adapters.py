@@ -38,7 +38,8 @@ from torch import nn
 from .gates import resolve_alpha_init
 
 __all__ = ["CallArgs", "UnitView", "adapt_units", "unit_views", "add_rdm_gates", "RDMUnitGate",
-           "STATE_KEYWORDS", "contiguous_tangents"]
+           "STATE_KEYWORDS", "contiguous_tangents",
+           "trace_order"]
 
 #: Keyword names under which a unit may receive its state when no positional argument is given.
 STATE_KEYWORDS = ("hidden_states", "input_tensor", "x", "sample")
@@ -171,3 +172,30 @@ def add_rdm_gates(units: list[nn.Module], shapes: list[tuple[int, ...]],
         channels_last = len(shape) == 3
         channels = shape[-1] if channels_last else shape[1]
         unit.rdm_gate = RDMUnitGate(channels, channels_last, alpha, beta_init)
+
+
+def trace_order(net: nn.Module, candidates: list[nn.Module], x, t, y):
+    """The candidates that run in ``net(x, t, y)``, in the order they run, with their input
+    shapes.  ValueError if one runs more than once (the probes' hooks see each unit once) or
+    returns a state of another shape than its input (not a residual unit)."""
+    calls = []
+
+    def record(module, args, kwargs, out):
+        z = args[0] if args else next(iter(kwargs.values()))
+        calls.append((module, tuple(z.shape), tuple(getattr(out, "shape", ()))))
+
+    hooks = [m.register_forward_hook(record, with_kwargs=True) for m in candidates]
+    try:
+        with torch.no_grad():
+            net(x, t, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    seen = [id(m) for m, _, _ in calls]
+    if len(seen) != len(set(seen)):
+        raise ValueError("a residual unit runs more than once in one forward pass")
+    for m, shape_in, shape_out in calls:
+        if shape_in != shape_out:
+            raise ValueError(f"{type(m).__name__} maps a state of shape {shape_in} to "
+                             f"{shape_out}: not a residual unit (state -> state)")
+    return [m for m, _, _ in calls], [s for _, s, _ in calls]
