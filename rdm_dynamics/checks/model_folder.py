@@ -43,7 +43,6 @@ def folder_subject(ckpt: str, device: str):
     """The subject of a diffusers folder, or None if ``ckpt`` is not one; UsageError (one line)
     if it is one that cannot be read."""
     from ..models.diffusers_adapters import load_folder, model_folder
-
     from .trained_subject import Subject
 
     if model_folder(ckpt) is None:

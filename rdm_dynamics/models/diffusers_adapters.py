@@ -194,8 +194,10 @@ class DiffusersBackbone(nn.Module):
                 m.dropout_prob = 0.0
             if isinstance(m, nn.GroupNorm):  # forward-mode AD through strided states (C8)
                 m.register_forward_pre_hook(contiguous_tangents)
-        x = torch.zeros(1, self.in_channels, self.input_size, self.input_size)
-        units, shapes = trace_order(self, find_units(model), x, torch.full((1,), 0.5), None)
+        dtype = next(model.parameters()).dtype
+        x = torch.zeros(1, self.in_channels, self.input_size, self.input_size, dtype=dtype)
+        units, shapes = trace_order(self, find_units(model), x,
+                                    torch.full((1,), 0.5, dtype=dtype), None)
         if not units:
             raise ValueError(f"{type(model).__name__} has no residual units")
         self._units = units
