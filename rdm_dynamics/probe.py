@@ -56,7 +56,7 @@ class ModelWithUnits(nn.Module):
             raise ValueError(f"{len(units) - len(ordered)} of the {len(units)} units given do "
                              "not run in a forward pass")
         self._units = ordered
-        adapt_units(ordered)
+        adapt_units(ordered, self)
         self.config = {"gate": "user", "input_size": self.input_size,
                        "in_channels": self.in_channels, "num_classes": num_classes,
                        "frames": None}

@@ -201,7 +201,7 @@ class DiffusersBackbone(nn.Module):
         if not units:
             raise ValueError(f"{type(model).__name__} has no residual units")
         self._units = units
-        adapt_units(units)
+        adapt_units(units, self)
         if gate == "rdm":
             add_rdm_gates(units, shapes, rdm_alpha_init)
         self.config = {"gate": native_gate(model) if gate == "native" else gate,
@@ -225,11 +225,12 @@ class DiffusersBackbone(nn.Module):
     def gate_values(self, t: float = 0.5, y: int | None = None) -> dict[str, torch.Tensor]:
         """The rdm gates' alpha and beta by unit (empty for the native model)."""
         out = {}
-        for i, unit in enumerate(self._units):
+        for unit in self._units:
             gate = getattr(unit, "rdm_gate", None)
             if gate is not None:
-                out[f"unit{i}.alpha"] = gate.alpha.detach()
-                out[f"unit{i}.beta"] = gate.beta.detach()
+                name = unit.__dict__["forward"].view.name
+                out[f"{name}.alpha"] = gate.alpha.detach()
+                out[f"{name}.beta"] = gate.beta.detach()
         return out
 
 

@@ -93,9 +93,15 @@ class UnitView(nn.Module):
     unit's class ``forward`` directly (never the routed instance attribute), then the unit's rdm
     gate if it has one, so the gated unit is what the checks see."""
 
-    def __init__(self, unit: nn.Module):
+    def __init__(self, unit: nn.Module, name: str = ""):
         super().__init__()
         self.unit = unit
+        self.name = name  # the unit's qualified name in its model (set by adapt_units)
+
+    @property
+    def branch(self) -> nn.Module:
+        """The unit itself (what ``models.depth_init`` groups units by: its class)."""
+        return self.unit
 
     def forward(self, z: torch.Tensor, c: CallArgs, e: CallArgs | None = None) -> torch.Tensor:
         z = _contiguous_dual(z)
@@ -140,14 +146,16 @@ class _Route:
         return self.view(z, CallArgs(rest, kwargs), CallArgs())
 
 
-def adapt_units(units: list[nn.Module]) -> list[UnitView]:
+def adapt_units(units: list[nn.Module], model: nn.Module | None = None) -> list[UnitView]:
     """Route each unit's calls through a :class:`UnitView` (module docstring) and return the
-    views, in the order given; a unit adapted before keeps its view."""
+    views, in the order given, named by their qualified names in ``model``; a unit adapted
+    before keeps its view."""
+    names = {id(m): n for n, m in model.named_modules()} if model is not None else {}
     views = []
-    for unit in units:
+    for i, unit in enumerate(units):
         route = unit.__dict__.get("forward")
         if not isinstance(route, _Route):
-            route = _Route(UnitView(unit))
+            route = _Route(UnitView(unit, names.get(id(unit), f"unit{i}")))
             unit.forward = route
         views.append(route.view)
     return views
