@@ -23,7 +23,7 @@ from ..cli import UsageError
 from ..sde import make_sde
 from ..training.settings import TrainConfig
 
-__all__ = ["folder_subject", "clean_draws"]
+__all__ = ["folder_subject_fields", "clean_draws"]
 
 
 def clean_draws(net):
@@ -39,11 +39,10 @@ def clean_draws(net):
     return draw
 
 
-def folder_subject(ckpt: str, device: str):
-    """The subject of a diffusers folder, or None if ``ckpt`` is not one; UsageError (one line)
-    if it is one that cannot be read."""
+def folder_subject_fields(ckpt: str, device: str) -> dict | None:
+    """The fields of ``trained_subject.Subject`` for a diffusers folder, or None if ``ckpt`` is
+    not one; UsageError (one line) if it is one that cannot be read."""
     from ..models.diffusers_adapters import load_folder, model_folder
-    from .trained_subject import Subject
 
     if model_folder(ckpt) is None:
         return None
@@ -54,5 +53,6 @@ def folder_subject(ckpt: str, device: str):
     cfg = TrainConfig(sde="vp", sde_options=time.sde_options, prediction=time.prediction,
                       t_min=1.0 / time.N, data="none (a diffusers folder holds no data)")
     net.config["time"] = source
-    return Subject(net.to(device).requires_grad_(False), cfg, make_sde("vp", **time.sde_options),
-                   None, 0, Path(ckpt), bool(net.num_classes), clean_draws(net))
+    return dict(net=net.to(device).requires_grad_(False), train_config=cfg,
+                sde=make_sde("vp", **time.sde_options), law=None, step=0, path=Path(ckpt),
+                labelled=bool(net.num_classes), clean=clean_draws(net))

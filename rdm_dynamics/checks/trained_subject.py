@@ -123,11 +123,11 @@ def checkpoint_config(ckpt: str, *, seed: int = 0, device: str = "cpu",
 
 @functools.lru_cache(maxsize=4)
 def _load(ckpt: str, device: str) -> Subject:
-    from .model_folder import folder_subject  # a diffusers save_pretrained folder (issue 22)
+    from .model_folder import folder_subject_fields  # a diffusers save_pretrained folder
 
-    subject = folder_subject(ckpt, device)
-    if subject is not None:
-        return subject
+    fields = folder_subject_fields(ckpt, device)
+    if fields is not None:
+        return Subject(**fields)
     try:
         c = load_checkpoint(ckpt)
         cfg = TrainConfig.from_json(c.meta.get("train_config") or {})
