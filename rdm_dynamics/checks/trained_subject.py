@@ -5,7 +5,9 @@ checkpoint file, seed, device, quick) and runs the checkpoint checks (``registry
 on it.  Each check calls :func:`load_subject`, which rebuilds the checkpoint's model
 (``models.load_model``, EMA weights), its SDE, prediction and training times from the stored
 training configuration, and its data law when the run trained on known-law data (``law.``
-tensors, ``training.known_law``).  A subject is loaded once per (checkpoint, device).
+tensors, ``training.known_law``).  A subject is loaded once per (checkpoint, device).  A diffusers
+``save_pretrained`` folder is read by ``model_folder`` (its time mapped onto the VP SDE, no law),
+and ``rdm_dynamics.probe`` hands a model in memory over with :func:`in_memory_subject`.
 
 Inputs of the checks: clean images from the run's data (fresh draws of the known law, or the
 run's dataset), labels from the data, diffusion times uniform on [t_min, T] and noise, all drawn
