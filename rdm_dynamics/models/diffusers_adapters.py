@@ -208,6 +208,11 @@ class DiffusersBackbone(nn.Module):
                        "input_size": self.input_size, "in_channels": self.in_channels,
                        "num_classes": num_classes, "frames": None}
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, (C, H, W)."""
+        return (self.in_channels, self.input_size, self.input_size)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
         kwargs = {}
         if self.num_classes is not None:
