@@ -317,3 +317,39 @@ def test_check_model_takes_any_module_with_its_units():
     assert report["depth"] == 3 and set(report) >= {"passed", "checks", "seed", "versions"}
     with pytest.raises(ValueError, match="not a residual unit"):
         check_model(net, [net.inp], sample_shape=(1, 8, 8))
+
+
+@pytest.mark.slow
+def test_the_study_runs_on_a_diffusers_backbone(tmp_path):
+    from rdm_dynamics.study import main as study
+
+    spec = tmp_path / "study.toml"
+    spec.write_text('''
+[train]
+model = "diffusers-dit-N/2"
+model_options = { width = 32, heads = 2 }
+data = "digits-gmm"
+steps = 2
+batch_size = 8
+warmup = 0
+log_every = 1
+ckpt_every = 2
+n_samples = 2
+sample_steps = 1
+device = "cpu"
+
+[[grid]]
+gate = ["rdm"]
+depth = [2, 4]
+init = ["iid"]
+seed = [0]
+
+[measure]
+quick = true
+fd_samples = 8
+sample_steps = 2
+''')
+    code = study(["--file", str(spec), "--out", str(tmp_path / "s"), "--no-figures"])
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert code in (0, 1) and {c["id"] for c in report["checks"]} >= {"depth-consistency",
+                                                                      "depth-scaling"}
