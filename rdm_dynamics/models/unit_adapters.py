@@ -13,7 +13,9 @@ state dict:
   (the first positional argument, or the keyword ``hidden_states``), c a :class:`CallArgs` holding
   every other argument of the call, and e an empty :class:`CallArgs`;
 * ``CallArgs`` behaves as the probes need a conditioning tensor to: ``.to(dtype)`` casts its
-  floating tensors (integer labels stay integers), ``.detach()`` detaches them.
+  floating feature tensors (two or more dimensions, such as a time embedding (B, D)), while
+  per-sample scalars (1-d: diffusion timesteps, labels) stay as they are, as they do when a
+  whole model is cast (diffusers embeds the timestep in float32); ``.detach()`` detaches them.
 
 The probes hook the views; the model's own code still calls its units as it always did.
 
@@ -64,9 +66,9 @@ class CallArgs:
         self.args, self.kwargs = tuple(args), dict(kwargs or {})
 
     def to(self, dtype: torch.dtype) -> CallArgs:
-        """Floating tensors cast to ``dtype``; integer tensors and other values as they are."""
+        """Floating tensors of two or more dimensions cast to ``dtype``; the rest as it is."""
         def fn(t):
-            return t.to(dtype) if t.is_floating_point() else t
+            return t.to(dtype) if t.is_floating_point() and t.ndim >= 2 else t
         return CallArgs(_cast(self.args, fn), _cast(self.kwargs, fn))
 
     def detach(self) -> CallArgs:
