@@ -8,9 +8,9 @@ blocks) with one recipe (``rdm_dynamics.training.loop.train`` on ``digits-gmm``:
 steps, batch, learning rate, EMA, seeds), then measures both with C10's exact risk decomposition
 (``checks.denoising_risk.measure_risk``, full size: 8 time bins of 256 draws, the same draws for
 both) and prints the excess risk E|eps_theta - eps*|^2 per time bin side by side, with standard
-errors over the draws, and the difference in units of its standard error (the two estimates are
-independent given the draws' seeds... they share the draws, so the SE of the difference is taken
-conservatively as sqrt(se_a^2 + se_b^2)).  With ``--seeds 0,1`` the excess is averaged over
+errors over the draws, and the difference in units of sqrt(se_a^2 + se_b^2) (both models are
+measured on the same draws, whose errors are positively correlated, so this overstates the
+standard error of the difference: the ratio is conservative).  With ``--seeds 0,1`` the excess is averaged over
 training seeds and its SE includes the seed-to-seed spread.
 
 The two models differ by construction in ways the table may show (the README says which):
