@@ -10,8 +10,8 @@ steps, batch, learning rate, EMA, seeds), then measures both with C10's exact ri
 both) and prints the excess risk E|eps_theta - eps*|^2 per time bin side by side, with standard
 errors over the draws, and the difference in units of sqrt(se_a^2 + se_b^2) (both models are
 measured on the same draws, whose errors are positively correlated, so this overstates the
-standard error of the difference: the ratio is conservative).  With ``--seeds 0,1`` the excess is averaged over
-training seeds and its SE includes the seed-to-seed spread.
+standard error of the difference: the ratio is conservative).  With ``--seeds 0,1`` the excess
+is averaged over training seeds and its SE includes the seed-to-seed spread.
 
 The two models differ by construction in ways the table may show (the README says which):
 the toolkit's DiT shares one time/label embedding across blocks, counts attention and MLP as two

@@ -248,6 +248,12 @@ def test_rdm_gates_start_at_the_ode_consistent_step():
     assert len(alphas) == 4 and all(torch.allclose(a, torch.full_like(a, 1 / 4)) for a in alphas)
     with pytest.raises(ValueError, match="adaln-zero"):
         build_model("diffusers-dit-N/2", gate="rezero")
+    dit = build_model("diffusers-dit-N/2", gate="adaln-zero", dit_init=True)  # DiT's recipe
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert dit(x, torch.rand(2), torch.arange(2)).abs().max() == 0
+        assert build_model("diffusers-dit-N/2", gate="adaln-zero")(
+            x, torch.rand(2), torch.arange(2)).abs().max() > 0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -247,13 +247,16 @@ def _gate_mode(gate: str, native: str, family: str) -> str:
 
 
 class DiffusersDiT(DiffusersBackbone):
-    """``DiTTransformer2DModel`` with random weights, built with build_model's keywords."""
+    """``DiTTransformer2DModel`` with random weights, built with build_model's keywords;
+    ``dit_init`` zero-initialises every block's adaLN-Zero regressor and the head's modulation and
+    projection, as DiT (and this toolkit's DiT) does: each block starts as the identity and the
+    prediction at 0."""
 
     def __init__(self, *, input_size: int = 8, in_channels: int = 1, num_classes: int = 10,
                  frames: int | None = None, class_dropout_prob: float = 0.0,
                  gate: str = "adaln-zero", patch_size: int = 2, depth: int = 6, width: int = 128,
                  heads: int = 4, num_train_timesteps: int = 1000,
-                 rdm_alpha_init: str | float = "rdm"):
+                 rdm_alpha_init: str | float = "rdm", dit_init: bool = False):
         if frames is not None:
             raise ValueError("diffusers backbones take images, not videos (frames)")
         mode = _gate_mode(gate, "adaln-zero", "diffusers-dit")
@@ -262,6 +265,11 @@ class DiffusersDiT(DiffusersBackbone):
             num_attention_heads=heads, attention_head_dim=width // heads,
             in_channels=in_channels, out_channels=in_channels, num_layers=depth,
             sample_size=input_size, patch_size=patch_size, num_embeds_ada_norm=num_classes)
+        if dit_init:  # DiT's recipe (diffusers' constructor keeps PyTorch's defaults)
+            zero = [b.norm1.linear for b in model.transformer_blocks]
+            for layer in (*zero, model.proj_out_1, model.proj_out_2):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         super().__init__(model, num_classes=num_classes, time=DDPMTime(num_train_timesteps),
                          gate=mode, rdm_alpha_init=rdm_alpha_init)
 
