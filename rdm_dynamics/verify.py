@@ -65,9 +65,10 @@ def build_parser() -> Parser:
     p.add_argument("--list", action="store_true", help="list the checks and exit")
     p.add_argument("--ckpt", default=None, metavar="RUN",
                    help="run the checks on a trained model instead (C8 and up): a run folder "
-                        "(its latest checkpoint) or a checkpoint file; its depth, its units' gate "
-                        "and its precision come from the model (--depth, --schedule and --dtype "
-                        "are refused with it)")
+                        "(its latest checkpoint), a checkpoint file, or a diffusers "
+                         "save_pretrained folder (DiT, Transformer2D, UNet2D); its depth, its "
+                         "units' gate and its precision come from the model (--depth, --schedule "
+                         "and --dtype are refused with it)")
     p.add_argument("--self-test", action="store_true",
                    help="run every check's negative controls and the library of seeded faults "
                         "(checks/faults.py); print which check caught each fault and the kill "

@@ -4,7 +4,7 @@ asserted is that each script works and says what its JSON promises.
 
 ``train_digits.py`` is not run here: its smallest run trains a model and a digit classifier and
 scores samples (about 45 s on a loaded 2-core machine); its ``--json`` writes the same report as
-its ``results.json``."""
+its ``results.json``.  ``diffusers_parity.py`` runs in the slow lane (two trainings)."""
 
 import importlib.util
 import json
@@ -44,7 +44,7 @@ def test_reverse_sde_simulation_bad_arguments(capsys):
 
 
 JSON_SCRIPTS = ("reverse_sde_simulation", "adjoint_memory", "gate_overhead", "gpu_throughput",
-                "trained_checks", "train_digits")
+                "trained_checks", "train_digits", "diffusers_parity")
 
 
 @pytest.mark.parametrize("name", JSON_SCRIPTS)
@@ -153,3 +153,14 @@ def test_train_step_floor_writes_its_figures(tmp_path):
                                                                ("RDM-DiT-T/2", 4)]
     for r in out["rows"]:
         assert r["gflop"] > 0 and r["ops"] > 0 and 0 < r["share_of_peak"]
+
+
+@pytest.mark.slow
+def test_diffusers_parity_writes_both_models_per_bin(tmp_path):
+    pytest.importorskip("diffusers")
+    path = tmp_path / "parity.json"
+    assert load("diffusers_parity").main(["--steps", "3", "--quick", "--out",
+                                          str(tmp_path / "runs"), "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert set(out["models"]) == {"RDM-DiT-N/2", "diffusers-dit-N/2"}
+    assert len(out["diff_over_se"]) == len(out["t_bins"]) == 4

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: (module name or subpackage prefix, layer); a subpackage entry covers all its modules.
 LAYERS = {
-    "verify": 3, "train": 3, "sample": 3, "study": 3, "__main__": 3,
+    "verify": 3, "train": 3, "sample": 3, "study": 3, "__main__": 3, "probe": 3,
     "checks": 2, "training": 2, "depth_study": 2,
     "analysis": 1, "models": 1,
     "": 0, "sde": 0, "laws": 0, "stack": 0, "noise": 0, "solvers": 0, "stats": 0, "files": 0,

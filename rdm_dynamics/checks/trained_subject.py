@@ -5,7 +5,9 @@ checkpoint file, seed, device, quick) and runs the checkpoint checks (``registry
 on it.  Each check calls :func:`load_subject`, which rebuilds the checkpoint's model
 (``models.load_model``, EMA weights), its SDE, prediction and training times from the stored
 training configuration, and its data law when the run trained on known-law data (``law.``
-tensors, ``training.known_law``).  A subject is loaded once per (checkpoint, device).
+tensors, ``training.known_law``).  A subject is loaded once per (checkpoint, device).  A diffusers
+``save_pretrained`` folder is read by ``model_folder`` (its time mapped onto the VP SDE, no law),
+and ``rdm_dynamics.probe`` hands a model in memory over with :func:`in_memory_subject`.
 
 Inputs of the checks: clean images from the run's data (fresh draws of the known law, or the
 run's dataset), labels from the data, diffusion times uniform on [t_min, T] and noise, all drawn
@@ -15,6 +17,7 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,7 @@ from ..training.settings import TrainConfig
 from ..training.validation import check_finite_weights, validate_config, validate_law
 
 __all__ = ["CheckpointConfig", "Subject", "load_subject", "checkpoint_config", "Inputs",
-           "draw_inputs"]
+           "draw_inputs", "in_memory_subject"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class Subject:
     step: int
     path: Path
     labelled: bool  # trained with class labels
+    #: clean images and labels for a model stored without its data (a diffusers folder:
+    #: ``model_folder.clean_draws``); None: the run's law or dataset
+    clean: object = None
 
     @property
     def prediction(self) -> str:
@@ -123,6 +129,12 @@ def _version(ckpt: str) -> tuple | None:
     and modification time), so that a cached subject is never one of another or older file."""
     path = Path(ckpt).resolve()
     found = latest_checkpoint(path) if path.is_dir() else path.with_suffix(".json")
+    if found is None and path.is_dir():  # a diffusers folder: its files, one level down
+        try:
+            files = sorted(f for f in [*path.iterdir(), *path.glob("*/*")] if f.is_file())
+            return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        except OSError:
+            return None
     try:
         st = found.stat() if found is not None else None
     except OSError:
@@ -136,6 +148,11 @@ def _load(ckpt: str, device: str) -> Subject:
 
 @functools.lru_cache(maxsize=4)
 def _load_version(ckpt: str, device: str, version: tuple | None) -> Subject:
+    from .model_folder import folder_subject_fields  # a diffusers save_pretrained folder
+
+    fields = folder_subject_fields(ckpt, device)
+    if fields is not None:
+        return Subject(**fields)
     try:  # a checkpoint is input: validated as the command line is (training.validation)
         c = load_checkpoint(ckpt)
         cfg = TrainConfig.from_json(c.meta.get("train_config") or {})
@@ -170,9 +187,26 @@ def _probe_sampler(ckpt: str, net: nn.Module, cfg: TrainConfig, sde: SDE, device
         raise UsageError(f"--ckpt {ckpt}: the stored run is refused: {exc}") from None
 
 
+#: Subjects handed over in memory (``rdm_dynamics.probe.check_model``), by key.
+_IN_MEMORY: dict[tuple[str, str], Subject] = {}
+
+
+@contextlib.contextmanager
+def in_memory_subject(key: str, subject: Subject, device: str):
+    """Within the block, ``subject`` is the one ``load_subject`` returns for ``ckpt=key`` on
+    ``device``."""
+    _IN_MEMORY[(key, device)] = subject
+    try:
+        yield key
+    finally:
+        _IN_MEMORY.pop((key, device), None)
+
+
 def load_subject(config: CheckpointConfig) -> Subject:
     """The checkpoint's model, SDE and data law (module docstring); UsageError if it cannot be
     loaded."""
+    if (config.ckpt, config.device) in _IN_MEMORY:
+        return _IN_MEMORY[(config.ckpt, config.device)]
     return _load(config.ckpt, config.device)
 
 
@@ -188,6 +222,8 @@ class Inputs:
 
 
 def _clean_images(subject: Subject, n: int, generator: torch.Generator):
+    if subject.clean is not None:
+        return subject.clean(n, generator)
     if subject.law is not None:
         x, k = subject.law.mixture.sample(n, generator, with_components=True)
         return subject.law.images(x), subject.law.classes[k]

@@ -233,7 +233,7 @@ class StudyRunner:
         if trained.data not in ("digits", "digits-gmm", "moving-digits"):
             return {"fd_note": f"no digit classifier for data {trained.data!r}"}
         judge, floor = self._judge(kind, shape[-1], shape[0] if len(shape) == 4 else None)
-        labels = cycle_labels(n, net.cond.label.num_classes)
+        labels = cycle_labels(n, net.config["num_classes"])
         try:
             x = generate(net, n, sde=make_sde(trained.sde, **trained.sde_options),
                          prediction=trained.prediction, t_min=trained.t_min, labels=labels,

@@ -33,6 +33,7 @@ from torch import nn
 
 from .backbone import GatedBackbone
 from .depth_init import INITS, initialize, smooth_in_depth_
+from .diffusers_adapters import DIFFUSERS_BACKBONES, DIFFUSERS_CONFIGS
 from .dit import DIT_CONFIGS, RDMDiT
 from .gates import GATE_KINDS, ResidualUnit
 from .mlp import MLP_CONFIGS, RDMMLP
@@ -43,13 +44,16 @@ __all__ = ["build_model", "model_builder", "load_model", "ModelLoadError", "MODE
            "DEPTH_OPTIONS", "GatedBackbone", "ResidualUnit", "RDMDiT", "RDMUNet", "RDMMLP"]
 
 BACKBONES: dict[str, type[GatedBackbone]] = {"dit": RDMDiT, "unet": RDMUNet, "mlp": RDMMLP}
+BACKBONES.update(DIFFUSERS_BACKBONES)  # diffusers' classes, random weights (diffusers_adapters)
 
 MODEL_CONFIGS: dict[str, dict] = {**DIT_CONFIGS, **UNET_CONFIGS, **MLP_CONFIGS}
+MODEL_CONFIGS.update(DIFFUSERS_CONFIGS)
 
 #: The architecture option that sets each backbone's depth: the transformer's blocks, the
 #: U-Net's blocks per level (the number of residual units grows in proportion to it), the
 #: residual MLP's units.
-DEPTH_OPTIONS = {"dit": "depth", "unet": "blocks_per_level", "mlp": "depth"}
+DEPTH_OPTIONS = {"dit": "depth", "unet": "blocks_per_level", "mlp": "depth",
+                 "diffusers-dit": "depth", "diffusers-unet": "layers_per_block"}
 
 
 def depth_option(name: str) -> str:
