@@ -133,6 +133,17 @@ def main(argv=None) -> int:
     return run_command(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
 
 
+def _check_targets(out: Path, args) -> None:
+    """Refuse (one line) an --out or --json that holds files the study did not write: they are
+    left as they are."""
+    from .checks.report import check_report_targets, is_report
+
+    check_report_targets(out, args.json, "study")
+    if not is_report(out / "report.json") and _foreign_table(out / "runs.csv"):
+        raise UsageError(f"--out {args.out!r} holds a runs.csv that no study report belongs to: "
+                         "choose another folder (it is left as it is)")
+
+
 def _main(argv) -> int:
     began = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -145,18 +156,8 @@ def _main(argv) -> int:
     nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
     study, runs = _plan(args)
     out = Path(args.out)
-    from .checks.report import (
-        check_report_targets,
-        format_table,
-        is_report,
-        render_figures,
-        write_report,
-    )
-
-    check_report_targets(out, args.json, "study")  # never replace what the study did not write
-    if not is_report(out / "report.json") and _foreign_table(out / "runs.csv"):
-        raise UsageError(f"--out {args.out!r} holds a runs.csv that no study report belongs to: "
-                         "choose another folder (it is left as it is)")
+    _check_targets(out, args)
+    from .checks.report import format_table, render_figures, write_report
     from .depth_study import (
         StudyClaimConfig,
         StudyRunner,
