@@ -166,6 +166,12 @@ def train_config(key, value):
     return change
 
 
+def model_config(key, value):
+    def change(meta):
+        meta["model_config"][key] = value
+    return change
+
+
 def study_ckpt(change):
     """Edit every checkpoint JSON of the studied run."""
     def prepare(ws, fx):
@@ -334,6 +340,13 @@ CHECKPOINT_SETTINGS = [  # class 1: a checkpoint's configuration, law and weight
     Case("verify", ["--ckpt", "run", *V], 2, "EMA weights are not finite",
          both(with_run, edit_tensors(f"{CKPT}.safetensors", set_tensor(
              "ema.final.linear.weight", lambda w: w * NAN)))),
+    Case("verify", ["--ckpt", "run", *V], 2, "model_config depth = 100000 does not fit",
+         both(with_run, edit_json(f"{CKPT}.json", model_config("depth", 100_000))), bomb=True),
+    Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2,
+         "model_config width = 10000000 does not fit",
+         both(with_run, edit_json(f"{CKPT}.json", model_config("width", 10**7))), bomb=True),
+    Case("verify", ["--ckpt", "run", *V], 2, "model_config mlp_ratio = inf does not fit",
+         both(with_run, edit_json(f"{CKPT}.json", model_config("mlp_ratio", float("inf"))))),
     Case("sample", ["--ckpt", "run", *SAMPLE, "--out", "x.png"], 2, "ema weights are not finite",
          both(with_run, edit_tensors(f"{CKPT}.safetensors", set_tensor(
              "ema.final.linear.weight", lambda w: w * NAN)))),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 
 from torch import nn
 
@@ -127,6 +128,24 @@ def model_builder(factory: str | None = None):
         raise ModelLoadError(f"cannot import model factory {factory!r}: {exc}") from None
 
 
+def _check_sizes_fit(config, stored: dict) -> None:
+    """Refuse a stored ``model_config`` whose numbers the stored weights cannot hold, before the
+    model is built (a hand-edited depth or width would otherwise build a huge model first).
+
+    Every size of an architecture (depth, width, input size, classes, ratios) is at most
+    max(number of weight tensors, largest tensor's numel): a model of depth D has at least D
+    tensors, and a width, an input size or a class count is the length of some weight's axis."""
+    if not isinstance(config, dict):
+        raise ModelLoadError("the checkpoint's model_config is not a mapping")
+    bound = max([len(stored), *(t.numel() for t in stored.values())])
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value) or abs(value) > bound:
+            raise ModelLoadError(f"model_config {key} = {str(value)[:30]} does not fit the stored "
+                                 f"weights ({len(stored)} tensors, the largest {bound} values)")
+
+
 def load_model(ckpt, weights: str = "ema", factory: str | None = None) -> nn.Module:
     """Rebuild the checkpoint's model (``build(**ckpt.meta["model_config"])``), load its
     ``weights`` (``ema`` or ``model``) strictly and return it in eval mode."""
@@ -139,9 +158,11 @@ def load_model(ckpt, weights: str = "ema", factory: str | None = None) -> nn.Mod
         raise ModelLoadError(f"weights must be 'ema' or 'model', got {weights!r}")
     if "model_config" not in ckpt.meta:
         raise ModelLoadError("the checkpoint holds no model_config")
+    stored = ckpt.state_dict(weights)
+    _check_sizes_fit(ckpt.meta["model_config"], stored)
     net = model_builder(factory)(**ckpt.meta["model_config"])
     try:
-        net.load_state_dict(ckpt.state_dict(weights), strict=True)
+        net.load_state_dict(stored, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"the {weights} weights do not fit the model: {first}") from None
