@@ -159,6 +159,9 @@ def load_model(ckpt, weights: str = "ema", factory: str | None = None) -> nn.Mod
     if "model_config" not in ckpt.meta:
         raise ModelLoadError("the checkpoint holds no model_config")
     stored = ckpt.state_dict(weights)
+    if not stored:
+        raise ModelLoadError(f"the {weights} weights do not fit the model: the checkpoint holds "
+                             f"no {weights}.* tensors")
     _check_sizes_fit(ckpt.meta["model_config"], stored)
     net = model_builder(factory)(**ckpt.meta["model_config"])
     try:
