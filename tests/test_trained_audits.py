@@ -107,6 +107,25 @@ def test_c10_gates_its_figures_and_names_the_rest_derived(small):
     assert 0 < m["identity_resolution"] < 1
 
 
+def test_a_model_whose_sampler_yields_nan_fails_c10_and_does_not_crash(small, monkeypatch,
+                                                                       tmp_path):
+    """Non-finite samples are a property of the model: C10 fails on generated_finite (with the
+    sampler's message in its summary) and draws its figure; the finite run passes that rule."""
+    from rdm_dynamics.checks.report import render_figures
+    from rdm_dynamics.training.sampling import NonFiniteSamples
+
+    def nan_sampler(*args, **kwargs):
+        raise NonFiniteSamples("the sampler met NaN at step 3")
+
+    monkeypatch.setattr(C10, "generate", nan_sampler)
+    result = run_claim(C10, small)
+    assert result.status == "fail" and "generated_finite" in result.verdict.failed
+    assert "not finite (the sampler met NaN at step 3)" in result.summary
+    assert render_figures([result])
+    monkeypatch.undo()
+    assert run_claim(C10, small).metrics["generated_finite"] == 1.0
+
+
 def test_a_label_blind_model_cannot_hide_a_swapped_conditional_reference(small):
     """For a predictor that ignores the label, the unconditional reference satisfies the
     identity too; the label-using control (and the law audit) catch it all the same."""

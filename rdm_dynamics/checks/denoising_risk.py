@@ -53,7 +53,7 @@ from ..analysis.denoising_risk import (
 )
 from ..analysis.law_audit import P_FLOOR
 from ..stats import mean_se
-from ..training.sampling import generate
+from ..training.sampling import NonFiniteSamples, generate
 from .claim import Measurement
 from .denoising_audit import (
     LAW_TOL,
@@ -190,6 +190,7 @@ AUDIT_RULES = [
     Rule("sample_logdensity_error", (0.0, LAW_TOL)),
     Rule("sample_responsibility_error", (0.0, LAW_TOL)),
     Rule("real_logdensity_gap", (0.0, 0.0), margin=-SE_MARGIN),
+    Rule("generated_finite", (1.0, 1.0)),  # a model whose sampler yields NaN fails here
 ]
 
 
@@ -241,15 +242,18 @@ def measure_samples(subject: Subject, config, params: dict) -> tuple[dict, dict]
         labels = torch.multinomial(law.class_weights(), n["generated"], replacement=True,
                                    generator=g)
     cfg = subject.train_config
-    x = generate(subject.net, n["generated"], sde=subject.sde, prediction=subject.prediction,
-                 t_min=subject.t_min, labels=labels, guidance=1.0, sampler="ddpm",
-                 steps=n["steps"], seed=config.seed, device=config.device,
-                 autocast=cfg.bf16, disable=True)
+    try:
+        x = generate(subject.net, n["generated"], sde=subject.sde, prediction=subject.prediction,
+                     t_min=subject.t_min, labels=labels, guidance=1.0, sampler="ddpm",
+                     steps=n["steps"], seed=config.seed, device=config.device,
+                     autocast=cfg.bf16, disable=True)
+    except NonFiniteSamples as exc:  # a property of the model: the check fails, it does not crash
+        return {"generated_finite": 0.0}, {"nonfinite": str(exc)}
     flat = law.flat(x).double().cpu()
     d = law.mixture.dim
     lp_gen = law.mixture.log_prob(flat) / d
     lp_real = law.mixture.log_prob(real) / d
-    m = {}
+    m = {"generated_finite": 1.0}
     m["logdensity_real"], m["logdensity_real_se"] = mean_se(lp_real)
     m["logdensity_generated"], m["logdensity_generated_se"] = mean_se(lp_gen)
     m["logdensity_gap"] = m["logdensity_real"] - m["logdensity_generated"]
@@ -312,12 +316,7 @@ def summary(measured: Measurement, verdict) -> str:
         f"risk plus its excess (largest identity residual {m[f'identity_residual_{worst}']:.2e} "
         f"+/- {m[f'identity_residual_{worst}_se']:.1e}, bin {worst}); mean excess risk "
         f"{m['excess_risk_mean']:.4f} +/- {m['excess_risk_mean_se']:.4f} over a mean Bayes "
-        f"risk {m['bayes_risk_mean']:.4f}; generated images have exact log-density "
-        f"{m['logdensity_gap']:.3f} +/- {m['logdensity_gap_se']:.3f} nats per pixel below "
-        f"real ones, component chi-square {m['component_chi2']:.1f} on "
-        f"{m['component_dof']} degrees of freedom (p = {m['component_chi2_p']:.2g}; shares "
-        f"{'consistent' if m['component_chi2_p'] >= P_FLOOR else 'inconsistent'} with the "
-        f"weights at false-alarm rate {P_FLOOR:g}, a measurement of the model); the exact "
+        f"risk {m['bayes_risk_mean']:.4f}; {_generated_text(measured)}; the exact "
         f"denoiser against an independent construction: {m['law_denoiser_error']:.1e}; the "
         f"run's training data regenerated from its specification against the stored law: "
         f"log-density gap "
@@ -326,10 +325,23 @@ def summary(measured: Measurement, verdict) -> str:
         f"{m['identity_resolution']:.2g} rms per dimension" + out_of_range(verdict))
 
 
+def _generated_text(measured: Measurement) -> str:
+    """The summary's clause on generated images (or on the sampler's non-finite values)."""
+    m = measured.metrics
+    if not m.get("generated_finite"):
+        return f"generated images are not finite ({measured.curves['shown']['nonfinite']})"
+    return (f"generated images have exact log-density "
+            f"{m['logdensity_gap']:.3f} +/- {m['logdensity_gap_se']:.3f} nats per pixel below "
+            f"real ones, component chi-square {m['component_chi2']:.1f} on "
+            f"{m['component_dof']} degrees of freedom (p = {m['component_chi2_p']:.2g}; shares "
+            f"{'consistent' if m['component_chi2_p'] >= P_FLOOR else 'inconsistent'} with the "
+            f"weights at false-alarm rate {P_FLOOR:g}, a measurement of the model)")
+
+
 def headline(measured: Measurement) -> str:
     m = measured.metrics
     return (f"excess {m['excess_risk_mean']:.3g} +/- {m['excess_risk_mean_se']:.1g}, "
-            f"log-density gap {m['logdensity_gap']:.3g}")
+            f"log-density gap {m.get('logdensity_gap', math.nan):.3g}")
 
 
 def figure(measured: Measurement):
@@ -352,6 +364,10 @@ def figure(measured: Measurement):
         left.set_title("denoising risk per time bin")
         left.grid(True, alpha=0.3)
         left.legend(fontsize=7)
+        if "lp_gen" not in shown:  # the sampler yielded non-finite values
+            right.set_title("generated images are not finite")
+            fig.suptitle("C10 denoising-risk")
+            return
         lo = min(shown["lp_gen"].min(), shown["lp_real"].min())
         hi = max(shown["lp_gen"].max(), shown["lp_real"].max())
         bins_lp = np.linspace(lo, hi, 30)
