@@ -25,7 +25,10 @@ parses).
 The two models differ by construction in ways the table may show (the README says which):
 the toolkit's DiT shares one time/label embedding across blocks, counts attention and MLP as two
 units, and zero-initialises its modulations and head (DiT's recipe); diffusers' DiT gives every
-block its own time/label embedder and leaves PyTorch's default initialisation.
+block its own time/label embedder and leaves PyTorch's default initialisation.  The
+``diffusers-dit`` options take these differences away one at a time: ``dit_init`` (DiT's zero
+modulations and head), ``shared_embedder`` (one time/label embedder for every block, the toolkit's
+parameter count), ``dit_embedder_init`` (DiT's N(0, 0.02^2) embedder initialisation).
 """
 
 from __future__ import annotations
