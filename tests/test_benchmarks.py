@@ -163,4 +163,28 @@ def test_diffusers_parity_writes_both_models_per_bin(tmp_path):
                                           str(tmp_path / "runs"), "--json", str(path)]) == 0
     out = json.loads(path.read_text())
     assert set(out["models"]) == {"RDM-DiT-N/2", "diffusers-dit-N/2"}
-    assert len(out["diff_over_se"]) == len(out["t_bins"]) == 4
+    assert out["reference"] == "RDM-DiT-N/2"
+    assert list(out["diff_over_se"]) == ["diffusers-dit-N/2"]
+    assert len(out["diff_over_se"]["diffusers-dit-N/2"]) == len(out["t_bins"]) == 4
+
+
+@pytest.mark.parametrize("variants, words", [
+    ("RDM-DiT-N/2", "two or more"), ("RDM-DiT-N/2,RDM-DiT-N/2", "two or more"),
+    ("RDM-DiT-N/2,diffusers-dit-N/2+bogus=1", "cannot be built"),
+    ("RDM-DiT-N/2,diffusers-dit-N/2+dit_init", "not KEY=VALUE"),
+    ("RDM-DiT-N/2,no-such-model", "cannot be built")])
+def test_parity_refuses_bad_variants_before_training(variants, words, tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    module = load("diffusers_parity")
+    assert module.run_main(module.main, ["--variants", variants, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_parity_variants_carry_their_model_options():
+    pytest.importorskip("diffusers")
+    parse = load("diffusers_parity").parse_variant
+    assert parse("diffusers-dit-N/2+dit_init=true+shared_embedder=true") == (
+        "diffusers-dit-N/2", {"dit_init": True, "shared_embedder": True})
+    assert parse("RDM-DiT-N/2") == ("RDM-DiT-N/2", {})

@@ -256,6 +256,55 @@ def test_rdm_gates_start_at_the_ode_consistent_step():
             x, torch.rand(2), torch.arange(2)).abs().max() > 0
 
 
+def test_a_shared_embedder_is_one_embedder_that_every_block_trains(tmp_path):
+    """shared_embedder: one embedder's parameters (the toolkit DiT's count), one copy in the
+    checkpoint, and its gradient is the sum of the four blocks' (checked against the untied model
+    with four equal embedders); a training step moves it and keeps it shared."""
+    from safetensors.torch import load_file, save_file
+
+    def dit(**kw):
+        return build_model("diffusers-dit-N/2", gate="adaln-zero", **kw)
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    untied, tied = dit(), dit(shared_embedder=True)
+    blocks = tied.model.transformer_blocks
+    assert all(b.norm1.emb is blocks[0].norm1.emb for b in blocks)
+    assert count(untied) - count(tied) == 3 * count(blocks[0].norm1.emb)
+    assert count(tied) == count(build_model("RDM-DiT-N/2", gate="adaln-zero"))
+    state = tied.state_dict()
+    first = [k for k in state if "transformer_blocks.0.norm1.emb." in k]
+    assert first and not any(".norm1.emb." in k and k not in first for k in state)
+    assert sum(".norm1.emb." in k for k in untied.state_dict()) == 4 * len(first)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+    again = dit(shared_embedder=True)
+    again.load_state_dict(load_file(tmp_path / "w.safetensors"), strict=True)
+    four = dit()
+    four.load_state_dict(state | {k.replace("blocks.0.", f"blocks.{i}.", 1): state[k]
+                                  for k in first for i in range(1, 4)}, strict=True)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.rand(4), torch.arange(4)
+    for m in (tied, four, again):
+        m.zero_grad()
+        (m(x, t, y) ** 2).mean().backward()
+
+    def grad(m, i):
+        return m.model.transformer_blocks[i].norm1.emb.timestep_embedder.linear_1.weight.grad
+
+    summed = sum(grad(four, i) for i in range(4))
+    assert torch.allclose(grad(tied, 0), summed, atol=1e-6) and summed.abs().max() > 0
+    assert not torch.allclose(grad(four, 0), summed, atol=1e-6)  # the other blocks contribute
+    assert torch.equal(grad(tied, 0), grad(again, 0))
+    table = blocks[2].norm1.emb.class_embedder.embedding_table.weight
+    before = table.detach().clone()
+    torch.optim.AdamW(tied.parameters(), lr=1e-3).step()
+    assert not torch.equal(table, before)
+    assert table is blocks[0].norm1.emb.class_embedder.embedding_table.weight
+    ours = dit(dit_embedder_init=True)
+    stds = [float(m.model.transformer_blocks[3].norm1.emb.class_embedder.embedding_table.weight
+                  .detach().std()) for m in (ours, untied)]
+    assert abs(stds[0] - 0.02) < 0.003 and stds[1] > 0.5  # DiT's N(0, 0.02^2), diffusers' N(0, 1)
+
 # ------------------------------------------------------------------------------------------------
 # train, verify (C10), sample on a diffusers backbone; the in-memory API
 # ------------------------------------------------------------------------------------------------

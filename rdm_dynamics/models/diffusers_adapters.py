@@ -250,13 +250,21 @@ class DiffusersDiT(DiffusersBackbone):
     """``DiTTransformer2DModel`` with random weights, built with build_model's keywords;
     ``dit_init`` zero-initialises every block's adaLN-Zero regressor and the head's modulation and
     projection, as DiT (and this toolkit's DiT) does: each block starts as the identity and the
-    prediction at 0."""
+    prediction at 0.  ``shared_embedder`` ties every block's time/label embedder (``norm1.emb``,
+    a ``CombinedTimestepLabelEmbeddings``: sinusoid -> MLP of t, plus a label table) to block 0's,
+    the one the head already reads, so the conditioning c(t, y) is computed by one embedder as in
+    this toolkit's DiT; each block keeps its own adaLN-Zero regressor c -> 6 D.  The checkpoint
+    then holds block 0's embedder only (:func:`_tie_embedders`).  ``dit_embedder_init`` gives
+    every embedder DiT's (and this toolkit's) initialisation: time-MLP weights and the label table
+    N(0, 0.02^2), time-MLP biases 0 (diffusers keeps PyTorch's defaults: the label table N(0, 1),
+    the MLP uniform +/- 1/sqrt(fan_in))."""
 
     def __init__(self, *, input_size: int = 8, in_channels: int = 1, num_classes: int = 10,
                  frames: int | None = None, class_dropout_prob: float = 0.0,
                  gate: str = "adaln-zero", patch_size: int = 2, depth: int = 6, width: int = 128,
                  heads: int = 4, num_train_timesteps: int = 1000,
-                 rdm_alpha_init: str | float = "rdm", dit_init: bool = False):
+                 rdm_alpha_init: str | float = "rdm", dit_init: bool = False,
+                 shared_embedder: bool = False, dit_embedder_init: bool = False):
         if frames is not None:
             raise ValueError("diffusers backbones take images, not videos (frames)")
         mode = _gate_mode(gate, "adaln-zero", "diffusers-dit")
@@ -270,8 +278,42 @@ class DiffusersDiT(DiffusersBackbone):
             for layer in (*zero, model.proj_out_1, model.proj_out_2):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+        if dit_embedder_init:
+            for block in model.transformer_blocks:
+                emb = block.norm1.emb
+                for layer in (emb.timestep_embedder.linear_1, emb.timestep_embedder.linear_2):
+                    nn.init.normal_(layer.weight, std=0.02)
+                    nn.init.zeros_(layer.bias)
+                nn.init.normal_(emb.class_embedder.embedding_table.weight, std=0.02)
         super().__init__(model, num_classes=num_classes, time=DDPMTime(num_train_timesteps),
                          gate=mode, rdm_alpha_init=rdm_alpha_init)
+        if shared_embedder:
+            _tie_embedders(self)
+
+
+_EMB = "model.transformer_blocks.{}.norm1.emb."
+
+
+def _tie_embedders(net: DiffusersDiT) -> None:
+    """Every block's ``norm1.emb`` becomes block 0's module (one set of parameters: ``parameters``
+    and the optimizer see it once).  The state dict keeps block 0's copy only (safetensors
+    refuses tensors that share memory), and loading fills the other blocks' keys from it."""
+    blocks = net.model.transformer_blocks
+    for block in blocks[1:]:
+        block.norm1.emb = blocks[0].norm1.emb
+    first, others = _EMB.format(0), [_EMB.format(i) for i in range(1, len(blocks))]
+
+    def drop(module, state, prefix, local_metadata):
+        for key in [k for k in state if any(k.startswith(prefix + o) for o in others)]:
+            del state[key]
+
+    def fill(module, state, prefix, *args):
+        for key in [k for k in state if k.startswith(prefix + first)]:
+            for other in others:
+                state.setdefault(key.replace(prefix + first, prefix + other, 1), state[key])
+
+    net.register_state_dict_post_hook(drop)
+    net.register_load_state_dict_pre_hook(fill)
 
 
 class DiffusersUNet(DiffusersBackbone):
