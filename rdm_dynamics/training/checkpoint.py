@@ -32,7 +32,8 @@ from ..limits import load_json
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
            "find_checkpoints", "latest_checkpoint", "rng_state", "set_rng_state",
-           "optimizer_state", "load_optimizer_state", "FORMAT", "CHECKPOINT_FILE"]
+           "optimizer_state", "load_optimizer_state", "FORMAT", "CHECKPOINT_FILE",
+           "checkpoint_steps"]
 
 FORMAT = "rdm_dynamics.checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.json$")
@@ -190,6 +191,11 @@ def find_checkpoints(folder: str | Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if _NAME.match(p.name) and _tensor_path(p).is_file()]
     return sorted(found)
+
+
+def checkpoint_steps(folder: str | Path) -> dict[int, Path]:
+    """{step: JSON path} of the checkpoints in ``folder``, read from their names."""
+    return {int(_NAME.match(p.name).group(1)): p for p in find_checkpoints(folder)}
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

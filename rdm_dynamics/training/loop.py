@@ -247,6 +247,7 @@ def _prepare_out(run: Run, start: int) -> None:
     except OSError as exc:
         raise UsageError(f"--out {str(run.out)!r} cannot be written: {exc.strerror or exc}") \
             from None
+    (run.out / DIVERGED_FILE).unlink(missing_ok=True)  # a run that trains again says anew
     remove_stale_temporaries(run.out, CHECKPOINT_FILE)
     remove_stale_temporaries(run.out / "samples", SAMPLE_FILE)
     path = run.out / "log.jsonl"
@@ -342,6 +343,10 @@ def save(run: Run, step: int) -> Path | None:
     run.dist.barrier()
     return path
 
+
+#: What a run of a cohort that diverged leaves in its folder: {"step", "message"}
+#: (``training.cohort``).
+DIVERGED_FILE = "diverged.json"
 
 #: The names of the sample grids (and of the log) in a run folder.
 SAMPLE_FILE = r"step-\d{8}\.(png|gif)"
