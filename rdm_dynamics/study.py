@@ -3,6 +3,7 @@
     python -m rdm_dynamics.study                         # the cpu preset, into rdm-study/
     python -m rdm_dynamics.study --preset smoke --out /tmp/s
     python -m rdm_dynamics.study --file my-study.toml --jobs 2
+    python -m rdm_dynamics.study --preset deep --jobs 2 --cohort 12   # seeds x rates batched
     python -m rdm_dynamics.study --show-preset gpu > my-study.toml    # a file to copy and edit
 
 Trains every run of the study's grid (each an ordinary run folder under ``<out>/runs/``), runs
@@ -41,6 +42,9 @@ def build_parser() -> Parser:
     p.add_argument("--out", default="rdm-study", help="the study folder (default rdm-study/)")
     p.add_argument("--jobs", default="1", help="runs trained at a time, in processes "
                    "(default 1); the CPU threads are shared among them")
+    p.add_argument("--cohort", default="1", metavar="N",
+                   help="train up to N runs that differ only in seed and learning rate as one "
+                        "batched model (train --cohort; default 1: each run alone)")
     p.add_argument("--nproc-per-run", default="1",
                    help="processes per run through torchrun (several GPUs; default 1)")
     p.add_argument("--device", default="cpu",
@@ -154,6 +158,9 @@ def _main(argv) -> int:
         return 0
     jobs = parse_int(args.jobs, "jobs", 1)
     nproc = parse_int(args.nproc_per_run, "nproc-per-run", 1)
+    cohort = parse_int(args.cohort, "cohort", 1, 64)
+    if cohort > 1 and nproc > 1:
+        raise UsageError("--cohort trains in one process: it cannot go with --nproc-per-run")
     study, runs = _plan(args)
     out = Path(args.out)
     _check_targets(out, args)
@@ -169,7 +176,7 @@ def _main(argv) -> int:
     from .depth_study.sharing import report_lock
 
     runner = StudyRunner(out, study.measure, jobs=jobs, device=str(parse_device(args.device)),
-                         nproc_per_run=nproc,
+                         nproc_per_run=nproc, cohort=cohort,
                          log=lambda line: print(f"study: {line}", file=sys.stderr, flush=True))
     print(f"study {study.name}: {len(runs)} runs into {out}/runs, {jobs} at a time",
           file=sys.stderr)

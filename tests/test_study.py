@@ -152,6 +152,8 @@ BAD = [
     (["--preset", "smoke", "--device", "tpu"], "--device"),
     (["--preset", "smoke", "--file", "x.toml"], "not allowed with"),
     (["--show-preset", "nope"], "unknown preset"),
+    (["--preset", "smoke", "--cohort", "0"], "--cohort must be at least 1"),
+    (["--preset", "smoke", "--cohort", "3", "--nproc-per-run", "2"], "cannot go with"),
 ]
 
 
@@ -240,3 +242,68 @@ def test_nproc_per_run_trains_a_study_run_on_two_processes(tmp_path):
     assert checkpoint.meta["world_size"] == 2 and checkpoint.meta["replica_max_param_diff"] == 0.0
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["runs"] == 1 and not report["failed_runs"]
+
+
+COHORT_GRID = """
+[[grid]]
+gate = ["rdm"]
+depth = [1, 2]
+init = ["smooth"]
+seed = [0, 1]
+lr = [1e-3, 3e-3]
+"""
+
+
+def _cohort_study(tmp_path):
+    spec = tmp_path / "cohort.toml"
+    spec.write_text(TINY.replace("""[[grid]]
+gate = ["rdm"]
+depth = [1, 2]
+init = ["smooth"]
+seed = [0]
+""", COHORT_GRID).replace("fd_samples = 16", "fd_samples = 0").replace("steps = 12", "steps = 8"))
+    return spec
+
+
+def test_cohorts_group_the_runs_that_differ_in_seed_and_lr(tmp_path):
+    from rdm_dynamics.depth_study import StudyRunner, load_study, plan
+
+    study = load_study(str(_cohort_study(tmp_path)))
+    runs = plan(study, tmp_path / "out")
+    units = StudyRunner(tmp_path / "out", study.measure, cohort=3).cohorts(runs)
+    assert [len(u) for u in units] == [3, 1, 3, 1]
+    assert [s.id for u in units for s in u] == [s.id for s in runs]  # plan order, all runs
+    assert all(len({s.depth for s in u}) == 1 for u in units)
+    assert StudyRunner(tmp_path / "out", study.measure, cohort=1).cohorts(runs) == \
+        [[s] for s in runs]
+    assert len(StudyRunner(tmp_path / "out", study.measure, cohort=3,
+                           nproc_per_run=2).cohorts(runs)) == len(runs)
+
+
+@pytest.mark.slow  # a cohort study whole, and one killed in training and resumed: about 60 s
+def test_a_killed_cohort_study_resumes_to_the_same_report(tmp_path):
+    spec = _cohort_study(tmp_path)
+    args = ["--file", str(spec), "--jobs", "2", "--no-figures", "--cohort", "4"]
+    whole = _study(*args, "--out", str(tmp_path / "whole"), timeout=600)
+    assert whole.returncode == 1, whole.stderr
+    assert whole.stderr.count("training as one cohort") == 2
+    records = [json.loads(p.read_text()) for p in (tmp_path / "whole" / "measurements").glob("*")]
+    assert len(records) == 8 and all(len(r["trained_with"]) == 4 for r in records)
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rdm_dynamics.study", *args, "--out",
+                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    while not list((out / "runs").glob("*/ckpt-00000004.json")):  # a cohort is training
+        assert proc.poll() is None, "the study ended before any run reached step 4"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    again = _study(*args, "--out", str(out), timeout=600)
+    assert again.returncode == 1, again.stderr
+    a = json.loads((tmp_path / "whole" / "report.json").read_text())
+    b = json.loads((out / "report.json").read_text())
+    assert _without_timing(a) | {"source": ""} == _without_timing(b) | {"source": ""}
+    assert (tmp_path / "whole" / "runs.csv").read_text() == (out / "runs.csv").read_text()

@@ -16,10 +16,16 @@ interrupted study ends with the same measurements as an uninterrupted one.  Ever
 is killed with the study (Linux ``PR_SET_PDEATHSIG``), so a killed study leaves no orphan
 writing into a run folder.  ``jobs`` runs go at a time, each child limited to its share of the
 CPU threads.
+
+Cohorts (``cohort`` > 1).  Runs whose configurations differ only in seed and learning rate are
+trained up to ``cohort`` at a time as one batched model (``train --cohort``, ``training.cohort``)
+in step 1, then checked and measured one by one; a cohort is what one of the ``jobs`` slots
+trains.  A run of a cohort that another process holds is left to it (and waited for later, alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -81,8 +87,9 @@ class StudyRunner:
     """Runs the plan's runs, ``jobs`` at a time (threads, each driving child processes)."""
 
     def __init__(self, out: str | Path, measure: MeasureConfig, *, jobs: int = 1,
-                 device: str = "cpu", nproc_per_run: int = 1, log=print):
+                 device: str = "cpu", nproc_per_run: int = 1, cohort: int = 1, log=print):
         self.out, self.measure, self.jobs = Path(out), measure, max(1, int(jobs))
+        self.cohort = max(1, int(cohort))
         self.device, self.nproc = device, max(1, int(nproc_per_run))
         self.log = log
         self._judges: dict = {}
@@ -142,36 +149,63 @@ class StudyRunner:
             raise UsageError(f"run {spec.id} was started with other settings ({', '.join(changed)}"
                              f"); use another --out for a new recipe")
 
-    def train(self, spec: RunSpec) -> str:
-        """Train (or resume) one run to its step budget: 'done', 'diverged' or TRAIN_FAILED."""
+    def _member(self, spec: RunSpec) -> list[str]:
+        """What ``train`` is given for a run: its folder to resume, or its configuration file,
+        written here, for a new run."""
         config = self.out / "configs" / f"{spec.id}.yaml"
         settings = _run_settings(spec)
+        if latest_checkpoint(spec.folder) is not None:
+            return ["--resume", str(spec.folder)]
+        if spec.folder.exists() and config.is_file():
+            # this study started the run and it died before its first checkpoint: what the
+            # folder holds (a log, a sample grid) is this study's own, and train starts anew,
+            # unless a train still writes there (its lock: LockHeld names it)
+            with acquire(spec.folder / RUN_LOCK):
+                shutil.rmtree(spec.folder)
+        text = yaml.safe_dump(settings, sort_keys=False)
+        config.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(config, text.encode())
+        return ["--config", str(config)]
+
+    def train(self, spec: RunSpec) -> str:
+        """Train (or resume) one run to its step budget: 'done', 'diverged' or TRAIN_FAILED."""
         if self._trained_step(spec) >= spec.config.steps:
             return "done"
-        if latest_checkpoint(spec.folder) is not None:
-            args = [*self._python("rdm_dynamics.train"), "--out", str(spec.folder), "--resume"]
-        else:
-            if spec.folder.exists() and config.is_file():
-                # this study started the run and it died before its first checkpoint: what the
-                # folder holds (a log, a sample grid) is this study's own, and train starts anew,
-                # unless a train still writes there (its lock: LockHeld names it)
-                with acquire(spec.folder / RUN_LOCK):
-                    shutil.rmtree(spec.folder)
-            text = yaml.safe_dump(settings, sort_keys=False)
-            config.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(config, text.encode())
-            args = [*self._python("rdm_dynamics.train"), "--config", str(config)]
-        code = self._child(args, f"{spec.id}.train")
+        member = self._member(spec)
+        if member[0] == "--resume":
+            member = ["--out", member[1], "--resume"]
+        code = self._child([*self._python("rdm_dynamics.train"), *member], f"{spec.id}.train")
+        if code in (0, TRAIN_DIVERGED):
+            return "done" if code == 0 else "diverged"
+        self._refused(code, spec.id)
+        return TRAIN_FAILED
+
+    def train_cohort(self, specs: list[RunSpec]) -> list[str]:
+        """Train (or resume) runs of one recipe, differing in seed and learning rate, as one
+        batched model (``train --cohort``, ``training.cohort``); each run's outcome as
+        :meth:`train` gives it.  The cohort's log is the first run's train log."""
+        from ..training.cohort import DIVERGED_FILE
+
+        args = [*self._python("rdm_dynamics.train"), "--cohort"]
+        for spec in specs:
+            args.append(self._member(spec)[1])
+        code = self._child(args, f"{specs[0].id}.train")
         if code == 0:
-            return "done"
-        if code == TRAIN_DIVERGED:
-            return "diverged"
+            return ["done"] * len(specs)
+        self._refused(code, specs[0].id)
+        if code != TRAIN_DIVERGED:
+            return [TRAIN_FAILED] * len(specs)
+        return ["done" if self._trained_step(s) >= s.config.steps else
+                "diverged" if (s.folder / DIVERGED_FILE).is_file() else TRAIN_FAILED
+                for s in specs]
+
+    def _refused(self, code: int, run_id: str) -> None:
+        """Raise for a child's exit code that stops the study: bad input, an interrupt."""
         if code == 2:
-            raise UsageError(f"run {spec.id}: train refused its configuration (see "
-                             f"{self.out / 'logs' / (spec.id + '.train.log')})")
+            raise UsageError(f"run {run_id}: train refused its configuration (see "
+                             f"{self.out / 'logs' / (run_id + '.train.log')})")
         if code in (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM):
             raise KeyboardInterrupt
-        return TRAIN_FAILED
 
     def check(self, spec: RunSpec) -> dict:
         """The trained-model checks' report of one run: {check id: {passed, metrics, ...}}."""
@@ -286,10 +320,14 @@ class StudyRunner:
     def _train_and_measure(self, spec: RunSpec) -> dict:
         step0 = self.step0(spec)
         self.log(f"{spec.id}: training to step {spec.config.steps}")
-        status = self.train(spec)
+        return self._measured(spec, self.train(spec), step0)
+
+    def _measured(self, spec: RunSpec, status: str, step0: dict, cohort=None) -> dict:
+        """The record of a run trained to ``status``: its checks and scores, written."""
         record = {"id": spec.id, "axes": spec.axes, "depth": spec.depth,
                   "digest": spec.digest(), "train_status": status, "steps": spec.config.steps,
-                  **({"step0": step0} if step0 else {})}
+                  **({"step0": step0} if step0 else {}),
+                  **({"trained_with": cohort} if cohort else {})}
         if status == "done":
             ckpt = load_checkpoint(latest_checkpoint(spec.folder))
             log = spec.folder / "log.jsonl"
@@ -305,6 +343,71 @@ class StudyRunner:
         self.log(f"{spec.id}: {status}")
         return record
 
+    # -- cohorts: the runs of one recipe that differ in seed and learning rate ----------------
+
+    def cohorts(self, runs: list[RunSpec]) -> list[list[RunSpec]]:
+        """The runs grouped for training: runs whose configurations differ only in seed and
+        learning rate (``training.cohort.cohort_key``), at most ``cohort`` to a group, in plan
+        order (a group goes where its first run was)."""
+        from ..training.cohort import cohort_key
+
+        if self.cohort == 1 or self.nproc > 1:
+            return [[spec] for spec in runs]
+        groups: dict[str, list[list[RunSpec]]] = {}
+        units: list[list[RunSpec]] = []
+        for spec in runs:
+            key = repr(cohort_key(spec.config).to_json())
+            open_ = groups.setdefault(key, [])
+            if not open_ or len(open_[-1]) == self.cohort:
+                open_.append([])
+                units.append(open_[-1])
+            open_[-1].append(spec)
+        return units
+
+    def _train_together(self, specs: list[RunSpec]):
+        """(run, training status, the ids of the cohort it was trained in, or None for a run
+        trained to its budget before) for every run of ``specs``."""
+        training = [s for s in specs if self._trained_step(s) < s.config.steps]
+        ids = [s.id for s in training]
+        statuses = {}
+        if training:
+            self.log(f"{ids[0]} and {len(ids) - 1} more: training as one cohort to step "
+                     f"{training[0].config.steps}")
+            statuses = dict(zip(ids, self.train_cohort(training), strict=True))
+        return [(s, statuses.get(s.id, "done"), ids if s.id in statuses else None)
+                for s in specs]
+
+    def run_cohort(self, specs: list[RunSpec], wait: float = 0.0) -> list[dict | None]:
+        """Every record of a cohort, as :meth:`run_one` gives it: the runs this process can
+        claim and that are not finished are trained together; a run another process holds is
+        None (left to the caller)."""
+        if len(specs) == 1:
+            return [self.run_one(specs[0], wait)]
+        with contextlib.ExitStack() as claims:
+            records: dict[str, dict | None] = {}
+            todo = []
+            for spec in specs:
+                try:
+                    claims.enter_context(claim(self.out, spec.id, 0.0,
+                                               stop=self._stopping.is_set))
+                except LockHeld as exc:
+                    self.log(f"{spec.id}: held by process {exc.who}, left to it for now")
+                    records[spec.id] = None
+                    continue
+                check_stored_recipe(spec)
+                records[spec.id] = finished_record(self.out, spec)
+                if records[spec.id] is not None:
+                    self.log(f"{spec.id}: finished earlier, kept")
+                else:
+                    todo.append(spec)
+            if len(todo) == 1:
+                records[todo[0].id] = self._train_and_measure(todo[0])
+            elif todo:
+                step0 = {spec.id: self.step0(spec) for spec in todo}
+                for spec, status, cohort in self._train_together(todo):
+                    records[spec.id] = self._measured(spec, status, step0[spec.id], cohort)
+            return [records[spec.id] for spec in specs]
+
     def run(self, runs: list[RunSpec]) -> list[dict]:
         """Every run's record, in plan order: first the runs no other process holds, then, as
         their holders release them, the others (finished by them, or resumed here if they
@@ -319,17 +422,19 @@ class StudyRunner:
                                   _run_settings(spec))
             check_stored_recipe(spec)
         torch.set_num_threads(self.threads)
-        records = self._pass(runs, 0.0)
-        left = [spec for spec, r in zip(runs, records, strict=True) if r is None]
-        later = iter(self._pass(left, float("inf")))
-        return [r if r is not None else next(later) for r in records]
+        first, units = {}, self.cohorts(runs)
+        for unit, records in zip(units, self._pass(units, 0.0, self.run_cohort), strict=True):
+            first.update({spec.id: r for spec, r in zip(unit, records, strict=True)})
+        left = [spec for spec in runs if first[spec.id] is None]
+        later = iter(self._pass(left, float("inf"), self._record))
+        return [first[spec.id] if first[spec.id] is not None else next(later) for spec in runs]
 
-    def _pass(self, runs: list[RunSpec], wait: float) -> list[dict | None]:
+    def _pass(self, units: list, wait: float, work) -> list:
         if self.jobs == 1:
-            return [self._record(spec, wait) for spec in runs]
+            return [work(unit, wait) for unit in units]
         pool, futures = ThreadPoolExecutor(max_workers=self.jobs), []
         try:
-            futures = [pool.submit(self._record, spec, wait) for spec in runs]
+            futures = [pool.submit(work, unit, wait) for unit in units]
             return [f.result() for f in futures]
         except BaseException:
             self._stopping.set()
