@@ -7,7 +7,9 @@ Measured in one run, at the same thread count:
   backward, AdamW as the training loop builds it), its matmul FLOPs (``torch.utils.flop_counter``,
   forward and backward), the aten operations it dispatches, and its parts timed apart: the
   forward pass, forward and backward, the optimizer step, and the step with PyTorch's fused
-  AdamW (an upper bound of what a fused optimizer would save).
+  AdamW (an upper bound of what a fused optimizer would save); with ``--compile``, the forward and
+  backward of ``torch.compile(model)`` and its first call (the compilation), so that whether
+  compiling pays for a run of N steps reads off (saving per step x N against the first call).
 
 The step's share of the floor is FLOPs / time / peak.  What is left over is accounted for by the
 operations: (time - FLOPs / peak) / operations is the cost per dispatched operation beyond its
@@ -71,7 +73,24 @@ def matmul_peak(n: int, reps: int) -> float:
     return 2 * n ** 3 / median_time(lambda: a @ b, reps, 2) / 1e9
 
 
-def step_figures(model_name, options, depth, size, batch, reps, warmup, peak) -> dict:
+def compiled_figures(net, x, t, y, reps: int) -> dict:
+    """``torch.compile`` of the model (inductor on the CPU): the first forward and backward,
+    compilation included, then the compiled forward and backward (median of ``reps``)."""
+    compiled = torch.compile(net)
+
+    def forward_backward():
+        net.zero_grad(set_to_none=True)
+        compiled(x, t, y).square().mean().backward()
+
+    began = time.perf_counter()
+    forward_backward()
+    first = time.perf_counter() - began
+    return {"compile_first_call_s": first,
+            "compiled_forward_backward_ms": 1e3 * median_time(forward_backward, reps, 1)}
+
+
+def step_figures(model_name, options, depth, size, batch, reps, warmup, peak,
+                 compile_too: bool = False) -> dict:
     """One backbone's step: time, FLOPs, operations and the parts (module docstring)."""
     net = build(model_name, "rdm", input_size=size, in_channels=1, num_classes=10,
                 device="cpu", depth=depth, **options)
@@ -93,7 +112,8 @@ def step_figures(model_name, options, depth, size, batch, reps, warmup, peak) ->
     fused = median_time(training_step(net, batch=batch, device="cpu", fused=True), reps, warmup)
     gflop = flops.get_total_flops() / 1e9
     floor = gflop / peak
-    return {"model": model_name, "depth": depth, "units": len(net.residual_units()),
+    compiled = compiled_figures(net, x, t, y, reps) if compile_too else {}
+    return {**compiled, "model": model_name, "depth": depth, "units": len(net.residual_units()),
             "params": sum(p.numel() for p in net.parameters()), "batch": batch,
             "step_ms": 1e3 * total, "forward_ms": 1e3 * fwd, "forward_backward_ms": 1e3 * fwd_bwd,
             "optimizer_ms": 1e3 * max(total - fwd_bwd, 0.0), "step_fused_adamw_ms": 1e3 * fused,
@@ -111,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--matmul", type=int, default=1024, help="side of the floor's matmul")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile's forward and backward and its compilation")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     models = csv(args.models)
@@ -126,7 +148,7 @@ def main(argv=None) -> int:
         name, options, ladder, size = MODELS[key]
         for depth in (int(d) for d in csv(args.depths or ladder)):
             row = step_figures(name, options, depth, size, args.batch, args.reps, args.warmup,
-                               peak)
+                               peak, args.compile)
             rows.append(row)
             print(f"{name} depth {depth:4d} ({row['units']} units): step {row['step_ms']:7.1f} ms"
                   f" (fwd {row['forward_ms']:.1f}, fwd+bwd {row['forward_backward_ms']:.1f}, "
@@ -134,6 +156,9 @@ def main(argv=None) -> int:
                   f"{row['step_fused_adamw_ms']:.1f}), {row['gflop_per_s']:.1f} GFLOP/s = "
                   f"{100 * row['share_of_peak']:.0f}% of peak, {row['ops']} ops, "
                   f"{row['us_per_op_beyond_floor']:.1f} us/op beyond the matmul floor")
+            if args.compile:
+                print(f"  torch.compile: fwd+bwd {row['compiled_forward_backward_ms']:.1f} ms "
+                      f"after a first call of {row['compile_first_call_s']:.1f} s")
     load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else ""
     out = {"threads": args.threads, "matmul": args.matmul, "peak_gflop_per_s": peak,
            "load_average": load, "rows": rows}

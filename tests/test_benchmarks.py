@@ -155,6 +155,27 @@ def test_train_step_floor_writes_its_figures(tmp_path):
         assert r["gflop"] > 0 and r["ops"] > 0 and 0 < r["share_of_peak"]
 
 
+@pytest.mark.slow  # torch.compile on the CPU: 10-30 s
+def test_train_step_floor_times_the_compiled_model(tmp_path):
+    path = tmp_path / "step.json"
+    assert load("train_step_floor").main(["--models", "mlp", "--depths", "2", "--batch", "2",
+                                          "--reps", "1", "--warmup", "0", "--matmul", "64",
+                                          "--compile", "--json", str(path)]) == 0
+    row, = json.loads(path.read_text())["rows"]
+    assert row["compile_first_call_s"] > 0 and row["compiled_forward_backward_ms"] > 0
+
+
+def test_cohort_training_writes_its_ratios(tmp_path):
+    path = tmp_path / "cohort.json"
+    assert load("cohort_training").main(["--depths", "2", "--members", "2", "--width", "8",
+                                         "--batch", "4", "--repeats", "1",
+                                         "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["depth"], r["members"]) for r in rows] == [(2, 2)]
+    assert rows[0]["ratio"] == pytest.approx(rows[0]["single_steps_ms"] / rows[0]["cohort_step_ms"],
+                                             rel=0.01)
+
+
 @pytest.mark.slow
 def test_diffusers_parity_writes_both_models_per_bin(tmp_path):
     pytest.importorskip("diffusers")
