@@ -140,9 +140,11 @@ def main(argv=None) -> int:
 def _check_targets(out: Path, args) -> None:
     """Refuse (one line) an --out or --json that holds files the study did not write: they are
     left as they are."""
+    from .checks import registry
     from .checks.report import check_report_targets, is_report
 
-    check_report_targets(out, args.json, "study")
+    figures = [] if args.no_figures else [f"{cid}.png" for cid in registry("study")]
+    check_report_targets(out, args.json, "study", figures)
     if not is_report(out / "report.json") and _foreign_table(out / "runs.csv"):
         raise UsageError(f"--out {args.out!r} holds a runs.csv that no study report belongs to: "
                          "choose another folder (it is left as it is)")

@@ -212,14 +212,17 @@ def select_checks(args) -> tuple[dict, int]:
     return selected, len(checks)
 
 
-def output_paths(args) -> tuple[Path, Path | None]:
+def output_paths(args, checks=()) -> tuple[Path, Path | None]:
     """The report folder and the JSON copy, validated before any work: neither may replace a
-    file verify did not write, and both must be writable (unless nothing is written)."""
+    file verify did not write (the figures of ``checks`` included), and both must be writable
+    (unless nothing is written)."""
     from .checks.report import check_report_targets
 
     out = Path(args.out)
     json_path = Path(args.json) if args.json else None
-    check_report_targets(out, json_path, "verify")
+    drawn = not (args.no_figures or args.list or args.self_test)
+    figures = [f"{cid}.png" for cid in checks] if drawn else []
+    check_report_targets(out, json_path, "verify", figures)
     if not (args.list or args.self_test):
         _check_writable_dir(out, "--out")
         if json_path is not None:
@@ -235,7 +238,7 @@ def request(argv) -> Request:
     args = parse_args(argv)
     config = check_config(args)
     checks, n_all = select_checks(args)
-    out, json_path = output_paths(args)
+    out, json_path = output_paths(args, checks)
     args.jobs = default_jobs(len(checks)) if args.jobs is None else args.jobs
     if args.gating is not None:
         print(f"{PROG}: warning: --gating is deprecated, use --schedule (the same values)",

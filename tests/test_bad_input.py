@@ -176,6 +176,8 @@ VERIFY = [
     Case("verify", ["--out", "o", "--json", "no/such/r.json"], 2, "does not exist"),
     Case("verify", ["--out", "."], 2, "report.json that verify did not write",
          a_file("report.json", b"[1, 2]")),
+    Case("verify", ["--out", "o", "--only", "C2", "--quick"], 2,
+         "holds a pf-ode.png that verify did not draw", a_file("o/pf-ode.png", b"my picture")),
     Case("verify", ["--out", "report", "--only", "C1", "--depth", "2"], 2, "too small",
          with_report),
 ]

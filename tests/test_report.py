@@ -87,3 +87,28 @@ def test_result_json_contract_and_table(tmp_path):
     fig = order_figure("t", [Series("a", [16, 32], [1.0, 0.5], fit_order([16, 32], [1.0, 0.5]))])
     save_figure(fig, tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_figure_is_replaced_only_if_the_toolkit_drew_it(tmp_path):
+    """A PNG the toolkit rendered carries its tag; a user's file of a figure's name is refused,
+    unless the toolkit's report in that folder names it (a report folder of an older version)."""
+    from rdm_dynamics.checks.report import (
+        check_report_targets,
+        is_toolkit_figure,
+        render_figure,
+        versions,
+    )
+    from rdm_dynamics.cli import UsageError
+
+    ours = tmp_path / "pf-ode.png"
+    ours.write_bytes(render_figure(lambda fig: fig.add_subplot().plot([0, 1])).png)
+    assert is_toolkit_figure(ours)
+    check_report_targets(tmp_path, None, "verify", ["pf-ode.png"])
+    ours.write_bytes(b"\x89PNG someone else's")
+    assert not is_toolkit_figure(ours)
+    with pytest.raises(UsageError, match="holds a pf-ode.png that verify did not draw"):
+        check_report_targets(tmp_path, None, "verify", ["pf-ode.png"])
+    check_report_targets(tmp_path, None, "verify", [])  # --no-figures: nothing to replace
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"checks": [{"id": "pf-ode"}], "versions": versions(), "figures": ["pf-ode.png"]}))
+    check_report_targets(tmp_path, None, "verify", ["pf-ode.png"])

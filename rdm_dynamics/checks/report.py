@@ -36,6 +36,7 @@ from ..stats import OrderFit
 from .rules import Verdict
 
 __all__ = ["CheckResult", "build_report", "is_report", "check_report_targets", "render_figures",
+           "is_toolkit_figure", "FIGURE_TAG",
            "write_report",
            "versions", "overall_status", "wrap_summary", "WIDTH", "Series", "order_figure",
            "format_table", "save_figure", "render_figure", "RenderedFigure", "figure_bytes",
@@ -201,11 +202,25 @@ def is_report(path) -> bool:
     return isinstance(old, dict) and isinstance(old.get("checks"), list) and "versions" in old
 
 
-def check_report_targets(out, json_path, command: str) -> None:
+def _listed_figures(out) -> set[str]:
+    """The figures the toolkit's report in ``out`` (if any) names as its own."""
+    from ..limits import load_json
+
+    if not is_report(out / "report.json"):
+        return set()
+    previous = load_json(out / "report.json", "report")
+    names = previous.get("figures") or [f"{c.get('id')}.png" for c in previous["checks"]
+                                        if isinstance(c, dict)]
+    return {n for n in names if isinstance(n, str)}
+
+
+def check_report_targets(out, json_path, command: str, figures=()) -> None:
     """Refuse (UsageError, one line) report targets that would replace what the toolkit did not
     write: ``--out`` a file, or a folder holding a ``report.json`` that is not a report
-    (:func:`is_report`); ``--json`` a folder, in a missing folder, or an existing file that is
-    not a report.  The one definition verify and study share; ``command`` names the caller."""
+    (:func:`is_report`) or a file named as one of the ``figures`` the run will draw that is
+    neither a figure of the toolkit (:func:`is_toolkit_figure`) nor one its report there
+    names; ``--json`` a folder, in a missing folder, or an existing file that is not a report.
+    The one definition verify and study share; ``command`` names the caller."""
     from pathlib import Path
 
     from ..cli import UsageError
@@ -226,6 +241,11 @@ def check_report_targets(out, json_path, command: str) -> None:
     if (out / "report.json").exists() and not is_report(out / "report.json"):
         raise UsageError(f"--out {str(out)!r} holds a report.json that {command} did not write: "
                          "choose another folder (it is left as it is)")
+    listed = _listed_figures(out)
+    for name in figures:
+        if (out / name).exists() and name not in listed and not is_toolkit_figure(out / name):
+            raise UsageError(f"--out {str(out)!r} holds a {name} that {command} did not draw: "
+                             "choose another folder (it is left as it is)")
 
 
 def render_figures(results: Sequence[CheckResult]) -> dict[str, bytes]:
@@ -243,15 +263,10 @@ def write_report(out, report: dict, figures: dict[str, bytes], json_path=None,
     from pathlib import Path
 
     from ..files import atomic_write_bytes, atomic_write_json
-    from ..limits import load_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    old = []
-    if is_report(out / "report.json"):
-        previous = load_json(out / "report.json", "report")
-        old = previous.get("figures") or [f"{c.get('id')}.png" for c in previous["checks"]
-                                          if isinstance(c, dict)]
+    old = _listed_figures(out)
     for name, data in {**figures, **(extra or {})}.items():
         atomic_write_bytes(out / name, data)
     report["figures"] = sorted(figures)
@@ -340,8 +355,25 @@ def render_figure(drawer: FigureDrawer) -> RenderedFigure:
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     drawer(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, metadata={FIGURE_TAG[0]: FIGURE_TAG[1]})
     return RenderedFigure(buf.getvalue())
+
+
+#: The PNG text entry every figure of the toolkit carries: a figure file with it is the
+#: toolkit's to replace; any other file of that name is the user's (``check_report_targets``).
+FIGURE_TAG = ("Source", "rdm_dynamics report figure")
+
+
+def is_toolkit_figure(path) -> bool:
+    """Whether ``path`` is a PNG this toolkit drew (its text entry :data:`FIGURE_TAG`, which
+    matplotlib writes before the image data: the first 4 KiB are read, nothing more)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    key, value = (t.encode() for t in FIGURE_TAG)
+    return head.startswith(b"\x89PNG") and key + b"\x00" + value in head
 
 
 def save_figure(drawer: FigureDrawer | RenderedFigure, path: str | os.PathLike) -> None:
