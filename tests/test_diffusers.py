@@ -408,3 +408,15 @@ sample_steps = 2
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert code in (0, 1) and {c["id"] for c in report["checks"]} >= {"depth-consistency",
                                                                       "depth-scaling"}
+
+
+def test_smooth_init_of_a_diffusers_backbone_says_to_use_iid(tmp_path, capsys):
+    """diffusers' layers keep PyTorch's random biases, for which --init smooth has no law: one
+    line naming the tensor and the way out, exit 2, nothing written."""
+    from rdm_dynamics.train import main as train_main
+
+    code = train_main(["--model", "diffusers-dit-N/2", "--data", "digits-gmm", "--steps", "1",
+                       "--init", "smooth", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--init iid" in err, err
+    assert not (tmp_path / "run").exists()

@@ -83,7 +83,9 @@ def default_variance(module: nn.Module, param: str, tensor: torch.Tensor,
             return 2.0 / (fan_in + module.out_channels)
         if param in ("weight", "bias"):
             return 1.0 / (3.0 * fan_in)
-    raise ValueError(f"no default law is known for {qualified_name} ({type(module).__name__})")
+    raise ValueError(f"--init smooth knows no default law for {qualified_name} "
+                     f"({type(module).__name__} {param}) of this model: it covers the toolkit's "
+                     "own backbones; train this one with --init iid (its own initialisation)")
 
 
 def _generator(seed: int, *key) -> torch.Generator:
