@@ -67,15 +67,12 @@ from .loop import (
 )
 from .settings import TrainConfig
 
-__all__ = ["train_cohort", "cohort_key", "DIVERGED_FILE", "MEMBER_AXES"]
-
-#: The settings in which a cohort's members may differ (``out`` besides).
-MEMBER_AXES = ("seed", "lr")
+__all__ = ["train_cohort", "cohort_key", "DIVERGED_FILE"]
 
 
 def cohort_key(cfg: TrainConfig) -> TrainConfig:
-    """The configuration with the member axes and ``out`` blanked: runs with equal keys can be
-    trained as one cohort."""
+    """The configuration with the settings members may differ in (``seed``, ``lr``, ``out``)
+    blanked: runs with equal keys can be trained as one cohort."""
     return dataclasses.replace(cfg, seed=0, lr=1.0, out="")
 
 
