@@ -99,10 +99,11 @@ def test_make_gate_builds_rezero_without_a_norm_option():
 
 def test_the_deep_preset_is_the_deep_regime():
     """Ladder to >= 256 units, the five gates with the un-normalised residual net, >= 3 seeds,
-    three learning rates 3 to 4x apart in every (gate, depth) cell, C11's control, known law."""
+    at least three learning rates 3 to 4x apart in every (gate, depth) cell, C11's control,
+    known law."""
     study = load_study("deep")
     runs = plan(study, "/nonexistent/deep")
-    assert len(runs) == 192
+    assert len(runs) == 252
     cells = {}
     for r in runs:
         key = (r.axes["gate"], r.axes.get("norm"), r.axes["init"], r.depth)
@@ -116,10 +117,10 @@ def test_the_deep_preset_is_the_deep_regime():
         lrs = sorted({lr for lr, _ in grid})
         assert len({s for _, s in grid}) >= 3
         if init == "smooth":
-            assert len(lrs) == 3
+            assert len(lrs) >= 3
             assert all(3 <= b / a <= 4 for a, b in zip(lrs, lrs[1:], strict=False))
     assert [r.config.model_options.get("norm") for r in runs if r.axes["gate"] == "plain"] == \
-        [False] * 36
+        [False] * 48
     assert study.measure.only and study.measure.bf16_error and study.measure.step0
 
 
