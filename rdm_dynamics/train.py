@@ -8,8 +8,9 @@
 
 ``--cohort`` trains several runs of one recipe, differing only in seed and lr, as one batched
 model (``training.cohort``): each is named by its configuration file (a new run) or its run
-folder (a run resumed; all must stand at one step), and each folder ends as ``train`` would leave
-it.  A run of a cohort that diverges stops alone (its folder says why in ``diverged.json``).
+folder (a run resumed; runs at different steps go on from the newest step they all have), and
+each folder ends as ``train`` would leave it.  A run of a cohort that diverges stops alone (its
+folder says why in ``diverged.json``).
 
 The settings are those of ``training.settings.TrainConfig`` (one flag each; defaults, then a YAML
 or TOML file given by ``--config``, then the flags); the loop is ``training.loop.train``.  The run
