@@ -42,7 +42,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -104,7 +104,7 @@ class _Stack:
     params: list[dict[str, torch.Tensor]]
     ema: list[dict[str, torch.Tensor]]
     buffers: dict[str, torch.Tensor]
-    optimizer: torch.optim.Optimizer = field(default=None)  # type: ignore[assignment]
+    optimizer: torch.optim.Optimizer
 
     def rows(self) -> list[tuple[int, int, int]]:
         """(group, row within the group, member) for every stacked row."""
@@ -138,12 +138,10 @@ def _stack(runs: list[Run]) -> _Stack:
         start += size
     _, buffers = stack_module_state([runs[k].model for k in order])
     base = copy.deepcopy(runs[0].model).to("meta")
-    stack = _Stack(base, order, lrs, sizes, params, ema, buffers)
-    cfg = runs[0].cfg
-    stack.optimizer = torch.optim.AdamW(
+    optimizer = torch.optim.AdamW(
         [{"params": list(p.values()), "lr": lr} for p, lr in zip(params, lrs, strict=True)],
-        lr=lrs[0], weight_decay=cfg.weight_decay, fused=True)
-    return stack
+        lr=lrs[0], weight_decay=runs[0].cfg.weight_decay, fused=True)
+    return _Stack(base, order, lrs, sizes, params, ema, buffers, optimizer)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,7 +248,7 @@ def _cohort_step(stack: _Stack, runs: list[Run], step: int, autocast):
     for group, lr in zip(stack.optimizer.param_groups, stack.lrs, strict=True):
         group["lr"] = lr * learning_rate(cfg, step) / cfg.lr
     stack.optimizer.step()
-    d = min(cfg.ema_decay, (1 + step) / (10 + step))
+    d = runs[0].ema.decay_at(step)  # every member's EMA has the recipe's decay
     with torch.no_grad():
         torch._foreach_lerp_([e for g in stack.ema for e in g.values()], stack.leaves(), 1 - d)
     return losses.detach().tolist(), norms.tolist()

@@ -94,9 +94,13 @@ class EMA:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step ``step`` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
+        d = self.decay_at(step)
         for e, p in zip(self.module.parameters(), model.parameters(), strict=True):
             e.lerp_(p.detach(), 1 - d)
         for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
